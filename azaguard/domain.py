@@ -1,0 +1,224 @@
+"""Typed domain records: what readers produce and what the engine consumes and returns.
+
+Everything here is plain, frozen data so that the engine stays a pure function of
+(record, knowledge, as_of) and results are reproducible and easy to compare in tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Literal
+
+Severity = Literal["info", "warning", "critical"]
+SEVERITY_RANK: dict[str, int] = {"critical": 0, "warning": 1, "info": 2}
+
+CATEGORIES: tuple[str, ...] = (
+    "screening",
+    "pgx",
+    "dosing",
+    "monitoring",
+    "lab",
+    "trend",
+    "interaction",
+    "contraindication",
+    "reproduction",
+    "vaccine",
+    "symptom",
+    "efficacy",
+    "metabolite",
+    "data-quality",
+)
+
+Phase = Literal["pre-treatment", "initiation", "dose-change", "stable", "stopped"]
+
+
+@dataclass(frozen=True, slots=True)
+class LabResult:
+    """One numeric result in the analyte's canonical unit (conversion happened at the edge)."""
+
+    analyte: str
+    value: float
+    unit: str
+    when: date
+    source_id: str = ""
+    code: str = ""
+    original_value: float | None = None
+    original_unit: str | None = None
+    ref_low: float | None = None
+    ref_high: float | None = None
+    below_detection: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedResult:
+    """A result the reader could not use (unknown unit, no value): kept so it becomes a finding."""
+
+    analyte: str
+    when: date
+    reason: Literal["unknown-unit", "missing-value"]
+    unit: str = ""
+    detail: str = ""
+    source_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MedicationEntry:
+    """A medicine statement or order.
+
+    status is normalised to: active (taking now), draft (being ordered now),
+    intended (planned), stopped (history) or unknown.
+    """
+
+    drug: str | None
+    name: str
+    status: Literal["active", "draft", "intended", "stopped", "unknown"]
+    start: date | None
+    end: date | None
+    daily_dose_mg: float | None
+    kind: Literal["statement", "request"] = "statement"
+    rxnorm: str | None = None
+    source_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GenotypeResult:
+    gene: str
+    diplotype: str | None
+    phenotype: str | None
+    when: date | None
+    source_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityResult:
+    value: float
+    unit: str
+    when: date
+    source_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    key: str | None
+    text: str
+    active: bool
+    onset: date | None = None
+    code: str | None = None
+    source_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Allergy:
+    drug: str | None
+    text: str
+    source_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Vaccination:
+    vaccine: str | None
+    live: bool
+    name: str
+    when: date | None
+    status: Literal["given", "ordered"]
+    source_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Symptom:
+    key: str | None
+    text: str
+    when: date
+    source_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StatusObservation:
+    """Pregnancy, breastfeeding or pregnancy-intention status; value True/False/None (unknown)."""
+
+    kind: Literal["pregnancy", "breastfeeding", "pregnancy-intention"]
+    value: bool | None
+    when: date
+    source_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PatientRecord:
+    patient_id: str
+    birth_date: date | None = None
+    sex: str | None = None
+    name: str | None = None
+    labs: tuple[LabResult, ...] = ()
+    rejected: tuple[RejectedResult, ...] = ()
+    medications: tuple[MedicationEntry, ...] = ()
+    genotypes: tuple[GenotypeResult, ...] = ()
+    tpmt_activity: tuple[ActivityResult, ...] = ()
+    conditions: tuple[Condition, ...] = ()
+    allergies: tuple[Allergy, ...] = ()
+    vaccinations: tuple[Vaccination, ...] = ()
+    symptoms: tuple[Symptom, ...] = ()
+    statuses: tuple[StatusObservation, ...] = ()
+    screening_done: tuple[tuple[str, date], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    code: str
+    category: str
+    severity: Severity
+    message: str
+    action: str
+    sources: tuple[str, ...]
+    evidence: tuple[dict[str, object], ...] = ()
+    patient_text: str = ""
+    ctcae: dict[str, object] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DoseRange:
+    low: float
+    high: float
+
+
+@dataclass(frozen=True, slots=True)
+class DoseStep:
+    start: date
+    mg_per_day: float
+
+
+@dataclass(frozen=True, slots=True)
+class DosePlan:
+    current_mg_per_day: float | None
+    current_mg_per_kg_per_day: float | None
+    recommended: DoseRange | None
+    plan: tuple[DoseStep, ...]
+    basis: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MonitoringGroup:
+    name: str
+    last: date | None
+    next_due: date | None
+    overdue: bool
+    interval: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MonitoringPlan:
+    phase: Phase
+    groups: tuple[MonitoringGroup, ...]
+    treatment_start: date | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    patient_id: str
+    as_of: date
+    knowledge_version: str
+    protocol: dict[str, str]
+    findings: tuple[Finding, ...]
+    dose: DosePlan
+    monitoring: MonitoringPlan
+    pgx: dict[str, str | None] = field(default_factory=dict)

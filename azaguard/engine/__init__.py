@@ -1,0 +1,66 @@
+"""The pure assessment engine: (record, knowledge, as_of) -> Assessment. No clock, no I/O."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from azaguard import domain as d
+from azaguard.engine.context import build_context
+from azaguard.engine.counselling import check_data_quality, check_efficacy, check_metabolites, check_screening
+from azaguard.engine.dosing import compute_dose
+from azaguard.engine.labs import check_rises, check_thresholds, check_trends
+from azaguard.engine.pgx import LABEL, check_pgx
+from azaguard.engine.safety import (
+    check_contraindications,
+    check_interactions,
+    check_reproduction,
+    check_symptoms,
+    check_vaccines,
+)
+from azaguard.engine.schedule import plan_monitoring
+from azaguard.knowledge import Knowledge
+
+# Checks that only read the context. PGx runs first (dose and others read its call).
+CHECKS = (
+    check_screening,
+    check_thresholds,
+    check_rises,
+    check_trends,
+    check_interactions,
+    check_contraindications,
+    check_reproduction,
+    check_vaccines,
+    check_symptoms,
+    check_efficacy,
+    check_metabolites,
+    check_data_quality,
+)
+
+
+def sort_key(f: d.Finding) -> tuple[int, int, str]:
+    return (d.SEVERITY_RANK[f.severity], d.CATEGORIES.index(f.category), f.code)
+
+
+def assess(record: d.PatientRecord, knowledge: Knowledge, as_of: date) -> d.Assessment:
+    ctx = build_context(record, knowledge, as_of)
+    findings = check_pgx(ctx)
+    dose, dose_findings = compute_dose(ctx)
+    monitoring, schedule_findings = plan_monitoring(ctx)
+    findings += dose_findings + schedule_findings
+    for check in CHECKS:
+        findings.extend(check(ctx))
+    pgx_summary = {
+        gene.lower(): (LABEL[call.phenotype] if call.phenotype else None)
+        for gene, call in (("TPMT", ctx.pgx["tpmt"]), ("NUDT15", ctx.pgx["nudt15"]))
+    }
+    pgx_summary["category"] = ctx.pgx["category"]
+    return d.Assessment(
+        patient_id=record.patient_id,
+        as_of=as_of,
+        knowledge_version=knowledge.version,
+        protocol={"name": knowledge.protocol["name"], "version": knowledge.protocol["version"]},
+        findings=tuple(sorted(findings, key=sort_key)),
+        dose=dose,
+        monitoring=monitoring,
+        pgx=pgx_summary,
+    )

@@ -1,0 +1,150 @@
+"""Screening before treatment, time-to-benefit counselling, metabolites and data quality."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from azaguard import domain as d
+from azaguard.engine.context import Context
+from azaguard.engine.findings import from_catalogue
+
+
+def check_screening(ctx: Context) -> list[d.Finding]:
+    kb = ctx.kb
+    if ctx.course.phase != "pre-treatment":
+        return []
+    out = []
+    for group in kb.schedule.groups:
+        if not ctx.group_dates(group):
+            out.append(from_catalogue(kb, f"screening-missing-{group.lower()}"))
+    done = {key for key, when in ctx.record.screening_done if when <= ctx.as_of}
+    if not done & {"hbsag", "anti_hbc"}:
+        out.append(from_catalogue(kb, "screening-missing-hepatitis-b"))
+    if "hcv" not in done:
+        out.append(from_catalogue(kb, "screening-missing-hepatitis-c"))
+    if "hiv" not in done:
+        out.append(from_catalogue(kb, "screening-missing-hiv"))
+    varicella_vaccinated = any(
+        v.vaccine in ("varicella", "zoster-live", "zoster-recombinant")
+        for v in ctx.record.vaccinations
+        if v.status == "given"
+    )
+    if "vzv_igg" not in done and not varicella_vaccinated:
+        out.append(from_catalogue(kb, "screening-missing-vzv"))
+    if ctx.record.sex == "female" and "pregnancy_test" not in done:
+        out.append(from_catalogue(kb, "screening-missing-pregnancy-test"))
+    given = {v.vaccine for v in ctx.record.vaccinations if v.status == "given"}
+    if not {"influenza", "pneumococcal"} <= given:
+        out.append(from_catalogue(kb, "screening-vaccines-before-start"))
+    ind = ctx.indication()
+    if ind is not None and not kb.indications[ind].licensed_uk:
+        out.append(from_catalogue(kb, "screening-off-label", indication=kb.indications[ind].label))
+    return out
+
+
+def check_efficacy(ctx: Context) -> list[d.Finding]:
+    kb = ctx.kb
+    course = ctx.course
+    if course.phase == "stopped":
+        return []
+    ind_key = ctx.indication()
+    ind = kb.indications.get(ind_key) if ind_key else None
+    ttb_text = ind.time_to_benefit if ind else kb.efficacy.default_time_to_benefit
+    ttb = ind.time_to_benefit_months if ind else kb.efficacy.default_time_to_benefit_months
+    label = ind.label if ind else "Indication not recorded"
+    months = 0
+    if course.start is not None:
+        months = (
+            (ctx.as_of.year - course.start.year) * 12
+            + ctx.as_of.month
+            - course.start.month
+            - (ctx.as_of.day < course.start.day)
+        )
+    seed_note = f"Note: {kb.efficacy.seed_claim} Current guidance differs: {ttb_text}"
+    if course.phase == "pre-treatment" or months < ttb.high:
+        return [
+            from_catalogue(
+                kb,
+                "efficacy-time-to-benefit",
+                indication=label,
+                months=months,
+                time_to_benefit=ttb_text,
+                seed_note=seed_note,
+            )
+        ]
+    if kb.efficacy.counsel_until.add(course.start) > ctx.as_of if course.start else False:
+        return [from_catalogue(kb, "efficacy-review-response", months=months)]
+    return []
+
+
+def check_metabolites(ctx: Context) -> list[d.Finding]:
+    kb = ctx.kb
+    m = kb.metabolites
+    tgns, mmps = ctx.labs.get("tgn", []), ctx.labs.get("mmp", [])
+    if not tgns or not mmps:
+        return []
+    tgn, mmp = tgns[-1], mmps[-1]
+    if tgn.when != mmp.when:
+        return []  # interpret only a pair measured together
+    ev: tuple[dict[str, object], ...] = (
+        {"type": "lab", "analyte": "tgn", "value": tgn.value, "date": tgn.when.isoformat()},
+        {"type": "lab", "analyte": "mmp", "value": mmp.value, "date": mmp.when.isoformat()},
+    )
+    params = {"tgn": round(tgn.value), "mmp": round(mmp.value), "date": tgn.when}
+    absent = (tgn.below_detection or tgn.value == 0) and (mmp.below_detection or mmp.value == 0)
+    ratio = mmp.value / tgn.value if tgn.value > 0 else float("inf")
+    if absent:
+        code = "metabolite-non-adherence"
+    elif tgn.value > m.tgn_high or mmp.value > m.mmp_high:
+        code = "metabolite-supratherapeutic" if tgn.value >= m.tgn_low else "metabolite-shunting"
+    elif tgn.value < m.tgn_low and ratio > m.mmp_tgn_ratio:
+        code = "metabolite-shunting"
+    elif tgn.value < m.tgn_low:
+        code = "metabolite-subtherapeutic"
+    else:
+        code = "metabolite-therapeutic"
+    return [from_catalogue(kb, code, ev, ratio=round(ratio, 1) if ratio != float("inf") else "n/a", **params)]
+
+
+def check_data_quality(ctx: Context) -> list[d.Finding]:
+    kb = ctx.kb
+    out = []
+    latest_rejects: dict[tuple[str, str], d.RejectedResult] = {}
+    for r in ctx.record.rejected:
+        if r.when <= ctx.as_of:
+            key = (r.analyte, r.reason)
+            if key not in latest_rejects or latest_rejects[key].when <= r.when:
+                latest_rejects[key] = r
+    for (analyte, reason), r in sorted(latest_rejects.items()):
+        label = kb.analytes[analyte].label if analyte in kb.analytes else analyte
+        ev: tuple[dict[str, object], ...] = (
+            {"type": "rejected", "analyte": analyte, "date": r.when.isoformat(), "id": r.source_id},
+        )
+        if reason == "unknown-unit":
+            out.append(from_catalogue(kb, "data-unknown-unit", ev, label=label, date=r.when, unit=r.unit))
+        else:
+            out.append(from_catalogue(kb, "data-missing-value", ev, label=label, date=r.when, reason=r.detail))
+    if ctx.future_count:
+        out.append(from_catalogue(kb, "data-future-dated", count=ctx.future_count, as_of=ctx.as_of))
+    treating = ctx.course.phase in ("initiation", "dose-change", "stable") or ctx.course.draft_entry is not None
+    if treating or ctx.course.phase == "pre-treatment":
+        if ctx.weight is None:
+            out.append(from_catalogue(kb, "data-missing-weight"))
+        if ctx.indication() is None:
+            out.append(from_catalogue(kb, "data-missing-indication"))
+    if ctx.course.active_entry is not None and ctx.course.current_dose is None:
+        out.append(from_catalogue(kb, "data-missing-dose"))
+    if ctx.course.active_entry is not None and not ctx.course.start_known:
+        out.append(from_catalogue(kb, "data-missing-start-date"))
+    fbc_dates: dict[object, set[str]] = defaultdict(set)
+    for a in ("wbc", "neutrophils", "lymphocytes", "platelets"):
+        for r in ctx.labs.get(a, []):
+            fbc_dates[r.when].add(a)
+    if fbc_dates:
+        last = max(fbc_dates)  # type: ignore[type-var]
+        missing = [
+            kb.analytes[a].label.lower() for a in ("wbc", "neutrophils", "platelets") if a not in fbc_dates[last]
+        ]
+        if missing:
+            out.append(from_catalogue(kb, "data-incomplete-fbc", date=last, missing=", ".join(missing)))
+    return out

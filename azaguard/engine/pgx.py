@@ -1,0 +1,183 @@
+"""TPMT / NUDT15: diplotype or activity -> phenotype -> combined dosing category.
+
+Phenotypes come from the shipped CPIC tables; a diplotype the table does not list is called
+from allele function with CPIC's own rules (PharmCAT-verified, dossier 2.3), and an allele
+with no function entry makes the call Indeterminate, never Normal.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from azaguard import domain as d
+from azaguard.engine.context import Context
+from azaguard.engine.findings import from_catalogue
+from azaguard.knowledge import Knowledge
+
+# Worse first: when two results disagree the worse one drives dosing (safer).
+RANK = {"PM": 0, "IM": 1, "Indeterminate": 2, "NM": 3}
+LABEL = {
+    "NM": "Normal Metabolizer",
+    "IM": "Intermediate Metabolizer",
+    "PM": "Poor Metabolizer",
+    "Indeterminate": "Indeterminate",
+}
+
+
+@dataclass(frozen=True)
+class GeneCall:
+    gene: str
+    phenotype: str | None  # NM, IM, PM, Indeterminate or None (not tested)
+    detail: str
+    genotype_call: str | None = None
+    activity_call: str | None = None
+    discordant: bool = False
+
+
+def phenotype_from_text(text: str) -> str | None:
+    """CPIC phenotype words (with or without the gene prefix) -> NM/IM/PM/Indeterminate."""
+    low = text.lower()
+    if "indeterminate" in low:
+        return "Indeterminate"
+    if "poor" in low or "deficient" in low:
+        return "PM"
+    if "intermediate" in low:  # includes "Possible Intermediate Metabolizer"
+        return "IM"
+    if "normal" in low or "extensive" in low:
+        return "NM"
+    return None
+
+
+_FUNCTION = {"Normal function": "normal", "No function": "none", "Decreased function": "decreased"}
+
+
+def phenotype_from_diplotype(kb: Knowledge, gene: str, diplotype: str) -> str | None:
+    """Look the diplotype up in CPIC's table; derive from allele function if it is not listed."""
+    table = kb.cpic[gene]
+    alleles = [a.strip() for a in re.split(r"[/|]", diplotype.strip()) if a.strip()]
+    if len(alleles) != 2 or not all(a.startswith("*") for a in alleles):
+        return None
+    for key in (f"{alleles[0]}/{alleles[1]}", f"{alleles[1]}/{alleles[0]}"):
+        if key in table.diplotype_phenotype:
+            return phenotype_from_text(table.diplotype_phenotype[key])
+    funcs = [_FUNCTION.get(table.allele_function.get(a, ""), "uncertain") for a in alleles]
+    if any(a not in table.allele_function for a in alleles) and all(f == "uncertain" for f in funcs):
+        return "Indeterminate"
+    if funcs == ["normal", "normal"]:
+        return "NM"
+    if sorted(funcs) == ["none", "normal"]:
+        return "IM"
+    if funcs == ["none", "none"]:
+        return "PM"
+    if "none" in funcs:
+        return "IM"  # no function + uncertain = Possible Intermediate Metabolizer
+    return "Indeterminate"
+
+
+def activity_band(kb: Knowledge, value: float, unit: str) -> tuple[str, str] | None:
+    unit_norm = unit.strip().lower()
+    for table in kb.pgx.activity_units:
+        if unit_norm in (u.lower() for u in table.unit):
+            for band in table.bands:
+                if band.low <= value < band.high:
+                    return band.phenotype, band.label
+    return None
+
+
+def call_gene(ctx: Context, gene: str, findings: list[d.Finding]) -> GeneCall:
+    kb = ctx.kb
+    results = [g for g in ctx.record.genotypes if g.gene == gene and (g.when is None or g.when <= ctx.as_of)]
+    geno_call = geno_detail = None
+    if results:
+        latest = max(results, key=lambda g: g.when or ctx.as_of)
+        if latest.diplotype:
+            geno_call = phenotype_from_diplotype(kb, gene, latest.diplotype)
+            geno_detail = latest.diplotype
+            if geno_call is None:
+                findings.append(from_catalogue(kb, "data-unknown-allele", gene=gene, value=latest.diplotype))
+        elif latest.phenotype:
+            geno_call = phenotype_from_text(latest.phenotype)
+            geno_detail = latest.phenotype
+            if geno_call is None:
+                findings.append(from_catalogue(kb, "data-unknown-allele", gene=gene, value=latest.phenotype))
+    act_call = act_detail = None
+    if gene == "TPMT":
+        acts = [a for a in ctx.record.tpmt_activity if a.when <= ctx.as_of]
+        if acts:
+            a = acts[-1]
+            band = activity_band(kb, a.value, a.unit)
+            if band is None:
+                findings.append(from_catalogue(kb, "data-unknown-activity-unit", value=a.value, unit=a.unit))
+            else:
+                act_call, label = band
+                act_detail = f"activity {a.value:g} {a.unit}, {label}"
+    calls = [(c, det) for c, det in ((geno_call, geno_detail), (act_call, act_detail)) if c is not None]
+    if not calls:
+        return GeneCall(gene, None, "not tested")
+    determinate = [(c, det) for c, det in calls if c != "Indeterminate"]
+    pool = determinate or calls
+    phenotype, _ = min(pool, key=lambda cd: RANK[cd[0]])
+    discordant = len(determinate) == 2 and determinate[0][0] != determinate[1][0]
+    detail = "; ".join(det for _, det in calls if det)
+    return GeneCall(gene, phenotype, detail, geno_call, act_call, discordant)
+
+
+def combined_category(tpmt: GeneCall, nudt15: GeneCall) -> str | None:
+    """Combined CPIC dosing category; None when TPMT is unknown (never assumed normal)."""
+    phen = {tpmt.phenotype, nudt15.phenotype}
+    if "PM" in phen:
+        return "poor"
+    if tpmt.phenotype is None:
+        return None
+    if tpmt.phenotype == "IM" and nudt15.phenotype == "IM":
+        return "compound-intermediate"
+    if "IM" in phen:
+        return "intermediate"
+    if "Indeterminate" in phen:
+        return "indeterminate"
+    return "normal"
+
+
+def check_pgx(ctx: Context) -> list[d.Finding]:
+    kb = ctx.kb
+    findings: list[d.Finding] = []
+    tpmt = call_gene(ctx, "TPMT", findings)
+    nudt15 = call_gene(ctx, "NUDT15", findings)
+    category = combined_category(tpmt, nudt15)
+    ctx.pgx = {"tpmt": tpmt, "nudt15": nudt15, "category": category}
+
+    def label(c: GeneCall) -> str:
+        return "not tested" if c.phenotype is None else f"{LABEL[c.phenotype]} ({c.detail})"
+
+    evidence = tuple(
+        {"type": "pgx", "gene": c.gene, "phenotype": c.phenotype, "detail": c.detail}
+        for c in (tpmt, nudt15)
+        if c.phenotype
+    )
+    if category is None:
+        code = "pgx-tpmt-unknown" if ctx.course.phase in ("pre-treatment",) else "pgx-tpmt-unknown-on-treatment"
+        if ctx.course.phase != "stopped":
+            findings.append(from_catalogue(kb, code))
+    elif category == "indeterminate":
+        which = tpmt if tpmt.phenotype == "Indeterminate" else nudt15
+        findings.append(
+            from_catalogue(kb, "pgx-indeterminate", evidence, tpmt=f"{which.gene} {label(which)}", detail=which.detail)
+        )
+    else:
+        code = f"pgx-{category}"
+        sev = kb.pgx.combined[category].severity
+        findings.append(from_catalogue(kb, code, evidence, severity=sev, tpmt=label(tpmt), nudt15=label(nudt15)))
+    if tpmt.discordant:
+        findings.append(
+            from_catalogue(
+                kb,
+                "pgx-discordant",
+                evidence,
+                genotype=LABEL.get(tpmt.genotype_call or "", "?"),
+                activity=LABEL.get(tpmt.activity_call or "", "?"),
+            )
+        )
+    if nudt15.phenotype is None and category not in (None, "poor") and ctx.course.phase != "stopped":
+        findings.append(from_catalogue(kb, "pgx-nudt15-unknown"))
+    return findings

@@ -1,0 +1,229 @@
+"""Checks about the whole patient: interactions, contraindications, reproduction, vaccines, symptoms."""
+
+from __future__ import annotations
+
+from azaguard import domain as d
+from azaguard.engine.context import Context
+from azaguard.engine.findings import from_catalogue, from_rule, lab_evidence, med_evidence
+
+
+def check_interactions(ctx: Context) -> list[d.Finding]:
+    kb = ctx.kb
+    if ctx.course.phase == "stopped" and ctx.course.draft_entry is None:
+        return []  # azathioprine is history: co-prescriptions no longer interact
+    out: list[d.Finding] = []
+    unknown: list[d.MedicationEntry] = []
+    for med in ctx.current_medicines():
+        if med.drug is None:
+            unknown.append(med)
+            continue
+        for ix in kb.interactions:
+            if med.drug not in ix.drugs:
+                continue
+            prefix = "About to be prescribed: " if med.status in ("draft", "intended") else ""
+            out.append(
+                from_rule(
+                    kb, f"interaction-{ix.id}", "interaction", ix, (med_evidence(med),), prefix=prefix, drug=med.name
+                )
+            )
+    if unknown:
+        names = ", ".join(sorted({m.name for m in unknown}))
+        out.append(
+            from_catalogue(kb, "data-unrecognised-medicine", tuple(med_evidence(m) for m in unknown), name=names)
+        )
+    return out
+
+
+def check_contraindications(ctx: Context) -> list[d.Finding]:
+    kb = ctx.kb
+    out = []
+    seen: set[str] = set()
+    for key, rule in kb.conditions.items():
+        for cond in ctx.active_conditions(key):
+            if rule.finding in seen:
+                continue
+            seen.add(rule.finding)
+            ev: dict[str, object] = {"type": "condition", "text": cond.text}
+            if cond.code:
+                ev["snomed"] = cond.code
+            params: dict[str, object] = {"condition": cond.text}
+            if rule.finding == "reproduction-planning":
+                params["max"] = kb.reproduction.pregnancy_max_mg_per_kg
+            out.append(from_catalogue(kb, rule.finding, (ev,), **params))
+    for allergy in ctx.record.allergies:
+        if allergy.drug in kb.allergy.drugs and kb.allergy.finding not in seen:
+            seen.add(kb.allergy.finding)
+            out.append(
+                from_catalogue(
+                    kb,
+                    kb.allergy.finding,
+                    ({"type": "allergy", "text": allergy.text},),
+                    substance=allergy.text or allergy.drug,
+                )
+            )
+    return out
+
+
+def _latest_status(ctx: Context, kind: str) -> d.StatusObservation | None:
+    items = [s for s in ctx.record.statuses if s.kind == kind and s.when <= ctx.as_of and s.value is not None]
+    return items[-1] if items else None
+
+
+def check_reproduction(ctx: Context) -> list[d.Finding]:
+    kb = ctx.kb
+    rep = kb.reproduction
+    out = []
+    dose = ctx.course.current_dose if ctx.course.current_dose is not None else ctx.course.proposed_dose
+    mgkg = ctx.mg_per_kg(dose)
+    preg = _latest_status(ctx, "pregnancy")
+    if preg and preg.value:
+        ev: tuple[dict[str, object], ...] = ({"type": "status", "kind": "pregnancy", "date": preg.when.isoformat()},)
+        out.append(from_catalogue(kb, "reproduction-pregnancy", ev, date=preg.when, max=rep.pregnancy_max_mg_per_kg))
+        if mgkg is not None and mgkg > rep.pregnancy_max_mg_per_kg + 1e-9:
+            cap = rep.pregnancy_max_mg_per_kg * (ctx.weight.value if ctx.weight else 0.0)
+            out.append(
+                from_catalogue(
+                    kb,
+                    "reproduction-pregnancy-dose-high",
+                    ev,
+                    mgkg=round(mgkg, 2),
+                    max=rep.pregnancy_max_mg_per_kg,
+                    cap=round(cap),
+                )
+            )
+    bf = _latest_status(ctx, "breastfeeding")
+    if bf and bf.value:
+        ev = ({"type": "status", "kind": "breastfeeding", "date": bf.when.isoformat()},)
+        out.append(
+            from_catalogue(kb, "reproduction-breastfeeding", ev, date=bf.when, max=rep.breastfeeding_max_mg_per_day)
+        )
+        if dose is not None and dose > rep.breastfeeding_max_mg_per_day:
+            out.append(
+                from_catalogue(
+                    kb, "reproduction-breastfeeding-dose-high", ev, current=dose, max=rep.breastfeeding_max_mg_per_day
+                )
+            )
+    plan = _latest_status(ctx, "pregnancy-intention")
+    if plan and plan.value and not (preg and preg.value) and not any(f.code == "reproduction-planning" for f in out):
+        out.append(from_catalogue(kb, "reproduction-planning", max=rep.pregnancy_max_mg_per_kg))
+    return out
+
+
+def _immunosuppressed_state(ctx: Context) -> str | None:
+    """Why a live vaccine is unsafe now, or None if it is not."""
+    course = ctx.course
+    if course.phase in ("initiation", "dose-change", "stable"):
+        return "taking azathioprine"
+    if course.phase == "stopped" and (
+        course.stopped_on is None or ctx.kb.vaccines.live_washout.add(course.stopped_on) > ctx.as_of
+    ):
+        when = course.stopped_on.isoformat() if course.stopped_on else "on an unknown date"
+        return f"within {ctx.kb.vaccines.live_washout.label()} of stopping azathioprine (stopped {when})"
+    if course.phase == "pre-treatment" and course.draft_entry is not None:
+        return "pre-treatment"
+    return None
+
+
+def check_vaccines(ctx: Context) -> list[d.Finding]:
+    kb = ctx.kb
+    out: list[d.Finding] = []
+    state = _immunosuppressed_state(ctx)
+    for v in ctx.record.vaccinations:
+        if not v.live or (v.when is not None and v.when > ctx.as_of and v.status == "given"):
+            continue
+        ev: tuple[dict[str, object], ...] = (
+            {"type": "vaccine", "name": v.name, "status": v.status, "date": v.when.isoformat() if v.when else None},
+        )
+        if v.status == "ordered":
+            if state == "pre-treatment":
+                out.append(from_catalogue(kb, "vaccine-live-before-start", ev, vaccine=v.name))
+            elif state:
+                out.append(from_catalogue(kb, "vaccine-live-ordered", ev, vaccine=v.name, state=state))
+        elif v.when is not None and _was_immunosuppressed_on(ctx, v.when):
+            out.append(
+                from_catalogue(
+                    kb,
+                    "vaccine-live-given",
+                    ev,
+                    vaccine=v.name,
+                    date=v.when,
+                    state="on azathioprine or within the wash-out period",
+                )
+            )
+    if ctx.course.phase == "stopped" and ctx.course.draft_entry is None:
+        return out
+    given = [v for v in ctx.record.vaccinations if v.status == "given" and v.when is not None and v.when <= ctx.as_of]
+    flu = [
+        v
+        for v in given
+        if v.vaccine == "influenza" and v.when and kb.vaccines.influenza_interval.add(v.when) > ctx.as_of
+    ]
+    if not flu:
+        out.append(from_catalogue(kb, "vaccine-influenza-due"))
+    if not any(v.vaccine == "pneumococcal" for v in given):
+        out.append(from_catalogue(kb, "vaccine-pneumococcal-missing"))
+    if not any(v.vaccine == "zoster-recombinant" for v in given):
+        out.append(from_catalogue(kb, "vaccine-shingrix"))
+    return out
+
+
+def _was_immunosuppressed_on(ctx: Context, when: object) -> bool:
+    washout = ctx.kb.vaccines.live_washout
+    for m in ctx.record.medications:
+        if m.drug != "azathioprine" or m.status not in ("active", "stopped", "unknown") or m.start is None:
+            continue
+        end = m.end if m.end is not None else (ctx.as_of if m.status != "stopped" else None)
+        if end is None:
+            continue
+        if m.start <= when <= washout.add(end):  # type: ignore[operator]
+            return True
+    return False
+
+
+def check_symptoms(ctx: Context) -> list[d.Finding]:
+    kb = ctx.kb
+    out: list[d.Finding] = []
+    items = kb.symptoms.items
+    seen: set[str] = set()
+    for s in reversed([s for s in ctx.record.symptoms if s.when <= ctx.as_of]):
+        spec = items.get(s.key) if s.key else None
+        group = spec.group if spec else "FBC"
+        answered = any(when >= s.when for when in ctx.group_dates(group))
+        if answered:
+            continue
+        name = (s.key or s.text).replace("-", " ")
+        code_key = f"symptom-{s.key or 'unrecognised'}"
+        if code_key in seen:
+            continue
+        seen.add(code_key)
+        if spec is not None and spec.marrow:
+            template = "symptom-marrow"
+        elif spec is not None and spec.group == "LFT":
+            template = "symptom-liver"
+        else:
+            template = "symptom-other"
+        f = from_catalogue(
+            kb,
+            template,
+            ({"type": "symptom", "text": s.text, "date": s.when.isoformat()},),
+            severity=spec.severity if spec else "warning",
+            symptom=name,
+            symptom_cap=name[:1].upper() + name[1:],
+            date=s.when,
+        )
+        out.append(_recode(f, code_key))
+        if s.key == "fever":
+            neut = ctx.latest("neutrophils")
+            if neut is not None and neut.value < kb.symptoms.neutropenic_fever_below:
+                out.append(
+                    from_catalogue(kb, "symptom-neutropenic-fever", (lab_evidence(neut),), value=round(neut.value, 2))
+                )
+    if ctx.course.phase != "stopped":
+        out.append(from_catalogue(kb, "symptom-guidance"))
+    return out
+
+
+def _recode(f: d.Finding, code: str) -> d.Finding:
+    from dataclasses import replace
+
+    return replace(f, code=code)

@@ -1,0 +1,101 @@
+"""Monitoring scheduler: phase, next due date and overdue status per test group.
+
+The interval that applies to a test depends on where its date falls relative to the latest
+"anchor" (treatment start or dose increase): initial interval until the dose has been stable
+for `stable_after`, the consolidation interval for `consolidation_duration`, then maintenance.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+from azaguard import domain as d
+from azaguard.engine.context import Context, maintenance_from, stable_from
+from azaguard.engine.findings import from_catalogue
+from azaguard.knowledge.model import Interval
+
+
+def interval_at(ctx: Context, when: date, anchor: date | None) -> Interval:
+    s = ctx.kb.schedule
+    if anchor is None or when < stable_from(ctx.kb, anchor):
+        return s.initial_interval
+    if when < maintenance_from(ctx.kb, anchor):
+        return s.consolidation_interval
+    return s.maintenance_interval
+
+
+def missed_count(interval: Interval, due: date, as_of: date) -> int:
+    """How many scheduled dates have passed without a test (the first missed one is `due`)."""
+    if as_of <= due:
+        return 0
+    n = 1
+    while interval.add(due, n) < as_of and n < 1000:
+        n += 1
+    return n
+
+
+def plan_monitoring(ctx: Context) -> tuple[d.MonitoringPlan, list[d.Finding]]:
+    kb, course = ctx.kb, ctx.course
+    findings: list[d.Finding] = []
+    groups: list[d.MonitoringGroup] = []
+    for name in kb.schedule.groups:
+        dates = ctx.group_dates(name)
+        last = dates[-1] if dates else None
+        if course.phase in ("pre-treatment", "stopped"):
+            due = ctx.as_of if (course.phase == "pre-treatment" and last is None) else None
+            groups.append(
+                d.MonitoringGroup(name, last, due, False, "baseline" if course.phase == "pre-treatment" else "")
+            )
+            continue
+        anchor = course.anchors[-1] if course.anchors else None
+        if anchor is None:  # start date unknown: the most frequent interval is the safe assumption
+            interval = kb.schedule.initial_interval
+            due = interval.add(last) if last else ctx.as_of
+        elif last is None or last < anchor:
+            interval = kb.schedule.initial_interval
+            due = interval.add(anchor)
+        else:
+            interval = interval_at(ctx, last, anchor)
+            due = interval.add(last)
+        overdue = ctx.as_of > due
+        current_interval = interval_at(ctx, ctx.as_of, anchor)
+        groups.append(d.MonitoringGroup(name, last, due, overdue, current_interval.label()))
+        if not overdue:
+            continue
+        missed = missed_count(interval, due, ctx.as_of)
+        ev: tuple[dict[str, object], ...] = (
+            {"type": "schedule", "group": name, "last": last.isoformat() if last else None, "due": due.isoformat()},
+        )
+        if missed > kb.schedule.missed_visits_critical:
+            findings.append(from_catalogue(kb, "monitoring-non-attendance", ev, group=name, missed=missed, due=due))
+        elif last is None or (course.start is not None and last < course.start):
+            findings.append(
+                from_catalogue(kb, "monitoring-never-done", ev, group=name, start=course.start or "unknown", due=due)
+            )
+        else:
+            findings.append(
+                from_catalogue(
+                    kb, "monitoring-overdue", ev, group=name, due=due, days=(ctx.as_of - due).days, last=last
+                )
+            )
+    if course.phase != "stopped" and course.phase != "pre-treatment":
+        findings.extend(_metabolites_due(ctx))
+    return d.MonitoringPlan(course.phase, tuple(groups), course.start), findings
+
+
+def _metabolites_due(ctx: Context) -> list[d.Finding]:
+    kb, course = ctx.kb, ctx.course
+    m = kb.metabolites
+    if course.start is None or not course.anchors:
+        return []
+    tests = sorted({r.when for a in ("tgn", "mmp") for r in ctx.labs.get(a, [])})
+    last_test = tests[-1] if tests else None
+    anchor = course.anchors[-1]
+    reason = None
+    if ctx.as_of >= m.check_after_change.add(anchor) and (last_test is None or last_test < anchor):
+        reason = "4 weeks after starting or changing the dose"
+    elif last_test is None and ctx.as_of >= m.check_after_start.add(course.start):
+        reason = "never measured, more than 16 weeks after starting"
+    elif last_test is not None and ctx.as_of >= m.check_every.add(last_test):
+        reason = f"last measured {last_test.isoformat()}, a year or more ago"
+    return [from_catalogue(kb, "monitoring-metabolites-due", reason=reason)] if reason else []

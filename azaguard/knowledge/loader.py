@@ -1,0 +1,343 @@
+"""Load, merge (local protocol) and validate the knowledge base.
+
+Loading is the only place that touches the knowledge files; the engine receives a
+ready, immutable `Knowledge` whose cross-references (sources, finding codes, analytes,
+drugs) have all been checked, so a rule can never cite a source or code that does not exist.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import re
+import tomllib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from azaguard.knowledge import model as m
+
+DATA = "azaguard.knowledge.data"
+LOCAL_SOURCE_KEY = "local-protocol"
+
+
+class KnowledgeError(Exception):
+    """A knowledge or local-protocol file is malformed; the message names file and field."""
+
+
+@dataclass(frozen=True)
+class CpicGene:
+    gene: str
+    allele_function: dict[str, str]
+    diplotype_phenotype: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Knowledge:
+    meta: m.Meta
+    protocol: dict[str, str]
+    sources: dict[str, m.Source]
+    indications: dict[str, m.Indication]
+    dosing: m.Dosing
+    pgx: m.Pgx
+    schedule: m.Schedule
+    thresholds: tuple[m.Threshold, ...]
+    rises: tuple[m.Rise, ...]
+    trends: tuple[m.Trend, ...]
+    ctcae: dict[str, m.Ctcae]
+    analytes: dict[str, m.Analyte]
+    units: dict[str, dict[str, float]]
+    unit_overrides: dict[str, dict[str, float]]
+    pgx_codes: m.PgxCodes
+    status_codes: m.StatusCodes
+    screening_codes: dict[str, list[str]]
+    drugs: dict[str, m.Drug]
+    interactions: tuple[m.Interaction, ...]
+    conditions: dict[str, m.ConditionRule]
+    allergy: m.AllergyRule
+    vaccines: m.Vaccines
+    symptoms: m.Symptoms
+    reproduction: m.Reproduction
+    metabolites: m.Metabolites
+    efficacy: m.Efficacy
+    findings: dict[str, m.FindingText]
+    cpic: dict[str, CpicGene]
+    # derived indexes, built once
+    loinc_index: dict[str, str] = field(default_factory=dict)
+    local_code_index: dict[str, str] = field(default_factory=dict)
+    rxnorm_index: dict[str, str] = field(default_factory=dict)
+    drug_name_pattern: re.Pattern[str] | None = None
+    drug_name_index: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def version(self) -> str:
+        """The string stated on every output: protocol version, CPIC data, local protocol."""
+        base = f"{self.meta.id} {self.meta.version} (CPIC data {self.meta.cpic_data_version})"
+        if self.protocol.get("local") == "yes":
+            return f"{base} + local protocol '{self.protocol['name']}' v{self.protocol['version']}"
+        return base
+
+    def cite(self, keys: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(f"{k}: {self.sources[k].citation}" for k in keys)
+
+    def drug_for_rxnorm(self, code: str) -> str | None:
+        return self.rxnorm_index.get(code)
+
+    def drug_for_text(self, text: str) -> str | None:
+        """Find a known medicine name as a whole word in free text (brand or generic)."""
+        if self.drug_name_pattern is None:
+            return None
+        found = self.drug_name_pattern.search(text.lower())
+        return self.drug_name_index[found.group(1)] if found else None
+
+    def convert(self, analyte: str, value: float, unit: str) -> float | None:
+        """Convert to the analyte's canonical unit through the known table, or None."""
+        table = self.unit_overrides.get(analyte) or self.units[self.analytes[analyte].canonical]
+        factor = table.get(unit.strip())
+        if factor is None:
+            factor = table.get(unit.strip().replace("μ", "u").replace("µ", "u"))
+        return None if factor is None else value * factor
+
+
+def _read_toml(name: str) -> dict[str, Any]:
+    text = resources.files(DATA).joinpath(name).read_text(encoding="utf-8")
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise KnowledgeError(f"knowledge file {name}: {exc}") from exc
+
+
+def _read_tsv(name: str) -> list[dict[str, str]]:
+    text = resources.files(DATA).joinpath(f"cpic/{name}").read_text(encoding="utf-8")
+    return list(csv.DictReader(text.splitlines(), delimiter="\t"))
+
+
+def _validate(adapter_type: Any, data: Any, where: str) -> Any:
+    try:
+        return TypeAdapter(adapter_type).validate_python(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise KnowledgeError(f"{where}.{loc}: {first['msg']}") from exc
+
+
+def _load_cpic() -> dict[str, CpicGene]:
+    genes = {}
+    for gene in ("TPMT", "NUDT15"):
+        funcs = {r["allele"]: r["clinical_function"] for r in _read_tsv(f"{gene}_allele_function.tsv")}
+        dips = {r["diplotype"]: r["phenotype"] for r in _read_tsv(f"{gene}_diplotype_phenotype.tsv")}
+        genes[gene] = CpicGene(gene, funcs, dips)
+    return genes
+
+
+# Keys a local protocol may change, by section. Anything else is refused: a clinic tunes
+# thresholds and intervals, it does not silently rewrite pharmacology.
+_LOCAL_THRESHOLD_KEYS = {"value", "severity", "action", "message", "patient_text"}
+_LOCAL_TREND_KEYS = {"fall_fraction", "successive_falls", "severity", "action"}
+_LOCAL_RISE_KEYS = {"rise_fraction", "window", "severity", "action"}
+_LOCAL_SCHEDULE_KEYS = {
+    "initial_interval",
+    "stable_after",
+    "consolidation_interval",
+    "consolidation_duration",
+    "maintenance_interval",
+    "missed_visits_critical",
+}
+_LOCAL_DOSING_KEYS = {"target_mg_per_kg", "max_mg_per_kg", "max_mg_per_day", "start_mg_per_day", "step_mg"}
+
+
+def _apply_local(raw: dict[str, Any], local: dict[str, Any], path: str) -> dict[str, str]:
+    """Merge a local protocol into the raw knowledge; every changed rule cites the local protocol."""
+    head = local.get("protocol")
+    if not isinstance(head, dict) or not isinstance(head.get("name"), str) or not isinstance(head.get("version"), str):
+        raise KnowledgeError(f"{path}: [protocol] needs string fields 'name' and 'version'")
+    raw["sources"][LOCAL_SOURCE_KEY] = {
+        "citation": f"Local protocol '{head['name']}' v{head['version']}"
+        + (f" - {head['source']}" if "source" in head else "")
+    }
+    allowed_sections = {"protocol", "thresholds", "trends", "rises", "schedule", "dosing", "vaccines"}
+    for section in local:
+        if section not in allowed_sections:
+            raise KnowledgeError(
+                f"{path}: section [{section}] cannot be overridden (allowed: {sorted(allowed_sections)})"
+            )
+
+    def merge_rules(section: str, rules: list[dict[str, Any]], keys: set[str]) -> None:
+        by_id = {r["id"]: r for r in rules}
+        for rid, change in local.get(section, {}).items():
+            if rid not in by_id:
+                raise KnowledgeError(f"{path}: [{section}.{rid}] names no rule (known: {sorted(by_id)})")
+            bad = set(change) - keys
+            if bad:
+                raise KnowledgeError(f"{path}: [{section}.{rid}] cannot set {sorted(bad)} (allowed: {sorted(keys)})")
+            by_id[rid].update(change)
+            by_id[rid]["sources"] = [LOCAL_SOURCE_KEY, *by_id[rid]["sources"]]
+
+    merge_rules("thresholds", raw["labs"]["thresholds"], _LOCAL_THRESHOLD_KEYS)
+    merge_rules("trends", raw["labs"]["trends"], _LOCAL_TREND_KEYS)
+    merge_rules("rises", raw["labs"]["rises"], _LOCAL_RISE_KEYS)
+    for section, target, keys in (
+        ("schedule", raw["protocol"]["schedule"], _LOCAL_SCHEDULE_KEYS),
+        ("dosing", raw["protocol"]["dosing"], _LOCAL_DOSING_KEYS),
+        ("vaccines", raw["safety"]["vaccines"], {"live_washout"}),
+    ):
+        change = local.get(section, {})
+        bad = set(change) - keys
+        if bad:
+            raise KnowledgeError(f"{path}: [{section}] cannot set {sorted(bad)} (allowed: {sorted(keys)})")
+        if change:
+            target.update(change)
+            src_key = "live_washout_sources" if section == "vaccines" else "sources"
+            target[src_key] = [LOCAL_SOURCE_KEY, *target[src_key]]
+    return {"name": head["name"], "version": head["version"], "local": "yes"}
+
+
+@lru_cache(maxsize=8)
+def _load_raw() -> dict[str, Any]:
+    return {
+        name: _read_toml(f"{name}.toml")
+        for name in ("sources", "protocol", "labs", "codes", "medicines", "safety", "findings")
+    }
+
+
+def load_knowledge(local_protocol: str | Path | None = None) -> Knowledge:
+    """Load the packaged knowledge base, optionally overridden by a clinic's local protocol file."""
+    if local_protocol is None:
+        return _load_default()
+    path = str(local_protocol)
+    try:
+        local = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise KnowledgeError(f"{path}: cannot read local protocol ({exc.strerror})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise KnowledgeError(f"{path}: not valid TOML ({exc})") from exc
+    raw = copy.deepcopy(_load_raw())
+    protocol = _apply_local(raw, local, path)
+    return _build(raw, protocol)
+
+
+@lru_cache(maxsize=1)
+def _load_default() -> Knowledge:
+    raw = _load_raw()
+    meta = raw["protocol"]["meta"]
+    return _build(copy.deepcopy(raw), {"name": meta["name"], "version": meta["version"], "local": "no"})
+
+
+def _build(raw: dict[str, Any], protocol: dict[str, str]) -> Knowledge:
+    p, labs, codes, meds, safety = raw["protocol"], raw["labs"], raw["codes"], raw["medicines"], raw["safety"]
+    sources = _validate(dict[str, m.Source], raw["sources"], "sources.toml")
+    kb = Knowledge(
+        meta=_validate(m.Meta, p["meta"], "protocol.toml:meta"),
+        protocol=protocol,
+        sources=sources,
+        indications=_validate(dict[str, m.Indication], p["indications"], "protocol.toml:indications"),
+        dosing=_validate(m.Dosing, p["dosing"], "protocol.toml:dosing"),
+        pgx=_validate(m.Pgx, p["pgx"], "protocol.toml:pgx"),
+        schedule=_validate(m.Schedule, p["schedule"], "protocol.toml:schedule"),
+        thresholds=tuple(_validate(list[m.Threshold], labs["thresholds"], "labs.toml:thresholds")),
+        rises=tuple(_validate(list[m.Rise], labs["rises"], "labs.toml:rises")),
+        trends=tuple(_validate(list[m.Trend], labs["trends"], "labs.toml:trends")),
+        ctcae=_validate(dict[str, m.Ctcae], labs["ctcae"], "labs.toml:ctcae"),
+        analytes=_validate(dict[str, m.Analyte], codes["analytes"], "codes.toml:analytes"),
+        units=_validate(dict[str, dict[str, float]], codes["units"], "codes.toml:units"),
+        unit_overrides=_validate(dict[str, dict[str, float]], codes["unit_overrides"], "codes.toml:unit_overrides"),
+        pgx_codes=_validate(m.PgxCodes, codes["pgx"], "codes.toml:pgx"),
+        status_codes=_validate(m.StatusCodes, codes["status"], "codes.toml:status"),
+        screening_codes=_validate(dict[str, list[str]], codes["screening_codes"], "codes.toml:screening_codes"),
+        drugs=_validate(dict[str, m.Drug], meds["drugs"], "medicines.toml:drugs"),
+        interactions=tuple(_validate(list[m.Interaction], meds["interactions"], "medicines.toml:interactions")),
+        conditions=_validate(dict[str, m.ConditionRule], safety["conditions"], "safety.toml:conditions"),
+        allergy=_validate(m.AllergyRule, safety["allergy"], "safety.toml:allergy"),
+        vaccines=_validate(m.Vaccines, safety["vaccines"], "safety.toml:vaccines"),
+        symptoms=_validate(m.Symptoms, safety["symptoms"], "safety.toml:symptoms"),
+        reproduction=_validate(m.Reproduction, safety["reproduction"], "safety.toml:reproduction"),
+        metabolites=_validate(m.Metabolites, safety["metabolites"], "safety.toml:metabolites"),
+        efficacy=_validate(m.Efficacy, safety["efficacy"], "safety.toml:efficacy"),
+        findings=_validate(dict[str, m.FindingText], raw["findings"], "findings.toml"),
+        cpic=_load_cpic(),
+    )
+    _check_references(kb)
+    return _index(kb)
+
+
+def _check_references(kb: Knowledge) -> None:
+    """Refuse dangling references: every cited source, finding code, analyte and drug must exist."""
+    from azaguard.domain import CATEGORIES
+
+    def need_sources(keys: list[str], where: str) -> None:
+        missing = [k for k in keys if k not in kb.sources]
+        if missing:
+            raise KnowledgeError(f"{where}: cites unknown source(s) {missing}")
+        if not keys:
+            raise KnowledgeError(f"{where}: has no source")
+
+    for key, ind in kb.indications.items():
+        need_sources(ind.sources, f"indications.{key}")
+    need_sources(kb.dosing.sources, "dosing")
+    need_sources(kb.dosing.step_interval_sources, "dosing.step_interval_sources")
+    need_sources(kb.dosing.renal.sources, "dosing.renal")
+    need_sources(kb.dosing.hepatic.sources, "dosing.hepatic")
+    for key, comb in kb.pgx.combined.items():
+        need_sources(comb.sources, f"pgx.combined.{key}")
+    for unit in kb.pgx.activity_units:
+        need_sources(unit.sources, f"pgx.activity_units[{unit.unit[0]}]")
+    need_sources(kb.schedule.sources, "schedule")
+    for rule in (*kb.thresholds, *kb.rises, *kb.trends):
+        need_sources(rule.sources, f"labs.{rule.id}")
+    for t in kb.thresholds:
+        if t.analyte not in kb.analytes:
+            raise KnowledgeError(f"labs.thresholds.{t.id}: unknown analyte {t.analyte}")
+        if t.ctcae and t.ctcae not in kb.ctcae:
+            raise KnowledgeError(f"labs.thresholds.{t.id}: unknown ctcae term {t.ctcae}")
+    for tr in kb.trends:
+        for a in tr.analytes:
+            if a not in kb.analytes:
+                raise KnowledgeError(f"labs.trends.{tr.id}: unknown analyte {a}")
+    for a in kb.analytes.values():
+        if a.canonical not in kb.units:
+            raise KnowledgeError(f"codes.analytes: no unit table for canonical unit {a.canonical}")
+    for key, c in kb.ctcae.items():
+        need_sources(c.sources, f"ctcae.{key}")
+    for ix in kb.interactions:
+        need_sources(ix.sources, f"interactions.{ix.id}")
+        for d in ix.drugs:
+            if d not in kb.drugs:
+                raise KnowledgeError(f"interactions.{ix.id}: unknown drug {d}")
+    for code, text in kb.findings.items():
+        need_sources(text.sources, f"findings.{code}")
+        if text.category not in CATEGORIES:
+            raise KnowledgeError(f"findings.{code}: unknown category {text.category}")
+    for key, cond in kb.conditions.items():
+        if cond.finding not in kb.findings:
+            raise KnowledgeError(f"conditions.{key}: finding {cond.finding} has no text in findings.toml")
+    if kb.allergy.finding not in kb.findings:
+        raise KnowledgeError(f"allergy: finding {kb.allergy.finding} has no text in findings.toml")
+    need_sources(kb.vaccines.live_washout_sources, "vaccines.live_washout")
+    need_sources(kb.symptoms.sources_default, "symptoms")
+    need_sources(kb.reproduction.pregnancy_sources, "reproduction.pregnancy")
+    need_sources(kb.reproduction.breastfeeding_sources, "reproduction.breastfeeding")
+    need_sources(kb.metabolites.sources, "metabolites")
+    need_sources(kb.efficacy.sources, "efficacy")
+    for group in kb.schedule.groups:
+        if not any(a.group == group for a in kb.analytes.values()):
+            raise KnowledgeError(f"schedule.groups: no analyte belongs to group {group}")
+
+
+def _index(kb: Knowledge) -> Knowledge:
+    loinc = {code: key for key, a in kb.analytes.items() for code in a.loinc}
+    local = {code.lower(): key for key, a in kb.analytes.items() for code in a.local}
+    rx = {code: key for key, d in kb.drugs.items() for code in d.rxnorm}
+    names = {name.lower(): key for key, d in kb.drugs.items() for name in d.names}
+    # Longest names first so "6-mercaptopurine" wins over "mercaptopurine".
+    alternation = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+    pattern = re.compile(rf"(?<![\w-])({alternation})(?![\w])")
+    object.__setattr__(kb, "loinc_index", loinc)
+    object.__setattr__(kb, "local_code_index", local)
+    object.__setattr__(kb, "rxnorm_index", rx)
+    object.__setattr__(kb, "drug_name_index", names)
+    object.__setattr__(kb, "drug_name_pattern", pattern)
+    return kb

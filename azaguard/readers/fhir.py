@@ -1,0 +1,768 @@
+"""FHIR R4 Bundle (JSON) -> PatientRecord.
+
+The reader is deliberately strict about structure (a wrong type or a missing date is a
+`ReaderError` naming the entry and field, never a traceback) and deliberately lenient about
+content it cannot interpret (an unknown unit becomes a RejectedResult, which the engine turns
+into a data-quality finding): structural damage means the file cannot be trusted at all,
+whereas one odd result must not hide the rest of the record.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from azaguard import domain as d
+from azaguard.knowledge import Knowledge
+
+LOINC = "http://loinc.org"
+SNOMED = "http://snomed.info/sct"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+CVX = "http://hl7.org/fhir/sid/cvx"
+UCUM = "http://unitsofmeasure.org"
+
+_DATE = re.compile(r"^(\d{4})(-(\d{2})(-(\d{2}))?)?(T[0-9:.]+(Z|[+-]\d{2}:\d{2})?)?$")
+_OBS_STATUS_USED = {"final", "amended", "corrected", "preliminary"}
+_OBS_STATUS_IGNORED = {"registered", "cancelled", "entered-in-error", "unknown"}
+_MS_STATUS = {
+    "active": "active",
+    "completed": "stopped",
+    "stopped": "stopped",
+    "on-hold": "stopped",
+    "intended": "intended",
+    "unknown": "unknown",
+    "not-taken": None,
+    "entered-in-error": None,
+}
+_MR_STATUS = {
+    "active": "active",
+    "draft": "draft",
+    "on-hold": "stopped",
+    "completed": "stopped",
+    "stopped": "stopped",
+    "cancelled": None,
+    "entered-in-error": None,
+    "unknown": "unknown",
+}
+_PERIOD_DAYS = {"s": 1 / 86400, "min": 1 / 1440, "h": 1 / 24, "d": 1.0, "wk": 7.0, "mo": 30.4375, "a": 365.25}
+_MASS_MG = {"mg": 1.0, "g": 1000.0, "ug": 0.001, "mcg": 0.001}
+
+
+_TEXT_FREQUENCY = (
+    (re.compile(r"\b(three times|tds|tid)\b"), 3.0),
+    (re.compile(r"\b(twice|bd|bid)\b"), 2.0),
+    (re.compile(r"\b(once daily|once a day|daily|od|qd|each day|every day|at night|in the morning)\b"), 1.0),
+)
+
+
+def _per_day_from_text(text: str) -> float | None:
+    low = text.lower()
+    for pattern, n in _TEXT_FREQUENCY:
+        if pattern.search(low):
+            return n
+    return None
+
+
+class ReaderError(Exception):
+    """Malformed input: names the resource and the field so an integrator can fix it."""
+
+    def __init__(self, where: str, field: str, problem: str) -> None:
+        self.where, self.field, self.problem = where, field, problem
+        super().__init__(f"{where}: field '{field}' {problem}" if field else f"{where}: {problem}")
+
+
+def read_bundle_file(path: str | Path, kb: Knowledge) -> d.PatientRecord:
+    """Read a Bundle from disk; unreadable or non-JSON files are ReaderErrors too."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ReaderError(str(p), "", f"cannot be read ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise ReaderError(str(p), "", "is not UTF-8 text") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ReaderError(str(p), "", f"is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
+    return read_bundle(data, kb)
+
+
+def read_bundle(data: Any, kb: Knowledge) -> d.PatientRecord:
+    return _BundleReader(kb).read(data)
+
+
+# ---------------------------------------------------------------- small typed accessors
+def _type_name(v: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(v), "number" if isinstance(v, int | float) else type(v).__name__
+    )
+
+
+def _obj(res: dict[str, Any], key: str, where: str, required: bool = False) -> dict[str, Any] | None:
+    v = res.get(key)
+    if v is None:
+        if required:
+            raise ReaderError(where, key, "is required")
+        return None
+    if not isinstance(v, dict):
+        raise ReaderError(where, key, f"must be an object, got {_type_name(v)}")
+    return v
+
+
+def _list(res: dict[str, Any], key: str, where: str) -> list[Any]:
+    v = res.get(key)
+    if v is None:
+        return []
+    if not isinstance(v, list):
+        raise ReaderError(where, key, f"must be an array, got {_type_name(v)}")
+    return v
+
+
+def _str(res: dict[str, Any], key: str, where: str, required: bool = False) -> str | None:
+    v = res.get(key)
+    if v is None:
+        if required:
+            raise ReaderError(where, key, "is required")
+        return None
+    if not isinstance(v, str):
+        raise ReaderError(where, key, f"must be a string, got {_type_name(v)}")
+    return v
+
+
+def _num(res: dict[str, Any], key: str, where: str) -> float | None:
+    v = res.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise ReaderError(where, key, f"must be a number, got {_type_name(v)} {json.dumps(v)[:40]}")
+    return float(v)
+
+
+def parse_date(value: Any, where: str, field: str) -> date:
+    """FHIR date or dateTime -> date; partial dates (YYYY, YYYY-MM) take the first day."""
+    if not isinstance(value, str):
+        raise ReaderError(where, field, f"must be a FHIR date string, got {_type_name(value)}")
+    m = _DATE.match(value.strip())
+    if not m:
+        raise ReaderError(where, field, f"is not a FHIR date or dateTime: '{value[:40]}'")
+    try:
+        return date(int(m.group(1)), int(m.group(3) or 1), int(m.group(5) or 1))
+    except ValueError as exc:
+        raise ReaderError(where, field, f"is not a real date: '{value[:40]}'") from exc
+
+
+def _codings(cc: dict[str, Any] | None, where: str, field: str) -> list[tuple[str, str, str]]:
+    """(system, code, display) for each coding of a CodeableConcept."""
+    if cc is None:
+        return []
+    out = []
+    for i, c in enumerate(_list(cc, "coding", f"{where}")):
+        if not isinstance(c, dict):
+            raise ReaderError(where, f"{field}.coding[{i}]", f"must be an object, got {_type_name(c)}")
+        out.append(
+            (
+                _str(c, "system", where) or "",
+                _str(c, "code", where) or "",
+                _str(c, "display", where) or "",
+            )
+        )
+    return out
+
+
+def _cc_text(cc: dict[str, Any] | None, where: str, field: str) -> str:
+    """The human label of a CodeableConcept: its text, else its codings' displays."""
+    if cc is None:
+        return ""
+    text = _str(cc, "text", where) or ""
+    if text:
+        return text
+    displays = list(dict.fromkeys(disp for _, _, disp in _codings(cc, where, field) if disp))
+    return " ".join(displays)
+
+
+def _cc_search_text(cc: dict[str, Any] | None, where: str, field: str) -> str:
+    """Text and every display, for matching names when codes are absent or unknown."""
+    if cc is None:
+        return ""
+    parts = [_str(cc, "text", where) or "", *(disp for _, _, disp in _codings(cc, where, field))]
+    return " ".join(p for p in parts if p)
+
+
+def _text_match(text: str, needles: list[str]) -> bool:
+    low = text.lower()
+    return any(n in low for n in needles)
+
+
+class _BundleReader:
+    def __init__(self, kb: Knowledge) -> None:
+        self.kb = kb
+        self.labs: list[d.LabResult] = []
+        self.rejected: list[d.RejectedResult] = []
+        self.meds: list[d.MedicationEntry] = []
+        self.genotypes: list[d.GenotypeResult] = []
+        self.activity: list[d.ActivityResult] = []
+        self.conditions: list[d.Condition] = []
+        self.allergies: list[d.Allergy] = []
+        self.vaccinations: list[d.Vaccination] = []
+        self.symptoms: list[d.Symptom] = []
+        self.statuses: list[d.StatusObservation] = []
+        self.screening: list[tuple[str, date]] = []
+        self.medications_by_id: dict[str, dict[str, Any]] = {}
+        self._screening_index = {code: key for key, codes in kb.screening_codes.items() for code in codes}
+        self._vaccine_cvx: dict[str, tuple[str, bool]] = {}
+        self._vaccine_names: list[tuple[str, str, bool]] = []
+        for live, group in ((True, kb.vaccines.live), (False, kb.vaccines.inactivated)):
+            for key, v in group.items():
+                for c in v.cvx:
+                    self._vaccine_cvx[c] = (key, live)
+                for n in v.names:
+                    self._vaccine_names.append((n.lower(), key, live))
+
+    # ------------------------------------------------------------ bundle
+    def read(self, data: Any) -> d.PatientRecord:
+        if not isinstance(data, dict):
+            raise ReaderError("input", "", f"must be a FHIR Bundle object, got {_type_name(data)}")
+        if data.get("resourceType") != "Bundle":
+            raise ReaderError("input", "resourceType", f"must be 'Bundle', got {json.dumps(data.get('resourceType'))}")
+        entries = _list(data, "entry", "Bundle")
+        resources: list[tuple[str, dict[str, Any]]] = []
+        for i, entry in enumerate(entries):
+            where = f"Bundle.entry[{i}]"
+            if not isinstance(entry, dict):
+                raise ReaderError(where, "", f"must be an object, got {_type_name(entry)}")
+            res = _obj(entry, "resource", where, required=True)
+            assert res is not None
+            rtype = _str(res, "resourceType", where, required=True)
+            rid = _str(res, "id", where)
+            label = f"{where} ({rtype}/{rid})" if rid else f"{where} ({rtype})"
+            resources.append((label, res))
+            if rtype == "Medication" and rid:
+                self.medications_by_id[f"Medication/{rid}"] = res
+        patients = [(w, r) for w, r in resources if r["resourceType"] == "Patient"]
+        if not patients:
+            raise ReaderError("Bundle", "entry", "contains no Patient resource")
+        if len(patients) > 1:
+            raise ReaderError(
+                "Bundle", "entry", f"contains {len(patients)} Patient resources; assess one patient per bundle"
+            )
+        pw, patient = patients[0]
+        pid = _str(patient, "id", pw) or "unknown"
+        birth = parse_date(patient["birthDate"], pw, "birthDate") if patient.get("birthDate") is not None else None
+        sex = _str(patient, "gender", pw)
+        if sex is not None and sex not in {"male", "female", "other", "unknown"}:
+            raise ReaderError(pw, "gender", f"must be male, female, other or unknown, got '{sex}'")
+        name = self._patient_name(patient, pw)
+        handlers = {
+            "Observation": self._observation,
+            "MedicationStatement": self._medication_statement,
+            "MedicationRequest": self._medication_request,
+            "Immunization": self._immunization,
+            "Condition": self._condition,
+            "AllergyIntolerance": self._allergy,
+        }
+        for where, res in resources:
+            handler = handlers.get(res["resourceType"])
+            if handler is not None:
+                handler(res, where)
+        return d.PatientRecord(
+            patient_id=pid,
+            birth_date=birth,
+            sex=sex,
+            name=name,
+            labs=tuple(sorted(self.labs, key=lambda r: r.when)),
+            rejected=tuple(self.rejected),
+            medications=tuple(self.meds),
+            genotypes=tuple(self.genotypes),
+            tpmt_activity=tuple(sorted(self.activity, key=lambda r: r.when)),
+            conditions=tuple(self.conditions),
+            allergies=tuple(self.allergies),
+            vaccinations=tuple(self.vaccinations),
+            symptoms=tuple(sorted(self.symptoms, key=lambda s: s.when)),
+            statuses=tuple(sorted(self.statuses, key=lambda s: s.when)),
+            screening_done=tuple(self.screening),
+        )
+
+    @staticmethod
+    def _patient_name(patient: dict[str, Any], where: str) -> str | None:
+        for n in _list(patient, "name", where):
+            if isinstance(n, dict):
+                if isinstance(n.get("text"), str):
+                    return str(n["text"])
+                given = " ".join(g for g in n.get("given", []) if isinstance(g, str))
+                family = n.get("family") if isinstance(n.get("family"), str) else ""
+                full = f"{given} {family}".strip()
+                if full:
+                    return full
+        return None
+
+    # ------------------------------------------------------------ observations
+    def _obs_date(self, res: dict[str, Any], where: str) -> date:
+        if res.get("effectiveDateTime") is not None:
+            return parse_date(res["effectiveDateTime"], where, "effectiveDateTime")
+        period = _obj(res, "effectivePeriod", where)
+        if period and period.get("start") is not None:
+            return parse_date(period["start"], where, "effectivePeriod.start")
+        if res.get("issued") is not None:
+            return parse_date(res["issued"], where, "issued")
+        raise ReaderError(where, "effectiveDateTime", "is required (no effective[x] or issued date)")
+
+    def _observation(self, res: dict[str, Any], where: str) -> None:
+        status = _str(res, "status", where, required=True)
+        if status in _OBS_STATUS_IGNORED:
+            return
+        if status not in _OBS_STATUS_USED:
+            raise ReaderError(where, "status", f"is not an Observation status: '{status}'")
+        code = _obj(res, "code", where, required=True)
+        codings = _codings(code, where, "code")
+        loincs = [c for s, c, _ in codings if s == LOINC]
+        snomeds = [c for s, c, _ in codings if s == SNOMED]
+        text = _cc_search_text(code, where, "code")
+        kb = self.kb
+        categories = [
+            c
+            for cat in _list(res, "category", where)
+            if isinstance(cat, dict)
+            for _, c, _ in _codings(cat, where, "category")
+        ]
+
+        if "survey" in categories and (snomeds or text):
+            self._symptom(res, where, snomeds, text)
+            return
+        if any(c in kb.status_codes.pregnancy_loinc for c in loincs):
+            self._status(
+                res, where, "pregnancy", kb.status_codes.pregnant_answers, kb.status_codes.not_pregnant_answers
+            )
+            return
+        if any(c in kb.status_codes.breastfeeding_loinc for c in loincs):
+            self._status(
+                res,
+                where,
+                "breastfeeding",
+                kb.status_codes.breastfeeding_answers,
+                kb.status_codes.not_breastfeeding_answers,
+            )
+            return
+        if any(c in kb.status_codes.pregnancy_intention_loinc for c in loincs):
+            self._status(res, where, "pregnancy-intention", [], [])
+            return
+        if any(c in kb.pgx_codes.tpmt_activity_loinc for c in loincs):
+            self._activity(res, where)
+            return
+        if any(c in kb.pgx_codes.genotype_loinc or c in kb.pgx_codes.phenotype_loinc for c in loincs):
+            self._genotype(res, where, loincs)
+            return
+        for c in loincs:
+            if c in self._screening_index:
+                self.screening.append((self._screening_index[c], self._obs_date(res, where)))
+                return
+        analyte = next((kb.loinc_index[c] for c in loincs if c in kb.loinc_index), None)
+        if analyte is None:
+            analyte = next(
+                (kb.local_code_index[c.lower()] for _, c, _ in codings if c.lower() in kb.local_code_index), None
+            )
+        if analyte is None and text:
+            analyte = next((k for k, a in kb.analytes.items() if a.text and _text_match(text, a.text)), None)
+        if analyte is None:
+            return  # not something azathioprine monitoring reads
+        self._lab(res, where, analyte, loincs[0] if loincs else text)
+
+    def _lab(self, res: dict[str, Any], where: str, analyte: str, code: str) -> None:
+        when = self._obs_date(res, where)
+        sid = res.get("id", "") if isinstance(res.get("id"), str) else ""
+        q = _obj(res, "valueQuantity", where)
+        if q is None:
+            reason = "no valueQuantity"
+            dar = _obj(res, "dataAbsentReason", where)
+            if dar is not None:
+                reason = f"data absent: {_cc_text(dar, where, 'dataAbsentReason') or 'reason not given'}"
+            elif isinstance(res.get("valueString"), str):
+                reason = f"text value '{res['valueString'][:30]}'"
+            self.rejected.append(d.RejectedResult(analyte, when, "missing-value", detail=reason, source_id=sid))
+            return
+        value = _num(q, "value", f"{where} valueQuantity")
+        if value is None:
+            self.rejected.append(
+                d.RejectedResult(analyte, when, "missing-value", detail="valueQuantity without value", source_id=sid)
+            )
+            return
+        comparator = _str(q, "comparator", where)
+        ucum = _str(q, "code", where) if (q.get("system") in (UCUM, None)) else None
+        unit_text = _str(q, "unit", where)
+        converted = None
+        used_unit = ""
+        for candidate in (ucum, unit_text):
+            if candidate:
+                converted = self.kb.convert(analyte, value, candidate)
+                used_unit = candidate
+                if converted is not None:
+                    break
+        if converted is None:
+            self.rejected.append(
+                d.RejectedResult(
+                    analyte, when, "unknown-unit", unit=used_unit or "(none)", detail=str(value), source_id=sid
+                )
+            )
+            return
+        ref_low = ref_high = None
+        for rr in _list(res, "referenceRange", where):
+            if isinstance(rr, dict):
+                low, high = _obj(rr, "low", where), _obj(rr, "high", where)
+                if low and _num(low, "value", f"{where} referenceRange.low") is not None:
+                    ref_low = self.kb.convert(
+                        analyte, float(low["value"]), str(low.get("code") or low.get("unit") or used_unit)
+                    )
+                if high and _num(high, "value", f"{where} referenceRange.high") is not None:
+                    ref_high = self.kb.convert(
+                        analyte, float(high["value"]), str(high.get("code") or high.get("unit") or used_unit)
+                    )
+                break
+        self.labs.append(
+            d.LabResult(
+                analyte=analyte,
+                value=converted,
+                unit=self.kb.analytes[analyte].canonical,
+                when=when,
+                source_id=sid,
+                code=code,
+                original_value=value,
+                original_unit=used_unit,
+                ref_low=ref_low,
+                ref_high=ref_high,
+                below_detection=comparator in ("<", "<="),
+            )
+        )
+
+    def _activity(self, res: dict[str, Any], where: str) -> None:
+        when = self._obs_date(res, where)
+        q = _obj(res, "valueQuantity", where)
+        if q is None:
+            self.rejected.append(d.RejectedResult("tpmt-activity", when, "missing-value", detail="no valueQuantity"))
+            return
+        value = _num(q, "value", f"{where} valueQuantity")
+        unit = _str(q, "unit", where) or _str(q, "code", where) or ""
+        if value is None:
+            self.rejected.append(d.RejectedResult("tpmt-activity", when, "missing-value", detail="no value"))
+            return
+        self.activity.append(d.ActivityResult(value, unit, when, str(res.get("id", ""))))
+
+    def _value_text(self, res: dict[str, Any], where: str) -> str | None:
+        if isinstance(res.get("valueString"), str):
+            return str(res["valueString"])
+        cc = _obj(res, "valueCodeableConcept", where)
+        if cc is not None:
+            codings = _codings(cc, where, "valueCodeableConcept")
+            for _, code, disp in codings:
+                if "*" in code or "*" in disp:
+                    return code if "*" in code else disp
+            return _cc_text(cc, where, "valueCodeableConcept") or (codings[0][1] if codings else None)
+        return None
+
+    def _gene_of(self, res: dict[str, Any], where: str, loincs: list[str]) -> str | None:
+        genes = self.kb.pgx_codes.genes
+        for i, comp in enumerate(_list(res, "component", where)):
+            if not isinstance(comp, dict):
+                raise ReaderError(where, f"component[{i}]", "must be an object")
+            ccode = _codings(_obj(comp, "code", where), where, f"component[{i}].code")
+            if any(c in self.kb.pgx_codes.gene_component_loinc for _, c, _ in ccode):
+                vcc = _obj(comp, "valueCodeableConcept", where)
+                tokens = [c for _, c, _ in _codings(vcc, where, f"component[{i}].valueCodeableConcept")]
+                tokens += _cc_text(vcc, where, "component").split()
+                for gene, ids in genes.items():
+                    if any(t in ids for t in tokens):
+                        return gene
+        text = _cc_text(_obj(res, "code", where), where, "code").upper()
+        if "41048-0" in loincs or "36922-3" in loincs or "80738-8" in loincs or "79713-4" in loincs:
+            return "TPMT"
+        for gene in genes:
+            if gene in text:
+                return gene
+        return None
+
+    def _genotype(self, res: dict[str, Any], where: str, loincs: list[str]) -> None:
+        when = self._obs_date(res, where)
+        gene = self._gene_of(res, where, loincs)
+        value = self._value_text(res, where)
+        if gene is None:
+            raise ReaderError(
+                where, "component", "genotype result does not say which gene (component 48018-6 with TPMT or NUDT15)"
+            )
+        if value is None:
+            self.rejected.append(d.RejectedResult(f"{gene}-genotype", when, "missing-value", detail="no value"))
+            return
+        sid = str(res.get("id", ""))
+        if "*" in value:
+            self.genotypes.append(d.GenotypeResult(gene, value.strip(), None, when, sid))
+        else:
+            self.genotypes.append(d.GenotypeResult(gene, None, value.strip(), when, sid))
+
+    def _status(self, res: dict[str, Any], where: str, kind: Any, yes: list[str], no: list[str]) -> None:
+        when = self._obs_date(res, where)
+        value: bool | None = None
+        if isinstance(res.get("valueBoolean"), bool):
+            value = bool(res["valueBoolean"])
+        else:
+            cc = _obj(res, "valueCodeableConcept", where)
+            codes = [c for _, c, _ in _codings(cc, where, "valueCodeableConcept")]
+            text = (
+                _cc_text(cc, where, "valueCodeableConcept").lower() or (_str(res, "valueString", where) or "").lower()
+            )
+            if any(c in yes for c in codes):
+                value = True
+            elif any(c in no for c in codes):
+                value = False
+            elif text:
+                negative = re.search(r"\b(not|no|never)\b", text) is not None
+                positive = re.search(
+                    r"\b(yes|pregnant|breast ?feeding|lactating|wants?|plans?|planning|trying)\b", text
+                )
+                value = False if negative else (True if positive else None)
+        self.statuses.append(d.StatusObservation(kind, value, when, str(res.get("id", ""))))
+
+    def _symptom(self, res: dict[str, Any], where: str, snomeds: list[str], text: str) -> None:
+        present = res.get("valueBoolean")
+        if present is not None and not isinstance(present, bool):
+            raise ReaderError(where, "valueBoolean", f"must be true or false, got {_type_name(present)}")
+        if present is False:
+            return
+        when = self._obs_date(res, where)
+        key = None
+        for k, s in self.kb.symptoms.items.items():
+            if any(c in s.snomed for c in snomeds) or _text_match(text, s.text):
+                key = k
+                break
+        self.symptoms.append(d.Symptom(key, text or ",".join(snomeds), when, str(res.get("id", ""))))
+
+    # ------------------------------------------------------------ medicines
+    def _medication_concept(self, res: dict[str, Any], where: str) -> tuple[list[tuple[str, str, str]], str, str]:
+        cc = _obj(res, "medicationCodeableConcept", where)
+        if cc is None:
+            ref = _obj(res, "medicationReference", where)
+            if ref is None:
+                raise ReaderError(
+                    where, "medication[x]", "is required (medicationCodeableConcept or medicationReference)"
+                )
+            target = _str(ref, "reference", where) or ""
+            med = self.medications_by_id.get(target)
+            if med is None:
+                display = _str(ref, "display", where)
+                if display:
+                    return [], display, display
+                raise ReaderError(
+                    where, "medicationReference.reference", f"points to '{target}', which is not in the bundle"
+                )
+            cc = _obj(med, "code", target) or {}
+        return (
+            _codings(cc, where, "medication"),
+            _cc_text(cc, where, "medication"),
+            _cc_search_text(cc, where, "medication"),
+        )
+
+    def _daily_dose(self, dosages: list[Any], where: str, field: str) -> float | None:
+        total = 0.0
+        for i, dose in enumerate(dosages):
+            if not isinstance(dose, dict):
+                raise ReaderError(where, f"{field}[{i}]", "must be an object")
+            qty = None
+            for j, dr in enumerate(_list(dose, "doseAndRate", where)):
+                if isinstance(dr, dict) and dr.get("doseQuantity") is not None:
+                    qty = _obj(dr, "doseQuantity", f"{where} {field}[{i}].doseAndRate[{j}]")
+                    break
+            if qty is None:
+                return None
+            amount = _num(qty, "value", f"{where} {field}[{i}].doseQuantity")
+            unit = (_str(qty, "code", where) or _str(qty, "unit", where) or "").strip().lower()
+            if amount is None or unit not in _MASS_MG:
+                return None
+            timing = _obj(dose, "timing", where) or {}
+            repeat = _obj(timing, "repeat", where) or {}
+            freq = _num(repeat, "frequency", f"{where} {field}[{i}].timing.repeat")
+            period = _num(repeat, "period", f"{where} {field}[{i}].timing.repeat")
+            unit_p = _str(repeat, "periodUnit", where)
+            if freq is None and period is None and unit_p is None:
+                # No structured timing: accept only an unambiguous text; never assume once daily.
+                per_day_text = _per_day_from_text(_str(dose, "text", where) or "")
+                if per_day_text is None:
+                    return None
+                per_day = per_day_text
+            else:
+                if unit_p is not None and unit_p not in _PERIOD_DAYS:
+                    raise ReaderError(
+                        where, f"{field}[{i}].timing.repeat.periodUnit", f"is not a UCUM time unit: '{unit_p}'"
+                    )
+                per_day = (freq or 1.0) / ((period or 1.0) * _PERIOD_DAYS[unit_p or "d"])
+            total += amount * _MASS_MG[unit] * per_day
+        return round(total, 3) if dosages else None
+
+    def _vaccine_of(self, codings: list[tuple[str, str, str]], text: str) -> tuple[str, bool] | None:
+        for s, c, _ in codings:
+            if s == CVX and c in self._vaccine_cvx:
+                return self._vaccine_cvx[c]
+        low = text.lower()
+        for name, key, live in self._vaccine_names:
+            if name in low:
+                return key, live
+        return None
+
+    def _drug_of(self, codings: list[tuple[str, str, str]], text: str) -> tuple[str | None, str | None]:
+        rx = next((c for s, c, _ in codings if s == RXNORM), None)
+        for s, c, _ in codings:
+            if s == RXNORM and (drug := self.kb.drug_for_rxnorm(c)):
+                return drug, c
+        return self.kb.drug_for_text(text), rx
+
+    def _medication_statement(self, res: dict[str, Any], where: str) -> None:
+        status = _str(res, "status", where, required=True)
+        if status not in _MS_STATUS:
+            raise ReaderError(where, "status", f"is not a MedicationStatement status: '{status}'")
+        norm = _MS_STATUS[status]
+        if norm is None:
+            return
+        codings, text, search = self._medication_concept(res, where)
+        start = end = None
+        period = _obj(res, "effectivePeriod", where)
+        if period is not None:
+            start = (
+                parse_date(period["start"], where, "effectivePeriod.start") if period.get("start") is not None else None
+            )
+            end = parse_date(period["end"], where, "effectivePeriod.end") if period.get("end") is not None else None
+        elif res.get("effectiveDateTime") is not None:
+            start = parse_date(res["effectiveDateTime"], where, "effectiveDateTime")
+        if start and end and end < start:
+            raise ReaderError(where, "effectivePeriod", "ends before it starts")
+        drug, rx = self._drug_of(codings, search)
+        dose = self._daily_dose(_list(res, "dosage", where), where, "dosage")
+        self.meds.append(
+            d.MedicationEntry(
+                drug,
+                text or (rx or "unnamed medicine"),
+                norm,
+                start,
+                end,
+                dose,
+                "statement",
+                rx,
+                str(res.get("id", "")),
+            )
+        )
+
+    def _medication_request(self, res: dict[str, Any], where: str) -> None:
+        status = _str(res, "status", where, required=True)
+        if status not in _MR_STATUS:
+            raise ReaderError(where, "status", f"is not a MedicationRequest status: '{status}'")
+        norm = _MR_STATUS[status]
+        if norm is None:
+            return
+        codings, text, search = self._medication_concept(res, where)
+        authored = parse_date(res["authoredOn"], where, "authoredOn") if res.get("authoredOn") is not None else None
+        vaccine = self._vaccine_of(codings, search)
+        if vaccine is not None:
+            if norm in ("draft", "active"):
+                self.vaccinations.append(
+                    d.Vaccination(
+                        vaccine[0], vaccine[1], text or vaccine[0], authored, "ordered", str(res.get("id", ""))
+                    )
+                )
+            return
+        end = None
+        dispense = _obj(res, "dispenseRequest", where)
+        if dispense is not None:
+            vp = _obj(dispense, "validityPeriod", where)
+            if vp is not None and vp.get("end") is not None and norm == "stopped":
+                end = parse_date(vp["end"], where, "dispenseRequest.validityPeriod.end")
+        drug, rx = self._drug_of(codings, search)
+        dose = self._daily_dose(_list(res, "dosageInstruction", where), where, "dosageInstruction")
+        self.meds.append(
+            d.MedicationEntry(
+                drug,
+                text or (rx or "unnamed medicine"),
+                norm,
+                authored,
+                end,
+                dose,
+                "request",
+                rx,
+                str(res.get("id", "")),
+            )
+        )
+
+    def _immunization(self, res: dict[str, Any], where: str) -> None:
+        status = _str(res, "status", where, required=True)
+        if status not in {"completed", "not-done", "entered-in-error"}:
+            raise ReaderError(where, "status", f"is not an Immunization status: '{status}'")
+        if status != "completed":
+            return
+        cc = _obj(res, "vaccineCode", where, required=True)
+        codings, text = _codings(cc, where, "vaccineCode"), _cc_text(cc, where, "vaccineCode")
+        search = _cc_search_text(cc, where, "vaccineCode")
+        when = (
+            parse_date(res["occurrenceDateTime"], where, "occurrenceDateTime")
+            if res.get("occurrenceDateTime") is not None
+            else None
+        )
+        if when is None:
+            raise ReaderError(where, "occurrenceDateTime", "is required for a given vaccine")
+        vaccine = self._vaccine_of(codings, search)
+        self.vaccinations.append(
+            d.Vaccination(
+                vaccine[0] if vaccine else None,
+                vaccine[1] if vaccine else False,
+                text or "vaccine",
+                when,
+                "given",
+                str(res.get("id", "")),
+            )
+        )
+
+    # ------------------------------------------------------------ conditions, allergies
+    def _condition(self, res: dict[str, Any], where: str) -> None:
+        ver = _codings(_obj(res, "verificationStatus", where), where, "verificationStatus")
+        if any(c in ("refuted", "entered-in-error") for _, c, _ in ver):
+            return
+        clin = [c for _, c, _ in _codings(_obj(res, "clinicalStatus", where), where, "clinicalStatus")]
+        active = not clin or any(c in ("active", "recurrence", "relapse") for c in clin)
+        cc = _obj(res, "code", where, required=True)
+        codings, text = _codings(cc, where, "code"), _cc_text(cc, where, "code")
+        search = _cc_search_text(cc, where, "code")
+        snomeds = {c for s, c, _ in codings if s == SNOMED}
+        onset = (
+            parse_date(res["onsetDateTime"], where, "onsetDateTime") if res.get("onsetDateTime") is not None else None
+        )
+        key = None
+        for k, ind in self.kb.indications.items():
+            if snomeds & set(ind.snomed) or _text_match(search, ind.text):
+                key = k
+                break
+        if key is None:
+            for k, rule in self.kb.conditions.items():
+                if snomeds & set(rule.snomed) or _text_match(search, rule.text):
+                    key = k
+                    break
+        code = next(iter(snomeds), None)
+        self.conditions.append(
+            d.Condition(key, text or (code or "condition"), active, onset, code, str(res.get("id", "")))
+        )
+
+    def _allergy(self, res: dict[str, Any], where: str) -> None:
+        ver = _codings(_obj(res, "verificationStatus", where), where, "verificationStatus")
+        if any(c in ("refuted", "entered-in-error") for _, c, _ in ver):
+            return
+        clin = _codings(_obj(res, "clinicalStatus", where), where, "clinicalStatus")
+        if any(c in ("inactive", "resolved") for _, c, _ in clin):
+            return
+        cc = _obj(res, "code", where, required=True)
+        codings, text = _codings(cc, where, "code"), _cc_text(cc, where, "code")
+        drug, _ = self._drug_of(codings, _cc_search_text(cc, where, "code"))
+        self.allergies.append(d.Allergy(drug, text, str(res.get("id", ""))))
+
+
+def iter_bundle_files(paths: list[str]) -> Iterator[Path]:
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            yield from sorted(path.glob("*.json"))
+        else:
+            yield path

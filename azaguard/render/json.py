@@ -1,0 +1,70 @@
+"""Assessment -> the JSON contract documented in docs/assessment-json.md (outside suites rely on it)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from azaguard import domain as d
+
+SCHEMA_VERSION = "1"
+
+
+def _num(x: float | None) -> float | int | None:
+    if x is None:
+        return None
+    return int(x) if float(x).is_integer() else round(x, 2)
+
+
+def finding_to_dict(f: d.Finding) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "code": f.code,
+        "category": f.category,
+        "severity": f.severity,
+        "message": f.message,
+        "action": f.action,
+        "sources": list(f.sources),
+        "evidence": list(f.evidence),
+        "patient_text": f.patient_text,
+    }
+    if f.ctcae:
+        out["ctcae"] = f.ctcae
+    return out
+
+
+def assessment_to_dict(a: d.Assessment) -> dict[str, Any]:
+    rec = a.dose.recommended
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "patient_id": a.patient_id,
+        "as_of": a.as_of.isoformat(),
+        "knowledge_version": a.knowledge_version,
+        "protocol": a.protocol,
+        "findings": [finding_to_dict(f) for f in a.findings],
+        "dose": {
+            "current_mg_per_day": _num(a.dose.current_mg_per_day),
+            "current_mg_per_kg_per_day": _num(a.dose.current_mg_per_kg_per_day),
+            "recommended_mg_per_day": None if rec is None else {"low": _num(rec.low), "high": _num(rec.high)},
+            "plan": [{"from": s.start.isoformat(), "mg_per_day": _num(s.mg_per_day)} for s in a.dose.plan],
+            "basis": list(a.dose.basis),
+        },
+        "monitoring": {
+            "phase": a.monitoring.phase,
+            "treatment_start": a.monitoring.treatment_start.isoformat() if a.monitoring.treatment_start else None,
+            "groups": [
+                {
+                    "name": g.name,
+                    "last": g.last.isoformat() if g.last else None,
+                    "next_due": g.next_due.isoformat() if g.next_due else None,
+                    "overdue": g.overdue,
+                    "interval": g.interval,
+                }
+                for g in a.monitoring.groups
+            ],
+        },
+        "pgx": a.pgx,
+    }
+
+
+def render_json(a: d.Assessment) -> str:
+    return json.dumps(assessment_to_dict(a), indent=2, ensure_ascii=False)
