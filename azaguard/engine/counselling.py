@@ -62,12 +62,13 @@ def check_efficacy(ctx: Context) -> list[d.Finding]:
         )
     seed_note = f"Note: {kb.efficacy.seed_claim} Current guidance differs: {ttb_text}"
     if course.phase == "pre-treatment" or months < ttb.high:
+        duration = "not started yet" if course.phase == "pre-treatment" else f"on azathioprine for {months} months"
         return [
             from_catalogue(
                 kb,
                 "efficacy-time-to-benefit",
                 indication=label,
-                months=months,
+                duration=duration,
                 time_to_benefit=ttb_text,
                 seed_note=seed_note,
             )

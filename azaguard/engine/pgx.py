@@ -98,7 +98,7 @@ def call_gene(ctx: Context, gene: str, findings: list[d.Finding]) -> GeneCall:
                 findings.append(from_catalogue(kb, "data-unknown-allele", gene=gene, value=latest.diplotype))
         elif latest.phenotype:
             geno_call = phenotype_from_text(latest.phenotype)
-            geno_detail = latest.phenotype
+            geno_detail = "reported phenotype"
             if geno_call is None:
                 findings.append(from_catalogue(kb, "data-unknown-allele", gene=gene, value=latest.phenotype))
     act_call = act_detail = None

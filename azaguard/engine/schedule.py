@@ -24,13 +24,16 @@ def interval_at(ctx: Context, when: date, anchor: date | None) -> Interval:
     return s.maintenance_interval
 
 
-def missed_count(interval: Interval, due: date, as_of: date) -> int:
-    """How many scheduled dates have passed without a test (the first missed one is `due`)."""
-    if as_of <= due:
-        return 0
-    n = 1
-    while interval.add(due, n) < as_of and n < 1000:
+def missed_count(ctx: Context, due: date, anchor: date | None) -> int:
+    """How many scheduled dates have passed without a test; the first missed one is `due`.
+
+    Each later date follows the interval that applies on the previous one, so a patient who
+    drifts from 2-weekly into monthly testing is not over-counted.
+    """
+    n, when = 0, due
+    while when < ctx.as_of and n < 1000:
         n += 1
+        when = interval_at(ctx, when, anchor).add(when)
     return n
 
 
@@ -38,6 +41,7 @@ def plan_monitoring(ctx: Context) -> tuple[d.MonitoringPlan, list[d.Finding]]:
     kb, course = ctx.kb, ctx.course
     findings: list[d.Finding] = []
     groups: list[d.MonitoringGroup] = []
+    overdue_groups: dict[tuple[str, date, date | None, int], list[str]] = {}
     for name in kb.schedule.groups:
         dates = ctx.group_dates(name)
         last = dates[-1] if dates else None
@@ -62,22 +66,34 @@ def plan_monitoring(ctx: Context) -> tuple[d.MonitoringPlan, list[d.Finding]]:
         groups.append(d.MonitoringGroup(name, last, due, overdue, current_interval.label()))
         if not overdue:
             continue
-        missed = missed_count(interval, due, ctx.as_of)
-        ev: tuple[dict[str, object], ...] = (
-            {"type": "schedule", "group": name, "last": last.isoformat() if last else None, "due": due.isoformat()},
-        )
+        missed = missed_count(ctx, due, anchor)
         if missed > kb.schedule.missed_visits_critical:
-            findings.append(from_catalogue(kb, "monitoring-non-attendance", ev, group=name, missed=missed, due=due))
+            code = "monitoring-non-attendance"
         elif last is None or (course.start is not None and last < course.start):
-            findings.append(
-                from_catalogue(kb, "monitoring-never-done", ev, group=name, start=course.start or "unknown", due=due)
-            )
+            code = "monitoring-never-done"
         else:
-            findings.append(
-                from_catalogue(
-                    kb, "monitoring-overdue", ev, group=name, due=due, days=(ctx.as_of - due).days, last=last
-                )
+            code = "monitoring-overdue"
+        overdue_groups.setdefault((code, due, last, missed), []).append(name)
+    # One finding per missed visit, naming every group that visit should have covered.
+    for (code, due, last, missed), names in overdue_groups.items():
+        group = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+        ev = tuple(
+            {"type": "schedule", "group": n, "last": last.isoformat() if last else None, "due": due.isoformat()}
+            for n in names
+        )
+        findings.append(
+            from_catalogue(
+                kb,
+                code,
+                ev,
+                group=group,
+                due=due,
+                days=(ctx.as_of - due).days,
+                last=last or "never",
+                missed=missed,
+                start=course.start or "unknown",
             )
+        )
     if course.phase != "stopped" and course.phase != "pre-treatment":
         findings.extend(_metabolites_due(ctx))
     return d.MonitoringPlan(course.phase, tuple(groups), course.start), findings
@@ -92,7 +108,8 @@ def _metabolites_due(ctx: Context) -> list[d.Finding]:
     last_test = tests[-1] if tests else None
     anchor = course.anchors[-1]
     reason = None
-    if ctx.as_of >= m.check_after_change.add(anchor) and (last_test is None or last_test < anchor):
+    recent_change = m.check_after_change.add(anchor) <= ctx.as_of < m.check_every.add(anchor)
+    if recent_change and (last_test is None or last_test < anchor):
         reason = "4 weeks after starting or changing the dose"
     elif last_test is None and ctx.as_of >= m.check_after_start.add(course.start):
         reason = "never measured, more than 16 weeks after starting"

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import copy
 import csv
+import hashlib
+import os
+import pickle
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -17,8 +20,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
+from azaguard import __version__
 from azaguard.knowledge import model as m
 
 DATA = "azaguard.knowledge.data"
@@ -117,6 +121,8 @@ def _read_tsv(name: str) -> list[dict[str, str]]:
 
 
 def _validate(adapter_type: Any, data: Any, where: str) -> Any:
+    from pydantic import TypeAdapter  # only needed when files are (re)validated, not on a cache hit
+
     try:
         return TypeAdapter(adapter_type).validate_python(data)
     except ValidationError as exc:
@@ -196,12 +202,15 @@ def _apply_local(raw: dict[str, Any], local: dict[str, Any], path: str) -> dict[
     return {"name": head["name"], "version": head["version"], "local": "yes"}
 
 
+_TOML_FILES = ("sources", "protocol", "labs", "codes", "medicines", "safety", "findings")
+_DATA_FILES = tuple(f"{n}.toml" for n in _TOML_FILES) + tuple(
+    f"cpic/{g}_{kind}.tsv" for g in ("TPMT", "NUDT15") for kind in ("allele_function", "diplotype_phenotype")
+)
+
+
 @lru_cache(maxsize=8)
 def _load_raw() -> dict[str, Any]:
-    return {
-        name: _read_toml(f"{name}.toml")
-        for name in ("sources", "protocol", "labs", "codes", "medicines", "safety", "findings")
-    }
+    return {name: _read_toml(f"{name}.toml") for name in _TOML_FILES}
 
 
 def load_knowledge(local_protocol: str | Path | None = None) -> Knowledge:
@@ -222,9 +231,45 @@ def load_knowledge(local_protocol: str | Path | None = None) -> Knowledge:
 
 @lru_cache(maxsize=1)
 def _load_default() -> Knowledge:
+    cached = _cache_path()
+    if cached is not None and cached.exists():
+        try:
+            with cached.open("rb") as fh:
+                kb = pickle.load(fh)
+            if isinstance(kb, Knowledge):
+                return kb
+        except Exception:  # a stale or damaged cache is simply rebuilt
+            pass
     raw = _load_raw()
     meta = raw["protocol"]["meta"]
-    return _build(copy.deepcopy(raw), {"name": meta["name"], "version": meta["version"], "local": "no"})
+    kb = _build(copy.deepcopy(raw), {"name": meta["name"], "version": meta["version"], "local": "no"})
+    if cached is not None:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+            with tmp.open("wb") as fh:
+                pickle.dump(kb, fh, protocol=pickle.HIGHEST_PROTOCOL)
+            tmp.replace(cached)
+        except OSError:
+            pass
+    return kb
+
+
+def _cache_path() -> Path | None:
+    """Cache of the validated default knowledge, keyed by the hash of every data file and the code version.
+
+    Validation takes longer than a whole CLI run should; the cache is only ever a copy of what
+    validation produced for byte-identical files, so it cannot change a result.
+    """
+    if os.environ.get("AZAGUARD_NO_KNOWLEDGE_CACHE"):
+        return None
+    digest = hashlib.sha256(__version__.encode())
+    root = resources.files(DATA)
+    for name in sorted(_DATA_FILES):
+        digest.update(name.encode())
+        digest.update(root.joinpath(name).read_bytes())
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "azaguard"
+    return base / f"knowledge-{digest.hexdigest()[:24]}.pickle"
 
 
 def _build(raw: dict[str, Any], protocol: dict[str, str]) -> Knowledge:

@@ -16,7 +16,9 @@ SeverityName = Literal["info", "warning", "critical"]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: schemas are built only when a file is actually validated, so a CLI run that
+    # loads the cached, already-validated knowledge does not pay for building them.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class Interval(Strict):
