@@ -20,8 +20,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from azaguard import __version__
 from azaguard.knowledge import model as m
 
@@ -121,7 +119,8 @@ def _read_tsv(name: str) -> list[dict[str, str]]:
 
 
 def _validate(adapter_type: Any, data: Any, where: str) -> Any:
-    from pydantic import TypeAdapter  # only needed when files are (re)validated, not on a cache hit
+    # pydantic is only needed when files are (re)validated, never on a cache hit.
+    from pydantic import TypeAdapter, ValidationError
 
     try:
         return TypeAdapter(adapter_type).validate_python(data)

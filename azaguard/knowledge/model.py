@@ -1,38 +1,40 @@
 """Schema of the knowledge base.
 
-The models are strict (unknown keys are errors) so that a typo in a knowledge or local
-protocol file fails loudly at load time instead of silently dropping a safety rule.
+Plain frozen dataclasses, validated by pydantic (TypeAdapter) when the files are loaded:
+strict, with unknown keys as errors, so a typo in a knowledge or local protocol file fails
+loudly instead of silently dropping a safety rule. Keeping them stdlib dataclasses means a
+CLI run that reuses the cached, already-validated knowledge never imports pydantic.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import date
-from typing import Literal
+from typing import Any, Literal
 
 from dateutil.relativedelta import relativedelta
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SeverityName = Literal["info", "warning", "critical"]
+STRICT: dict[str, Any] = {"extra": "forbid"}
 
 
-class Strict(BaseModel):
-    # defer_build: schemas are built only when a file is actually validated, so a CLI run that
-    # loads the cached, already-validated knowledge does not pay for building them.
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+def _positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{name} must be greater than 0")
 
 
-class Interval(Strict):
+@dataclass(frozen=True, kw_only=True)
+class Interval:
+    __pydantic_config__ = STRICT
     """A calendar interval; months are calendar months (relativedelta), not 30 days."""
 
     days: int = 0
     weeks: int = 0
     months: int = 0
 
-    @model_validator(mode="after")
-    def _positive(self) -> Interval:
+    def __post_init__(self) -> None:
         if self.days < 0 or self.weeks < 0 or self.months < 0 or not (self.days or self.weeks or self.months):
             raise ValueError("an interval needs a positive number of days, weeks or months")
-        return self
 
     def add(self, d: date, times: int = 1) -> date:
         return d + relativedelta(days=self.days * times, weeks=self.weeks * times, months=self.months * times)
@@ -48,23 +50,27 @@ class Interval(Strict):
         return " ".join(parts)
 
 
-class Range(Strict):
+@dataclass(frozen=True, kw_only=True)
+class Range:
+    __pydantic_config__ = STRICT
     low: float
     high: float
 
-    @model_validator(mode="after")
-    def _ordered(self) -> Range:
+    def __post_init__(self) -> None:
         if self.low > self.high:
             raise ValueError(f"range low {self.low} is above high {self.high}")
-        return self
 
 
-class Source(Strict):
+@dataclass(frozen=True, kw_only=True)
+class Source:
+    __pydantic_config__ = STRICT
     citation: str
     url: str | None = None
 
 
-class Meta(Strict):
+@dataclass(frozen=True, kw_only=True)
+class Meta:
+    __pydantic_config__ = STRICT
     id: str
     name: str
     version: str
@@ -73,7 +79,9 @@ class Meta(Strict):
     cpic_data_version: str
 
 
-class Indication(Strict):
+@dataclass(frozen=True, kw_only=True)
+class Indication:
+    __pydantic_config__ = STRICT
     label: str
     snomed: list[str]
     text: list[str]
@@ -83,28 +91,40 @@ class Indication(Strict):
     sources: list[str]
 
 
-class RenalRule(Strict):
+@dataclass(frozen=True, kw_only=True)
+class RenalRule:
+    __pydantic_config__ = STRICT
     egfr_below: float
     sources: list[str]
 
 
-class HepaticRule(Strict):
+@dataclass(frozen=True, kw_only=True)
+class HepaticRule:
+    __pydantic_config__ = STRICT
     sources: list[str]
 
 
-class StepIntervals(Strict):
-    normal: int = Field(gt=0)
-    intermediate: int = Field(gt=0)
-    poor: int = Field(gt=0)
+@dataclass(frozen=True, kw_only=True)
+class StepIntervals:
+    __pydantic_config__ = STRICT
+    normal: int
+    intermediate: int
+    poor: int
+
+    def __post_init__(self) -> None:
+        for name in ("normal", "intermediate", "poor"):
+            _positive(name, getattr(self, name))
 
 
-class Dosing(Strict):
+@dataclass(frozen=True, kw_only=True)
+class Dosing:
+    __pydantic_config__ = STRICT
     target_mg_per_kg: Range
-    max_mg_per_kg: float = Field(gt=0)
-    max_mg_per_day: float = Field(gt=0)
-    start_mg_per_day: float = Field(gt=0)
-    step_mg: float = Field(gt=0)
-    tablet_strengths_mg: list[float] = Field(min_length=1)
+    max_mg_per_kg: float
+    max_mg_per_day: float
+    start_mg_per_day: float
+    step_mg: float
+    tablet_strengths_mg: list[float]
     sources: list[str]
     alternatives: str = ""
     step_interval_weeks: StepIntervals
@@ -112,50 +132,56 @@ class Dosing(Strict):
     renal: RenalRule
     hepatic: HepaticRule
 
-    @model_validator(mode="after")
-    def _caps(self) -> Dosing:
+    def __post_init__(self) -> None:
+        for name in ("max_mg_per_kg", "max_mg_per_day", "start_mg_per_day", "step_mg"):
+            _positive(name, getattr(self, name))
+        if not self.tablet_strengths_mg or min(self.tablet_strengths_mg) <= 0:
+            raise ValueError("tablet_strengths_mg needs at least one positive strength")
         if self.target_mg_per_kg.high > self.max_mg_per_kg:
             raise ValueError("target_mg_per_kg.high exceeds max_mg_per_kg")
-        return self
 
 
-class CombinedPhenotype(Strict):
+@dataclass(frozen=True, kw_only=True)
+class CombinedPhenotype:
+    __pydantic_config__ = STRICT
     fraction: Range | None = None
     avoid: bool = False
     severity: SeverityName
     steady_state_weeks: int
     sources: list[str]
 
-    @model_validator(mode="after")
-    def _fraction_or_avoid(self) -> CombinedPhenotype:
+    def __post_init__(self) -> None:
         if self.avoid == (self.fraction is not None):
             raise ValueError("give either a dose fraction or avoid = true")
         if self.fraction is not None and (self.fraction.high > 1.0 or self.fraction.low <= 0):
             raise ValueError("dose fraction must be within (0, 1]")
-        return self
 
 
-class ActivityBand(Strict):
+@dataclass(frozen=True, kw_only=True)
+class ActivityBand:
+    __pydantic_config__ = STRICT
     low: float
     high: float
     phenotype: Literal["NM", "IM", "PM", "Indeterminate"]
     label: str
 
 
-class ActivityUnit(Strict):
+@dataclass(frozen=True, kw_only=True)
+class ActivityUnit:
+    __pydantic_config__ = STRICT
     unit: list[str]
     sources: list[str]
     bands: list[ActivityBand]
 
-    @model_validator(mode="after")
-    def _contiguous(self) -> ActivityUnit:
+    def __post_init__(self) -> None:
         for a, b in zip(self.bands, self.bands[1:], strict=False):
             if a.high != b.low:
                 raise ValueError(f"activity bands for {self.unit[0]} are not contiguous at {a.high}")
-        return self
 
 
-class Pgx(Strict):
+@dataclass(frozen=True, kw_only=True)
+class Pgx:
+    __pydantic_config__ = STRICT
     alternatives: str = ""
     combined: dict[
         Literal["normal", "intermediate", "compound-intermediate", "poor", "indeterminate"], CombinedPhenotype
@@ -163,19 +189,26 @@ class Pgx(Strict):
     activity_units: list[ActivityUnit]
 
 
-class Schedule(Strict):
+@dataclass(frozen=True, kw_only=True)
+class Schedule:
+    __pydantic_config__ = STRICT
     initial_interval: Interval
     stable_after: Interval
     consolidation_interval: Interval
     consolidation_duration: Interval
     maintenance_interval: Interval
-    missed_visits_critical: int = Field(ge=1)
+    missed_visits_critical: int
     groups: list[str]
     sources: list[str]
     alternatives: str = ""
 
+    def __post_init__(self) -> None:
+        _positive("missed_visits_critical", self.missed_visits_critical)
 
-class Threshold(Strict):
+
+@dataclass(frozen=True, kw_only=True)
+class Threshold:
+    __pydantic_config__ = STRICT
     id: str
     analyte: str
     comparator: Literal["<", ">"]
@@ -189,10 +222,12 @@ class Threshold(Strict):
     alternatives: str = ""
 
 
-class Rise(Strict):
+@dataclass(frozen=True, kw_only=True)
+class Rise:
+    __pydantic_config__ = STRICT
     id: str
     analyte: str
-    rise_fraction: float = Field(gt=0)
+    rise_fraction: float
     window: Interval
     severity: SeverityName
     message: str
@@ -200,12 +235,23 @@ class Rise(Strict):
     patient_text: str
     sources: list[str]
 
+    def __post_init__(self) -> None:
+        _positive("rise_fraction", self.rise_fraction)
 
-class Trend(Strict):
+
+@dataclass(frozen=True, kw_only=True)
+class Trend:
+    __pydantic_config__ = STRICT
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fall_fraction < 1:
+            raise ValueError("fall_fraction must be between 0 and 1")
+        _positive("successive_falls", self.successive_falls)
+
     id: str
     analytes: list[str]
-    fall_fraction: float = Field(gt=0, lt=1)
-    successive_falls: int = Field(ge=1)
+    fall_fraction: float
+    successive_falls: int
     severity: SeverityName
     message: str
     action: str
@@ -214,28 +260,36 @@ class Trend(Strict):
     alternatives: str = ""
 
 
-class CtcaeGrade(Strict):
+@dataclass(frozen=True, kw_only=True)
+class CtcaeGrade:
+    __pydantic_config__ = STRICT
     grade: int
     limit: float
 
 
-class Ctcae(Strict):
+@dataclass(frozen=True, kw_only=True)
+class Ctcae:
+    __pydantic_config__ = STRICT
     term: str
     direction: Literal["low", "high_uln"]
     grades: list[CtcaeGrade]
     sources: list[str]
 
 
-class Analyte(Strict):
+@dataclass(frozen=True, kw_only=True)
+class Analyte:
+    __pydantic_config__ = STRICT
     label: str
     group: str
     canonical: str
     loinc: list[str]
-    local: list[str] = []
-    text: list[str] = []
+    local: list[str] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
 
 
-class PgxCodes(Strict):
+@dataclass(frozen=True, kw_only=True)
+class PgxCodes:
+    __pydantic_config__ = STRICT
     genotype_loinc: list[str]
     gene_component_loinc: list[str]
     phenotype_loinc: list[str]
@@ -243,7 +297,9 @@ class PgxCodes(Strict):
     genes: dict[str, list[str]]
 
 
-class StatusCodes(Strict):
+@dataclass(frozen=True, kw_only=True)
+class StatusCodes:
+    __pydantic_config__ = STRICT
     pregnancy_loinc: list[str]
     pregnant_answers: list[str]
     not_pregnant_answers: list[str]
@@ -253,17 +309,26 @@ class StatusCodes(Strict):
     pregnancy_intention_loinc: list[str]
 
 
-class Drug(Strict):
+@dataclass(frozen=True, kw_only=True)
+class Drug:
+    __pydantic_config__ = STRICT
     rxnorm: list[str]
     names: list[str]
     verified: bool = True
 
 
-class Interaction(Strict):
+@dataclass(frozen=True, kw_only=True)
+class Interaction:
+    __pydantic_config__ = STRICT
+
+    def __post_init__(self) -> None:
+        if self.dose_factor is not None and not 0 < self.dose_factor <= 1:
+            raise ValueError("dose_factor must be within (0, 1]")
+
     id: str
     drugs: list[str]
     severity: SeverityName
-    dose_factor: float | None = Field(default=None, gt=0, le=1)
+    dose_factor: float | None = None
     avoid: bool = False
     mechanism: str
     message: str
@@ -273,23 +338,31 @@ class Interaction(Strict):
     alternatives: str = ""
 
 
-class ConditionRule(Strict):
+@dataclass(frozen=True, kw_only=True)
+class ConditionRule:
+    __pydantic_config__ = STRICT
     snomed: list[str]
     text: list[str]
     finding: str
 
 
-class AllergyRule(Strict):
+@dataclass(frozen=True, kw_only=True)
+class AllergyRule:
+    __pydantic_config__ = STRICT
     drugs: list[str]
     finding: str
 
 
-class VaccineDef(Strict):
+@dataclass(frozen=True, kw_only=True)
+class VaccineDef:
+    __pydantic_config__ = STRICT
     cvx: list[str]
     names: list[str]
 
 
-class Vaccines(Strict):
+@dataclass(frozen=True, kw_only=True)
+class Vaccines:
+    __pydantic_config__ = STRICT
     live_washout: Interval
     live_washout_sources: list[str]
     live_washout_alternatives: str = ""
@@ -298,7 +371,9 @@ class Vaccines(Strict):
     inactivated: dict[str, VaccineDef]
 
 
-class SymptomDef(Strict):
+@dataclass(frozen=True, kw_only=True)
+class SymptomDef:
+    __pydantic_config__ = STRICT
     snomed: list[str]
     text: list[str]
     severity: SeverityName
@@ -306,20 +381,26 @@ class SymptomDef(Strict):
     group: str = "FBC"
 
 
-class Symptoms(Strict):
+@dataclass(frozen=True, kw_only=True)
+class Symptoms:
+    __pydantic_config__ = STRICT
     neutropenic_fever_below: float
     sources_default: list[str]
     items: dict[str, SymptomDef]
 
 
-class Reproduction(Strict):
+@dataclass(frozen=True, kw_only=True)
+class Reproduction:
+    __pydantic_config__ = STRICT
     pregnancy_max_mg_per_kg: float
     pregnancy_sources: list[str]
     breastfeeding_max_mg_per_day: float
     breastfeeding_sources: list[str]
 
 
-class Metabolites(Strict):
+@dataclass(frozen=True, kw_only=True)
+class Metabolites:
+    __pydantic_config__ = STRICT
     tgn_low: float
     tgn_high: float
     mmp_high: float
@@ -330,7 +411,9 @@ class Metabolites(Strict):
     sources: list[str]
 
 
-class Efficacy(Strict):
+@dataclass(frozen=True, kw_only=True)
+class Efficacy:
+    __pydantic_config__ = STRICT
     counsel_until: Interval
     default_time_to_benefit: str
     default_time_to_benefit_months: Range
@@ -338,7 +421,9 @@ class Efficacy(Strict):
     sources: list[str]
 
 
-class FindingText(Strict):
+@dataclass(frozen=True, kw_only=True)
+class FindingText:
+    __pydantic_config__ = STRICT
     category: str
     severity: SeverityName
     message: str
