@@ -100,6 +100,25 @@ def cmd_knowledge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_guide(args: argparse.Namespace) -> int:
+    import textwrap
+
+    from azaguard.knowledge import load_knowledge
+
+    kb = load_knowledge()
+    print(f"Azathioprine: a guide for patients ({kb.version})\n")
+    for section in kb.guide:
+        print(section.title.upper())
+        print(textwrap.fill(section.text, 100))
+        if section.correction:
+            print(textwrap.fill(f"Why this differs from older leaflets: {section.correction}", 100))
+        if args.sources:
+            print(textwrap.fill("Sources: " + "; ".join(kb.cite(section.sources)), 100))
+        print()
+    print("This guide supports, and does not replace, advice from your own clinical team.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="azaguard",
@@ -117,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="assess every bundled example patient and print the reports")
     p.add_argument("--as-of", help="assess all examples on this date instead of each example's own date")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("guide", help="print the patient guide (the seed article, corrected and cited)")
+    p.add_argument("--sources", action="store_true", help="print the source of each section")
+    p.set_defaults(func=cmd_guide)
 
     p = sub.add_parser("knowledge", help="validate the knowledge base (and a local protocol) and show its version")
     p.add_argument("--protocol", type=Path, help="local protocol TOML to validate and merge")

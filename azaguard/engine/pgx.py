@@ -16,7 +16,7 @@ from azaguard.engine.findings import from_catalogue
 from azaguard.knowledge import Knowledge
 
 # Worse first: when two results disagree the worse one drives dosing (safer).
-RANK = {"PM": 0, "IM": 1, "Indeterminate": 2, "NM": 3}
+RANK = {p: i for i, p in enumerate(("PM", "IM", "Indeterminate", "NM"))}
 LABEL = {
     "NM": "Normal Metabolizer",
     "IM": "Intermediate Metabolizer",

@@ -67,6 +67,7 @@ class Knowledge:
     metabolites: m.Metabolites
     efficacy: m.Efficacy
     findings: dict[str, m.FindingText]
+    guide: tuple[m.GuideSection, ...]
     cpic: dict[str, CpicGene]
     # derived indexes, built once
     loinc_index: dict[str, str] = field(default_factory=dict)
@@ -201,7 +202,7 @@ def _apply_local(raw: dict[str, Any], local: dict[str, Any], path: str) -> dict[
     return {"name": head["name"], "version": head["version"], "local": "yes"}
 
 
-_TOML_FILES = ("sources", "protocol", "labs", "codes", "medicines", "safety", "findings")
+_TOML_FILES = ("sources", "protocol", "labs", "codes", "medicines", "safety", "findings", "guide")
 _DATA_FILES = tuple(f"{n}.toml" for n in _TOML_FILES) + tuple(
     f"cpic/{g}_{kind}.tsv" for g in ("TPMT", "NUDT15") for kind in ("allele_function", "diplotype_phenotype")
 )
@@ -302,6 +303,7 @@ def _build(raw: dict[str, Any], protocol: dict[str, str]) -> Knowledge:
         metabolites=_validate(m.Metabolites, safety["metabolites"], "safety.toml:metabolites"),
         efficacy=_validate(m.Efficacy, safety["efficacy"], "safety.toml:efficacy"),
         findings=_validate(dict[str, m.FindingText], raw["findings"], "findings.toml"),
+        guide=tuple(_validate(list[m.GuideSection], raw["guide"]["sections"], "guide.toml:sections")),
         cpic=_load_cpic(),
     )
     _check_references(kb)
@@ -366,6 +368,8 @@ def _check_references(kb: Knowledge) -> None:
     need_sources(kb.reproduction.breastfeeding_sources, "reproduction.breastfeeding")
     need_sources(kb.metabolites.sources, "metabolites")
     need_sources(kb.efficacy.sources, "efficacy")
+    for section in kb.guide:
+        need_sources(section.sources, f"guide.{section.id}")
     for group in kb.schedule.groups:
         if not any(a.group == group for a in kb.analytes.values()):
             raise KnowledgeError(f"schedule.groups: no analyte belongs to group {group}")

@@ -430,3 +430,14 @@ class FindingText:
     action: str
     patient_text: str
     sources: list[str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class GuideSection:
+    __pydantic_config__ = STRICT
+    id: str
+    title: str
+    text: str
+    seed_claim: str
+    correction: str = ""
+    sources: list[str]
