@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Literal
+from typing import Any, Literal
 
 Severity = Literal["info", "warning", "critical"]
 SEVERITY_RANK: dict[str, int] = {"critical": 0, "warning": 1, "info": 2}
@@ -170,9 +170,9 @@ class Finding:
     message: str
     action: str
     sources: tuple[str, ...]
-    evidence: tuple[dict[str, object], ...] = ()
+    evidence: tuple[dict[str, Any], ...] = ()
     patient_text: str = ""
-    ctcae: dict[str, object] | None = None
+    ctcae: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -128,11 +128,11 @@ def derive_course(meds: tuple[d.MedicationEntry, ...], kb: Knowledge, as_of: dat
     active = [m for m in taken if m.status in ("active", "unknown") and (m.end is None or m.end > as_of)]
     proposed = draft.daily_dose_mg if draft else None
     if not active:
+        # A draft order with nothing active is a (re)start: baseline checks apply again.
         ended = [m.end for m in taken if m.end is not None and m.end <= as_of]
-        if taken:
-            stopped_on = max(ended) if ended else None
-            return Course("stopped", None, True, (), None, proposed, stopped_on, None, draft, False)
-        return Course("pre-treatment", None, True, (), None, proposed, None, None, draft, False)
+        stopped_on = max(ended) if ended else None
+        idle: d.Phase = "stopped" if taken and draft is None else "pre-treatment"
+        return Course(idle, None, True, (), None, proposed, stopped_on, None, draft, False)
 
     current = max(active, key=lambda m: m.start or date.min)
     if current.start is None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import date
+from typing import Any
 
 from azaguard import domain as d
 from azaguard.engine.context import Context
@@ -87,11 +89,11 @@ def check_metabolites(ctx: Context) -> list[d.Finding]:
     tgn, mmp = tgns[-1], mmps[-1]
     if tgn.when != mmp.when:
         return []  # interpret only a pair measured together
-    ev: tuple[dict[str, object], ...] = (
+    ev: tuple[dict[str, Any], ...] = (
         {"type": "lab", "analyte": "tgn", "value": tgn.value, "date": tgn.when.isoformat()},
         {"type": "lab", "analyte": "mmp", "value": mmp.value, "date": mmp.when.isoformat()},
     )
-    params = {"tgn": round(tgn.value), "mmp": round(mmp.value), "date": tgn.when}
+    params: dict[str, Any] = {"tgn": round(tgn.value), "mmp": round(mmp.value), "date": tgn.when}
     absent = (tgn.below_detection or tgn.value == 0) and (mmp.below_detection or mmp.value == 0)
     ratio = mmp.value / tgn.value if tgn.value > 0 else float("inf")
     if absent:
@@ -118,7 +120,7 @@ def check_data_quality(ctx: Context) -> list[d.Finding]:
                 latest_rejects[key] = r
     for (analyte, reason), r in sorted(latest_rejects.items()):
         label = kb.analytes[analyte].label if analyte in kb.analytes else analyte
-        ev: tuple[dict[str, object], ...] = (
+        ev: tuple[dict[str, Any], ...] = (
             {"type": "rejected", "analyte": analyte, "date": r.when.isoformat(), "id": r.source_id},
         )
         if reason == "unknown-unit":
@@ -137,12 +139,12 @@ def check_data_quality(ctx: Context) -> list[d.Finding]:
         out.append(from_catalogue(kb, "data-missing-dose"))
     if ctx.course.active_entry is not None and not ctx.course.start_known:
         out.append(from_catalogue(kb, "data-missing-start-date"))
-    fbc_dates: dict[object, set[str]] = defaultdict(set)
+    fbc_dates: dict[date, set[str]] = defaultdict(set)
     for a in ("wbc", "neutrophils", "lymphocytes", "platelets"):
-        for r in ctx.labs.get(a, []):
-            fbc_dates[r.when].add(a)
+        for lab in ctx.labs.get(a, []):
+            fbc_dates[lab.when].add(a)
     if fbc_dates:
-        last = max(fbc_dates)  # type: ignore[type-var]
+        last = max(fbc_dates)
         missing = [
             kb.analytes[a].label.lower() for a in ("wbc", "neutrophils", "platelets") if a not in fbc_dates[last]
         ]

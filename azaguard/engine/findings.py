@@ -29,7 +29,7 @@ def _fill(template: str, params: dict[str, Any]) -> str:
 def from_catalogue(
     kb: Knowledge,
     code: str,
-    evidence: tuple[dict[str, object], ...] = (),
+    evidence: tuple[dict[str, Any], ...] = (),
     severity: d.Severity | None = None,
     **params: Any,
 ) -> d.Finding:
@@ -51,8 +51,8 @@ def from_rule(
     code: str,
     category: str,
     rule: Any,
-    evidence: tuple[dict[str, object], ...] = (),
-    ctcae: dict[str, object] | None = None,
+    evidence: tuple[dict[str, Any], ...] = (),
+    ctcae: dict[str, Any] | None = None,
     prefix: str = "",
     **params: Any,
 ) -> d.Finding:
@@ -70,8 +70,8 @@ def from_rule(
     )
 
 
-def lab_evidence(r: d.LabResult) -> dict[str, object]:
-    ev: dict[str, object] = {
+def lab_evidence(r: d.LabResult) -> dict[str, Any]:
+    ev: dict[str, Any] = {
         "type": "lab",
         "analyte": r.analyte,
         "value": round(r.value, 4),
@@ -85,8 +85,8 @@ def lab_evidence(r: d.LabResult) -> dict[str, object]:
     return ev
 
 
-def med_evidence(m: d.MedicationEntry) -> dict[str, object]:
-    ev: dict[str, object] = {"type": "medication", "name": m.name, "status": m.status}
+def med_evidence(m: d.MedicationEntry) -> dict[str, Any]:
+    ev: dict[str, Any] = {"type": "medication", "name": m.name, "status": m.status}
     if m.drug:
         ev["drug"] = m.drug
     if m.start:

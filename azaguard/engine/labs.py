@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 from azaguard import domain as d
 from azaguard.engine.context import Context
@@ -14,7 +15,7 @@ def breaches(comparator: str, value: float, limit: float) -> bool:
     return value < limit if comparator == "<" else value > limit
 
 
-def ctcae_grade(kb: Knowledge, term: str, r: d.LabResult) -> dict[str, object] | None:
+def ctcae_grade(kb: Knowledge, term: str, r: d.LabResult) -> dict[str, Any] | None:
     """CTCAE v5 grade for a result; grade 1 only when the lab sent its own limit of normal."""
     spec = kb.ctcae[term]
     grade = None

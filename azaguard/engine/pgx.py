@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 from azaguard import domain as d
 from azaguard.engine.context import Context
@@ -23,6 +24,9 @@ LABEL = {
     "PM": "Poor Metabolizer",
     "Indeterminate": "Indeterminate",
 }
+
+
+Category = Literal["normal", "intermediate", "compound-intermediate", "poor", "indeterminate"]
 
 
 @dataclass(frozen=True)
@@ -123,7 +127,7 @@ def call_gene(ctx: Context, gene: str, findings: list[d.Finding]) -> GeneCall:
     return GeneCall(gene, phenotype, detail, geno_call, act_call, discordant)
 
 
-def combined_category(tpmt: GeneCall, nudt15: GeneCall) -> str | None:
+def combined_category(tpmt: GeneCall, nudt15: GeneCall) -> Category | None:
     """Combined CPIC dosing category; None when TPMT is unknown (never assumed normal)."""
     phen = {tpmt.phenotype, nudt15.phenotype}
     if "PM" in phen:

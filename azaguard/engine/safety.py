@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from azaguard import domain as d
 from azaguard.engine.context import Context
 from azaguard.engine.findings import from_catalogue, from_rule, lab_evidence, med_evidence
@@ -43,10 +45,10 @@ def check_contraindications(ctx: Context) -> list[d.Finding]:
             if rule.finding in seen:
                 continue
             seen.add(rule.finding)
-            ev: dict[str, object] = {"type": "condition", "text": cond.text}
+            ev: dict[str, Any] = {"type": "condition", "text": cond.text}
             if cond.code:
                 ev["snomed"] = cond.code
-            params: dict[str, object] = {"condition": cond.text}
+            params: dict[str, Any] = {"condition": cond.text}
             if rule.finding == "reproduction-planning":
                 params["max"] = kb.reproduction.pregnancy_max_mg_per_kg
             out.append(from_catalogue(kb, rule.finding, (ev,), **params))
@@ -77,7 +79,7 @@ def check_reproduction(ctx: Context) -> list[d.Finding]:
     mgkg = ctx.mg_per_kg(dose)
     preg = _latest_status(ctx, "pregnancy")
     if preg and preg.value:
-        ev: tuple[dict[str, object], ...] = ({"type": "status", "kind": "pregnancy", "date": preg.when.isoformat()},)
+        ev: tuple[dict[str, Any], ...] = ({"type": "status", "kind": "pregnancy", "date": preg.when.isoformat()},)
         out.append(from_catalogue(kb, "reproduction-pregnancy", ev, date=preg.when, max=rep.pregnancy_max_mg_per_kg))
         if mgkg is not None and mgkg > rep.pregnancy_max_mg_per_kg + 1e-9:
             cap = rep.pregnancy_max_mg_per_kg * (ctx.weight.value if ctx.weight else 0.0)
@@ -131,7 +133,7 @@ def check_vaccines(ctx: Context) -> list[d.Finding]:
     for v in ctx.record.vaccinations:
         if not v.live or (v.when is not None and v.when > ctx.as_of and v.status == "given"):
             continue
-        ev: tuple[dict[str, object], ...] = (
+        ev: tuple[dict[str, Any], ...] = (
             {"type": "vaccine", "name": v.name, "status": v.status, "date": v.when.isoformat() if v.when else None},
         )
         if v.status == "ordered":
@@ -150,7 +152,7 @@ def check_vaccines(ctx: Context) -> list[d.Finding]:
                     state="on azathioprine or within the wash-out period",
                 )
             )
-    if ctx.course.phase == "stopped" and ctx.course.draft_entry is None:
+    if ctx.course.phase == "stopped":
         return out
     given = [v for v in ctx.record.vaccinations if v.status == "given" and v.when is not None and v.when <= ctx.as_of]
     flu = [
@@ -158,10 +160,11 @@ def check_vaccines(ctx: Context) -> list[d.Finding]:
         for v in given
         if v.vaccine == "influenza" and v.when and kb.vaccines.influenza_interval.add(v.when) > ctx.as_of
     ]
-    if not flu:
-        out.append(from_catalogue(kb, "vaccine-influenza-due"))
-    if not any(v.vaccine == "pneumococcal" for v in given):
-        out.append(from_catalogue(kb, "vaccine-pneumococcal-missing"))
+    if ctx.course.phase != "pre-treatment":  # before starting, screening-vaccines-before-start covers these
+        if not flu:
+            out.append(from_catalogue(kb, "vaccine-influenza-due"))
+        if not any(v.vaccine == "pneumococcal" for v in given):
+            out.append(from_catalogue(kb, "vaccine-pneumococcal-missing"))
     if not any(v.vaccine == "zoster-recombinant" for v in given):
         out.append(from_catalogue(kb, "vaccine-shingrix"))
     return out

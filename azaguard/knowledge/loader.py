@@ -332,7 +332,8 @@ def _check_references(kb: Knowledge) -> None:
     for unit in kb.pgx.activity_units:
         need_sources(unit.sources, f"pgx.activity_units[{unit.unit[0]}]")
     need_sources(kb.schedule.sources, "schedule")
-    for rule in (*kb.thresholds, *kb.rises, *kb.trends):
+    lab_rules: list[m.Threshold | m.Rise | m.Trend] = [*kb.thresholds, *kb.rises, *kb.trends]
+    for rule in lab_rules:
         need_sources(rule.sources, f"labs.{rule.id}")
     for t in kb.thresholds:
         if t.analyte not in kb.analytes:
@@ -340,12 +341,12 @@ def _check_references(kb: Knowledge) -> None:
         if t.ctcae and t.ctcae not in kb.ctcae:
             raise KnowledgeError(f"labs.thresholds.{t.id}: unknown ctcae term {t.ctcae}")
     for tr in kb.trends:
-        for a in tr.analytes:
-            if a not in kb.analytes:
-                raise KnowledgeError(f"labs.trends.{tr.id}: unknown analyte {a}")
-    for a in kb.analytes.values():
-        if a.canonical not in kb.units:
-            raise KnowledgeError(f"codes.analytes: no unit table for canonical unit {a.canonical}")
+        for name in tr.analytes:
+            if name not in kb.analytes:
+                raise KnowledgeError(f"labs.trends.{tr.id}: unknown analyte {name}")
+    for analyte in kb.analytes.values():
+        if analyte.canonical not in kb.units:
+            raise KnowledgeError(f"codes.analytes: no unit table for canonical unit {analyte.canonical}")
     for key, c in kb.ctcae.items():
         need_sources(c.sources, f"ctcae.{key}")
     for ix in kb.interactions:

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from azaguard import domain as d
 from azaguard.knowledge import Knowledge
@@ -28,7 +28,8 @@ UCUM = "http://unitsofmeasure.org"
 _DATE = re.compile(r"^(\d{4})(-(\d{2})(-(\d{2}))?)?(T[0-9:.]+(Z|[+-]\d{2}:\d{2})?)?$")
 _OBS_STATUS_USED = {"final", "amended", "corrected", "preliminary"}
 _OBS_STATUS_IGNORED = {"registered", "cancelled", "entered-in-error", "unknown"}
-_MS_STATUS = {
+MedStatus = Literal["active", "draft", "intended", "stopped", "unknown"]
+_MS_STATUS: dict[str, MedStatus | None] = {
     "active": "active",
     "completed": "stopped",
     "stopped": "stopped",
@@ -38,7 +39,7 @@ _MS_STATUS = {
     "not-taken": None,
     "entered-in-error": None,
 }
-_MR_STATUS = {
+_MR_STATUS: dict[str, MedStatus | None] = {
     "active": "active",
     "draft": "draft",
     "on-hold": "stopped",
