@@ -12,32 +12,24 @@ from azaguard.engine.findings import from_catalogue
 
 
 def check_screening(ctx: Context) -> list[d.Finding]:
+    """Baseline items before azathioprine starts; the list itself is knowledge (safety.toml)."""
     kb = ctx.kb
     if ctx.course.phase != "pre-treatment":
         return []
-    out = []
-    for group in kb.schedule.groups:
-        if not ctx.group_dates(group):
-            out.append(from_catalogue(kb, f"screening-missing-{group.lower()}"))
     done = {key for key, when in ctx.record.screening_done if when <= ctx.as_of}
-    if not done & {"hbsag", "anti_hbc"}:
-        out.append(from_catalogue(kb, "screening-missing-hepatitis-b"))
-    if "hcv" not in done:
-        out.append(from_catalogue(kb, "screening-missing-hepatitis-c"))
-    if "hiv" not in done:
-        out.append(from_catalogue(kb, "screening-missing-hiv"))
-    varicella_vaccinated = any(
-        v.vaccine in ("varicella", "zoster-live", "zoster-recombinant")
-        for v in ctx.record.vaccinations
-        if v.status == "given"
-    )
-    if "vzv_igg" not in done and not varicella_vaccinated:
-        out.append(from_catalogue(kb, "screening-missing-vzv"))
-    if ctx.record.sex == "female" and "pregnancy_test" not in done:
-        out.append(from_catalogue(kb, "screening-missing-pregnancy-test"))
-    given = {v.vaccine for v in ctx.record.vaccinations if v.status == "given"}
-    if not {"influenza", "pneumococcal"} <= given:
-        out.append(from_catalogue(kb, "screening-vaccines-before-start"))
+    given = {v.vaccine for v in ctx.record.vaccinations if v.status == "given" and v.when and v.when <= ctx.as_of}
+    out = []
+    for item in kb.screening:
+        if item.sex and ctx.record.sex != item.sex:
+            continue
+        satisfied = (
+            (item.group is not None and bool(ctx.group_dates(item.group)))
+            or bool(done & set(item.tests))
+            or bool(given & set(item.vaccines))
+            or bool(item.vaccines_all and set(item.vaccines_all) <= given)
+        )
+        if not satisfied:
+            out.append(from_catalogue(kb, item.finding))
     ind = ctx.indication()
     if ind is not None and not kb.indications[ind].licensed_uk:
         out.append(from_catalogue(kb, "screening-off-label", indication=kb.indications[ind].label))

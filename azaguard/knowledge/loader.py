@@ -60,6 +60,7 @@ class Knowledge:
     drugs: dict[str, m.Drug]
     interactions: tuple[m.Interaction, ...]
     conditions: dict[str, m.ConditionRule]
+    screening: tuple[m.ScreeningItem, ...]
     allergy: m.AllergyRule
     vaccines: m.Vaccines
     symptoms: m.Symptoms
@@ -296,6 +297,7 @@ def _build(raw: dict[str, Any], protocol: dict[str, str]) -> Knowledge:
         drugs=_validate(dict[str, m.Drug], meds["drugs"], "medicines.toml:drugs"),
         interactions=tuple(_validate(list[m.Interaction], meds["interactions"], "medicines.toml:interactions")),
         conditions=_validate(dict[str, m.ConditionRule], safety["conditions"], "safety.toml:conditions"),
+        screening=tuple(_validate(list[m.ScreeningItem], safety["screening"], "safety.toml:screening")),
         allergy=_validate(m.AllergyRule, safety["allergy"], "safety.toml:allergy"),
         vaccines=_validate(m.Vaccines, safety["vaccines"], "safety.toml:vaccines"),
         symptoms=_validate(m.Symptoms, safety["symptoms"], "safety.toml:symptoms"),
@@ -369,6 +371,18 @@ def _check_references(kb: Knowledge) -> None:
     need_sources(kb.reproduction.breastfeeding_sources, "reproduction.breastfeeding")
     need_sources(kb.metabolites.sources, "metabolites")
     need_sources(kb.efficacy.sources, "efficacy")
+    vaccine_keys = set(kb.vaccines.live) | set(kb.vaccines.inactivated)
+    for item in kb.screening:
+        if item.finding not in kb.findings:
+            raise KnowledgeError(f"screening: finding {item.finding} has no text in findings.toml")
+        if item.group and item.group not in kb.schedule.groups:
+            raise KnowledgeError(f"screening.{item.finding}: unknown test group {item.group}")
+        for test in item.tests:
+            if test not in kb.screening_codes:
+                raise KnowledgeError(f"screening.{item.finding}: unknown screening test {test}")
+        for v in (*item.vaccines, *item.vaccines_all):
+            if v not in vaccine_keys:
+                raise KnowledgeError(f"screening.{item.finding}: unknown vaccine {v}")
     for section in kb.guide:
         need_sources(section.sources, f"guide.{section.id}")
     for group in kb.schedule.groups:

@@ -441,3 +441,18 @@ class GuideSection:
     seed_claim: str
     correction: str = ""
     sources: list[str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScreeningItem:
+    __pydantic_config__ = STRICT
+    finding: str
+    group: str | None = None
+    tests: list[str] = field(default_factory=list)
+    vaccines: list[str] = field(default_factory=list)
+    vaccines_all: list[str] = field(default_factory=list)
+    sex: str | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.group or self.tests or self.vaccines or self.vaccines_all):
+            raise ValueError("a screening item needs a group, tests or vaccines that satisfy it")
