@@ -85,6 +85,15 @@ class Context:
             if c.key == key and c.active and (c.onset is None or c.onset <= self.as_of)
         ]
 
+    def latest_status(self, kind: str) -> d.StatusObservation | None:
+        """Latest known pregnancy / breastfeeding / intention status; an old "yes" is never assumed to have ended."""
+        items = [s for s in self.record.statuses if s.kind == kind and s.when <= self.as_of and s.value is not None]
+        return items[-1] if items else None
+
+    def pregnant(self) -> bool:
+        status = self.latest_status("pregnancy")
+        return bool(status and status.value)
+
     def indication(self) -> str | None:
         for c in self.record.conditions:
             if c.key in self.kb.indications and (c.onset is None or c.onset <= self.as_of):

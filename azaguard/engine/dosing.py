@@ -42,7 +42,16 @@ def compute_dose(ctx: Context) -> tuple[d.DosePlan, list[d.Finding]]:
         if med.drug in ix.drugs and (ix.avoid or ix.dose_factor is not None)
     ]
     reason_avoid = None
-    if category == "poor":
+    blocking = [
+        rule.finding for key, rule in kb.conditions.items() if rule.blocks_dosing and ctx.active_conditions(key)
+    ]
+    if kb.allergy.blocks_dosing and any(a.drug in kb.allergy.drugs for a in ctx.record.allergies):
+        blocking.append(kb.allergy.finding)
+    if course.phase == "stopped":
+        reason_avoid = "azathioprine has been stopped"
+    elif blocking:
+        reason_avoid = "contraindicated (" + ", ".join(blocking) + ")"
+    elif category == "poor":
         reason_avoid = "poor metaboliser: choose a non-thiopurine"
     elif any(ix.avoid for ix, _ in interactions):
         names = ", ".join(sorted({med.name for ix, med in interactions if ix.avoid}))
@@ -82,9 +91,15 @@ def compute_dose(ctx: Context) -> tuple[d.DosePlan, list[d.Finding]]:
     hepatic = bool(ctx.active_conditions("liver-disease"))
     if renal or hepatic:
         high = min(high, max(low, 0.0))
-    low = min(low, high)
-
     step = tablet_step(dosing.tablet_strengths_mg)
+    # Pregnancy caps the range too, but an over-dose is reported by the reproduction check.
+    high_before_pregnancy_r = math.floor(high / step + 1e-9) * step
+    if ctx.pregnant():
+        pregnancy_cap = kb.reproduction.pregnancy_max_mg_per_kg * weight
+        if pregnancy_cap < high:
+            high = pregnancy_cap
+            basis.append(f"pregnant: at most {kb.reproduction.pregnancy_max_mg_per_kg:g} mg/kg/day")
+    low = min(low, high)
     high_r = math.floor(high / step + 1e-9) * step
     if high_r < step:
         findings.append(from_catalogue(kb, "dosing-below-smallest-tablet", cap=round(high, 1), step=step))
@@ -115,6 +130,8 @@ def compute_dose(ctx: Context) -> tuple[d.DosePlan, list[d.Finding]]:
             continue
         ev = (med_evidence(entry),) if entry else ()
         mgkg = ctx.mg_per_kg(dose)
+        if dose > high_r and dose <= high_before_pregnancy_r:
+            continue  # only the pregnancy limit is exceeded: reproduction-pregnancy-dose-high says so
         if dose > high_r:
             if reasons or renal or hepatic:
                 why = "; ".join(
@@ -173,18 +190,8 @@ def compute_dose(ctx: Context) -> tuple[d.DosePlan, list[d.Finding]]:
                 )
             )
     if course.phase == "pre-treatment":
-        findings.append(
-            from_catalogue(
-                kb,
-                "dosing-start-plan",
-                start=plan[0].mg_per_day,
-                step=dosing.step_mg,
-                weeks=interval_weeks,
-                target=low_r,
-                low=low_r,
-                high=high_r,
-            )
-        )
+        steps = ", then ".join(f"{p.mg_per_day:g} mg/day from {p.start.isoformat()}" for p in plan)
+        findings.append(from_catalogue(kb, "dosing-start-plan", steps=steps, low=low_r, high=high_r))
     return d.DosePlan(current, _round(current_mgkg), recommended, tuple(plan), tuple(basis)), findings
 
 

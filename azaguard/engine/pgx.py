@@ -164,10 +164,9 @@ def check_pgx(ctx: Context) -> list[d.Finding]:
         if ctx.course.phase != "stopped":
             findings.append(from_catalogue(kb, code))
     elif category == "indeterminate":
-        which = tpmt if tpmt.phenotype == "Indeterminate" else nudt15
-        findings.append(
-            from_catalogue(kb, "pgx-indeterminate", evidence, tpmt=f"{which.gene} {label(which)}", detail=which.detail)
-        )
+        for call, code in ((tpmt, "pgx-indeterminate"), (nudt15, "pgx-nudt15-indeterminate")):
+            if call.phenotype == "Indeterminate":
+                findings.append(from_catalogue(kb, code, evidence, label=LABEL["Indeterminate"], detail=call.detail))
     else:
         code = f"pgx-{category}"
         sev = kb.pgx.combined[category].severity

@@ -66,18 +66,13 @@ def check_contraindications(ctx: Context) -> list[d.Finding]:
     return out
 
 
-def _latest_status(ctx: Context, kind: str) -> d.StatusObservation | None:
-    items = [s for s in ctx.record.statuses if s.kind == kind and s.when <= ctx.as_of and s.value is not None]
-    return items[-1] if items else None
-
-
 def check_reproduction(ctx: Context) -> list[d.Finding]:
     kb = ctx.kb
     rep = kb.reproduction
     out = []
     dose = ctx.course.current_dose if ctx.course.current_dose is not None else ctx.course.proposed_dose
     mgkg = ctx.mg_per_kg(dose)
-    preg = _latest_status(ctx, "pregnancy")
+    preg = ctx.latest_status("pregnancy")
     if preg and preg.value:
         ev: tuple[dict[str, Any], ...] = ({"type": "status", "kind": "pregnancy", "date": preg.when.isoformat()},)
         out.append(from_catalogue(kb, "reproduction-pregnancy", ev, date=preg.when, max=rep.pregnancy_max_mg_per_kg))
@@ -93,7 +88,7 @@ def check_reproduction(ctx: Context) -> list[d.Finding]:
                     cap=round(cap),
                 )
             )
-    bf = _latest_status(ctx, "breastfeeding")
+    bf = ctx.latest_status("breastfeeding")
     if bf and bf.value:
         ev = ({"type": "status", "kind": "breastfeeding", "date": bf.when.isoformat()},)
         out.append(
@@ -105,7 +100,7 @@ def check_reproduction(ctx: Context) -> list[d.Finding]:
                     kb, "reproduction-breastfeeding-dose-high", ev, current=dose, max=rep.breastfeeding_max_mg_per_day
                 )
             )
-    plan = _latest_status(ctx, "pregnancy-intention")
+    plan = ctx.latest_status("pregnancy-intention")
     if plan and plan.value and not (preg and preg.value) and not any(f.code == "reproduction-planning" for f in out):
         out.append(from_catalogue(kb, "reproduction-planning", max=rep.pregnancy_max_mg_per_kg))
     return out
@@ -215,15 +210,41 @@ def check_symptoms(ctx: Context) -> list[d.Finding]:
             date=s.when,
         )
         out.append(_recode(f, code_key))
-        if s.key == "fever":
-            neut = ctx.latest("neutrophils")
-            if neut is not None and neut.value < kb.symptoms.neutropenic_fever_below:
-                out.append(
-                    from_catalogue(kb, "symptom-neutropenic-fever", (lab_evidence(neut),), value=round(neut.value, 2))
-                )
+
+    out.extend(_neutropenic_fever(ctx))
     if ctx.course.phase != "stopped":
         out.append(from_catalogue(kb, "symptom-guidance"))
     return out
+
+
+def _neutropenic_fever(ctx: Context) -> list[d.Finding]:
+    """Fever whose answering blood count (the first on or after it, if it is still the latest) is low.
+
+    The usual sequence - fever reported, urgent FBC the same day - is exactly the emergency, so
+    an FBC that "answers" a fever report must not silence this check.
+    """
+    kb = ctx.kb
+    neut = ctx.labs.get("neutrophils", [])
+    if not neut:
+        return []
+    latest = neut[-1]
+    if latest.value >= kb.symptoms.neutropenic_fever_below:
+        return []
+    fevers = [s for s in ctx.record.symptoms if s.key == "fever" and s.when <= ctx.as_of]
+    previous = [r for r in neut if r.when < latest.when]
+    window_start = previous[-1].when if previous else None
+    for fever in reversed(fevers):
+        # The fever belongs to the latest count if no earlier count came after it.
+        if window_start is None or fever.when > window_start:
+            return [
+                from_catalogue(
+                    kb,
+                    "symptom-neutropenic-fever",
+                    (lab_evidence(latest), {"type": "symptom", "text": fever.text, "date": fever.when.isoformat()}),
+                    value=round(latest.value, 2),
+                )
+            ]
+    return []
 
 
 def _recode(f: d.Finding, code: str) -> d.Finding:

@@ -106,13 +106,20 @@ def _metabolites_due(ctx: Context) -> list[d.Finding]:
         return []
     tests = sorted({r.when for a in ("tgn", "mmp") for r in ctx.labs.get(a, [])})
     last_test = tests[-1] if tests else None
-    anchor = course.anchors[-1]
+    anchor, start = course.anchors[-1], course.start
     reason = None
-    recent_change = m.check_after_change.add(anchor) <= ctx.as_of < m.check_every.add(anchor)
-    if recent_change and (last_test is None or last_test < anchor):
-        reason = "4 weeks after starting or changing the dose"
-    elif last_test is None and ctx.as_of >= m.check_after_start.add(course.start):
-        reason = "never measured, more than 16 weeks after starting"
-    elif last_test is not None and ctx.as_of >= m.check_every.add(last_test):
+    if last_test is None or last_test < anchor:
+        if ctx.as_of >= m.check_after_change.add(anchor):
+            if anchor != start:
+                reason = f"not measured since the dose change on {anchor.isoformat()}"
+            elif ctx.as_of >= m.check_after_start.add(start):
+                reason = "never measured, more than 16 weeks after starting"
+            else:
+                reason = "4 weeks after starting"
+    elif (
+        last_test < m.check_after_change.add(start) and ctx.as_of >= m.check_after_start.add(start) and anchor == start
+    ):
+        reason = "12-16 weeks after starting"
+    elif ctx.as_of >= m.check_every.add(last_test):
         reason = f"last measured {last_test.isoformat()}, a year or more ago"
     return [from_catalogue(kb, "monitoring-metabolites-due", reason=reason)] if reason else []

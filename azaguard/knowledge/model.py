@@ -344,6 +344,7 @@ class ConditionRule:
     snomed: list[str]
     text: list[str]
     finding: str
+    blocks_dosing: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -351,6 +352,7 @@ class AllergyRule:
     __pydantic_config__ = STRICT
     drugs: list[str]
     finding: str
+    blocks_dosing: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

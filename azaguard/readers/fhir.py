@@ -287,6 +287,73 @@ class _BundleReader:
             screening_done=tuple(self.screening),
         )
 
+    # ------------------------------------------------------------ one resource at a time (imports)
+    _HANDLED = (
+        "Observation",
+        "MedicationStatement",
+        "MedicationRequest",
+        "Immunization",
+        "Condition",
+        "AllergyIntolerance",
+    )
+
+    def read_resource(self, res: dict[str, Any], where: str) -> list[Any]:
+        """Domain objects (and RejectedResults) from one resource; ReaderError if it is malformed.
+
+        Imports use this so one bad resource is quarantined while the rest of a batch is kept.
+        """
+        lists: list[list[Any]] = [
+            self.labs, self.rejected, self.meds, self.genotypes, self.activity, self.conditions,
+            self.allergies, self.vaccinations, self.symptoms, self.statuses, self.screening,
+        ]  # fmt: skip
+        sizes = [len(x) for x in lists]
+        rtype = res.get("resourceType")
+        if rtype == "Medication" and isinstance(res.get("id"), str):
+            self.medications_by_id[f"Medication/{res['id']}"] = res
+            return []
+        handler = {
+            "Observation": self._observation,
+            "MedicationStatement": self._medication_statement,
+            "MedicationRequest": self._medication_request,
+            "Immunization": self._immunization,
+            "Condition": self._condition,
+            "AllergyIntolerance": self._allergy,
+        }.get(str(rtype))
+        if handler is None:
+            return []
+        try:
+            handler(res, where)
+        except ReaderError:
+            for lst, n in zip(lists, sizes, strict=True):
+                del lst[n:]
+            raise
+        out: list[Any] = []
+        for lst, n in zip(lists, sizes, strict=True):
+            out.extend(lst[n:])
+        return out
+
+    @staticmethod
+    def demographics(patient: dict[str, Any], where: str) -> dict[str, Any]:
+        """Identifier (first Patient.identifier value, else id), name, birth date and sex."""
+        identifier = None
+        for ident in _list(patient, "identifier", where):
+            if isinstance(ident, dict) and isinstance(ident.get("value"), str) and ident["value"].strip():
+                identifier = ident["value"].strip()
+                break
+        identifier = identifier or _str(patient, "id", where)
+        if not identifier:
+            raise ReaderError(where, "identifier", "is required (Patient.identifier or Patient.id)")
+        sex = _str(patient, "gender", where)
+        if sex is not None and sex not in {"male", "female", "other", "unknown"}:
+            raise ReaderError(where, "gender", f"must be male, female, other or unknown, got '{sex}'")
+        birth = parse_date(patient["birthDate"], where, "birthDate") if patient.get("birthDate") is not None else None
+        return {
+            "identifier": identifier,
+            "name": _BundleReader._patient_name(patient, where) or "",
+            "birth_date": birth,
+            "sex": sex,
+        }
+
     @staticmethod
     def _patient_name(patient: dict[str, Any], where: str) -> str | None:
         for n in _list(patient, "name", where):
@@ -758,6 +825,9 @@ class _BundleReader:
         codings, text = _codings(cc, where, "code"), _cc_text(cc, where, "code")
         drug, _ = self._drug_of(codings, _cc_search_text(cc, where, "code"))
         self.allergies.append(d.Allergy(drug, text, str(res.get("id", ""))))
+
+
+FhirReader = _BundleReader
 
 
 def iter_bundle_files(paths: list[str]) -> Iterator[Path]:

@@ -1,0 +1,266 @@
+"""Tables. One schema for SQLite and PostgreSQL; migrations in store/migrations mirror it.
+
+Clinical rows keep what the readers normalised (analyte, canonical value and unit, date) and
+what arrived (original value, unit, text), plus a `source_key` that makes imports idempotent.
+A corrected result never overwrites: the old row is kept with `current = False`.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, Date, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Patient(Base):
+    __tablename__ = "patients"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    identifier: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    birth_date: Mapped[date | None] = mapped_column(Date)
+    sex: Mapped[str | None] = mapped_column(String(16))
+    monitoring_team: Mapped[str] = mapped_column(String(16), default="specialist")  # specialist | gp
+    phone: Mapped[str] = mapped_column(String(40), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Observation(Base):
+    """Labs, weight, genotype/phenotype, TPMT activity, status (pregnancy...), screening and symptoms."""
+
+    __tablename__ = "observations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(
+        String(24)
+    )  # lab | genotype | phenotype | tpmt-activity | status | screening | rejected
+    analyte: Mapped[str | None] = mapped_column(String(40))  # analyte, gene, status kind, screening key
+    code: Mapped[str] = mapped_column(String(64), default="")
+    value: Mapped[float | None] = mapped_column(Float)
+    unit: Mapped[str | None] = mapped_column(String(40))
+    value_text: Mapped[str | None] = mapped_column(String(200))
+    original_value: Mapped[str | None] = mapped_column(String(64))
+    original_unit: Mapped[str | None] = mapped_column(String(64))
+    ref_low: Mapped[float | None] = mapped_column(Float)
+    ref_high: Mapped[float | None] = mapped_column(Float)
+    below_detection: Mapped[bool] = mapped_column(Boolean, default=False)
+    abnormal_flag: Mapped[str | None] = mapped_column(String(8))
+    effective: Mapped[date] = mapped_column(Date)
+    status: Mapped[str] = mapped_column(String(16), default="final")
+    source_key: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    current: Mapped[bool] = mapped_column(Boolean, default=True)
+    content_hash: Mapped[str] = mapped_column(String(40), default="")
+    review_state: Mapped[str] = mapped_column(String(16), default="pending")  # pending | auto | flagged
+    received_at: Mapped[datetime] = mapped_column(DateTime)
+    __table_args__ = (
+        UniqueConstraint("source_key", "version", name="uq_observation_source_version"),
+        Index("ix_observations_patient_effective", "patient_id", "effective"),
+        Index("ix_observations_source_key", "source_key"),
+    )
+
+
+class Medication(Base):
+    """Medicine statements and orders, azathioprine included: its rows are the dose history."""
+
+    __tablename__ = "medications"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"), index=True)
+    drug: Mapped[str | None] = mapped_column(String(40))
+    name: Mapped[str] = mapped_column(String(200))
+    rxnorm: Mapped[str | None] = mapped_column(String(20))
+    kind: Mapped[str] = mapped_column(String(16), default="statement")  # statement | request
+    status: Mapped[str] = mapped_column(String(16))  # active | draft | intended | stopped | unknown
+    start: Mapped[date | None] = mapped_column(Date)
+    end: Mapped[date | None] = mapped_column(Date)
+    daily_dose_mg: Mapped[float | None] = mapped_column(Float)
+    source_key: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Genotype(Base):
+    __tablename__ = "genotypes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"), index=True)
+    gene: Mapped[str] = mapped_column(String(16))
+    diplotype: Mapped[str | None] = mapped_column(String(40))
+    phenotype: Mapped[str | None] = mapped_column(String(80))
+    effective: Mapped[date | None] = mapped_column(Date)
+    source_key: Mapped[str] = mapped_column(String(200), unique=True)
+
+
+class Condition(Base):
+    __tablename__ = "conditions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"), index=True)
+    key: Mapped[str | None] = mapped_column(String(40))
+    text: Mapped[str] = mapped_column(String(200))
+    code: Mapped[str | None] = mapped_column(String(40))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    onset: Mapped[date | None] = mapped_column(Date)
+    source_key: Mapped[str] = mapped_column(String(200), unique=True)
+
+
+class Allergy(Base):
+    __tablename__ = "allergies"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"), index=True)
+    drug: Mapped[str | None] = mapped_column(String(40))
+    text: Mapped[str] = mapped_column(String(200))
+    source_key: Mapped[str] = mapped_column(String(200), unique=True)
+
+
+class Immunization(Base):
+    """Given vaccines and vaccine orders (status ordered = about to be given)."""
+
+    __tablename__ = "immunizations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"), index=True)
+    vaccine: Mapped[str | None] = mapped_column(String(40))
+    live: Mapped[bool] = mapped_column(Boolean, default=False)
+    name: Mapped[str] = mapped_column(String(200))
+    when: Mapped[date | None] = mapped_column(Date)
+    status: Mapped[str] = mapped_column(String(16))  # given | ordered
+    source_key: Mapped[str] = mapped_column(String(200), unique=True)
+
+
+class Symptom(Base):
+    __tablename__ = "symptoms"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"), index=True)
+    key: Mapped[str | None] = mapped_column(String(40))
+    text: Mapped[str] = mapped_column(String(200))
+    when: Mapped[date] = mapped_column(Date)
+    reported_by: Mapped[str] = mapped_column(String(16), default="clinician")  # patient | clinician | import
+    source_key: Mapped[str] = mapped_column(String(200), unique=True)
+
+
+class AssessmentRow(Base):
+    """The latest assessment per patient, kept so the worklist never re-runs the engine."""
+
+    __tablename__ = "assessments"
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"), primary_key=True)
+    as_of: Mapped[date] = mapped_column(Date)
+    knowledge_version: Mapped[str] = mapped_column(String(200))
+    phase: Mapped[str] = mapped_column(String(16))
+    worst_open: Mapped[int] = mapped_column(Integer, default=3)  # 0 critical, 1 warning, 2 info, 3 none
+    open_count: Mapped[int] = mapped_column(Integer, default=0)
+    next_due: Mapped[date | None] = mapped_column(Date, index=True)
+    indication: Mapped[str | None] = mapped_column(String(40))
+    categories: Mapped[str] = mapped_column(String(400), default="")  # space-separated categories of open findings
+    result: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    computed_at: Mapped[datetime] = mapped_column(DateTime)
+    __table_args__ = (Index("ix_assessments_worklist", "worst_open", "next_due"),)
+
+
+class FindingRow(Base):
+    """A finding instance on the worklist. The fingerprint ties it to the evidence that raised it,
+    so a review closes it until different evidence (a later result, a new due date) appears."""
+
+    __tablename__ = "findings"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"))
+    code: Mapped[str] = mapped_column(String(80))
+    category: Mapped[str] = mapped_column(String(24))
+    severity: Mapped[str] = mapped_column(String(10))
+    message: Mapped[str] = mapped_column(Text)
+    action: Mapped[str] = mapped_column(Text)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))  # open | reviewed | resolved | info
+    first_seen: Mapped[datetime] = mapped_column(DateTime)
+    last_seen: Mapped[datetime] = mapped_column(DateTime)
+    __table_args__ = (
+        UniqueConstraint("patient_id", "fingerprint", name="uq_finding_fingerprint"),
+        Index("ix_findings_patient_state", "patient_id", "state"),
+    )
+
+
+class Review(Base):
+    __tablename__ = "reviews"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    finding_id: Mapped[int] = mapped_column(ForeignKey("findings.id", ondelete="CASCADE"), index=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    outcome: Mapped[str] = mapped_column(String(40))
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(80), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16))  # clinician | patient | admin
+    patient_id: Mapped[int | None] = mapped_column(ForeignKey("patients.id", ondelete="SET NULL"))
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    label: Mapped[str] = mapped_column(String(80), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class WebSession(Base):
+    __tablename__ = "web_sessions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    user_id: Mapped[int | None] = mapped_column(Integer)
+    username: Mapped[str] = mapped_column(String(80), default="")
+    action: Mapped[str] = mapped_column(String(24))  # read | write | login | login-failed | import | review | denied
+    resource: Mapped[str] = mapped_column(String(80))
+    patient_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    detail: Mapped[str] = mapped_column(String(400), default="")
+    channel: Mapped[str] = mapped_column(String(8), default="web")  # web | api | cli
+
+
+class ImportBatch(Base):
+    __tablename__ = "import_batches"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    source: Mapped[str] = mapped_column(String(300))
+    format: Mapped[str] = mapped_column(String(16))
+    counts: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    username: Mapped[str] = mapped_column(String(80), default="")
+
+
+class QuarantineItem(Base):
+    """A record an import could not accept: kept whole, with its reason, until fixed and re-processed."""
+
+    __tablename__ = "quarantine"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    batch_id: Mapped[int | None] = mapped_column(ForeignKey("import_batches.id", ondelete="SET NULL"))
+    received_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    format: Mapped[str] = mapped_column(String(16))
+    record_ref: Mapped[str] = mapped_column(String(200))
+    patient_identifier: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+    original: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default="open")  # open | reprocessed | discarded
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime)

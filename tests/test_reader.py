@@ -1,0 +1,1397 @@
+"""FHIR R4 Bundle reader: every code and unit the knowledge holds, every status, every resource shape.
+
+The reader's contract (azaguard/readers/fhir.py): structural damage is a ReaderError naming the
+resource and field; content it cannot interpret (unknown unit, no value) becomes a RejectedResult
+so the engine can report it; anything else is read into plain domain records.
+
+Tests marked xfail(strict=True) state the correct behaviour for a bug found while writing them;
+each reason starts with "BUG:" and the bug is described in full where the test is.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from typing import Any
+
+import pytest
+
+from azaguard import domain as d
+from azaguard.fhirbuild import BundleBuilder
+from azaguard.knowledge import load_knowledge
+from azaguard.readers.fhir import CVX, LOINC, RXNORM, SNOMED, UCUM, ReaderError, read_bundle, read_bundle_file
+
+KB = load_knowledge()  # cached; needed at collection time for parametrisation
+WHEN = "2025-03-04"
+DAY = date(2025, 3, 4)
+HGNC = "http://www.genenames.org/geneId"
+OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+
+Resource = dict[str, Any]
+
+
+# ---------------------------------------------------------------- helpers
+def patient(**extra: Any) -> Resource:
+    return {"resourceType": "Patient", "id": "p", "birthDate": "1970-01-01", "gender": "female", **extra}
+
+
+def bundle(*resources: Resource, pat: Resource | None = None) -> Resource:
+    entries = [pat or patient(), *resources]
+    return {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in entries]}
+
+
+def read(*resources: Resource, pat: Resource | None = None) -> d.PatientRecord:
+    return read_bundle(bundle(*resources, pat=pat), KB)
+
+
+def reader_error(*resources: Resource, pat: Resource | None = None) -> ReaderError:
+    with pytest.raises(ReaderError) as info:
+        read(*resources, pat=pat)
+    return info.value
+
+
+def concept(code: str | None = None, system: str = LOINC, text: str | None = None, display: str | None = None) -> Resource:
+    out: Resource = {}
+    if code is not None:
+        coding: Resource = {"system": system, "code": code}
+        if display is not None:
+            coding["display"] = display
+        out["coding"] = [coding]
+    if text is not None:
+        out["text"] = text
+    return out
+
+
+def observation(code: Resource, rid: str = "obs-1", status: str = "final", when: Any = WHEN, **extra: Any) -> Resource:
+    res: Resource = {"resourceType": "Observation", "id": rid, "status": status, "code": code}
+    if when is not None:
+        res["effectiveDateTime"] = when
+    res.update(extra)
+    return res
+
+
+def lab(
+    loinc: str,
+    value: Any = 5.0,
+    unit: str | None = None,
+    *,
+    ucum_code: str | None = None,
+    system: str | None = UCUM,
+    rid: str = "obs-1",
+    **extra: Any,
+) -> Resource:
+    """A lab Observation; `unit` is the display unit, `ucum_code` the coded unit (both optional)."""
+    q: Resource = {"value": value}
+    if unit is not None:
+        q["unit"] = unit
+    if ucum_code is not None:
+        q["code"] = ucum_code
+        if system is not None:
+            q["system"] = system
+    return observation(concept(loinc), rid=rid, valueQuantity=q, **extra)
+
+
+def only_lab(rec: d.PatientRecord) -> d.LabResult:
+    assert not rec.rejected, rec.rejected
+    assert len(rec.labs) == 1, rec.labs
+    return rec.labs[0]
+
+
+def only_rejected(rec: d.PatientRecord) -> d.RejectedResult:
+    assert not rec.labs, rec.labs
+    assert len(rec.rejected) == 1, rec.rejected
+    return rec.rejected[0]
+
+
+def analyte_for_canonical(canonical: str) -> str:
+    """An analyte that uses the canonical unit's shared table (not an override table)."""
+    return next(k for k, a in KB.analytes.items() if a.canonical == canonical and k not in KB.unit_overrides)
+
+
+# ---------------------------------------------------------------- bundle structure
+def test_minimal_bundle_reads_patient_fields():
+    rec = read(pat=patient(name=[{"given": ["Ada", "M"], "family": "Byron"}]))
+    assert rec.patient_id == "p"
+    assert rec.birth_date == date(1970, 1, 1)
+    assert rec.sex == "female"
+    assert rec.name == "Ada M Byron"
+    assert rec.labs == rec.medications == rec.conditions == ()
+
+
+def test_patient_name_text_wins_and_partial_birth_date_takes_first_day():
+    rec = read(pat=patient(birthDate="1970-05", name=[{"text": "Ada Lovelace", "family": "X"}]))
+    assert rec.name == "Ada Lovelace"
+    assert rec.birth_date == date(1970, 5, 1)
+
+
+def test_patient_without_id_birth_date_or_gender_is_accepted():
+    rec = read(pat={"resourceType": "Patient"})
+    assert (rec.patient_id, rec.birth_date, rec.sex, rec.name) == ("unknown", None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("pat", "field"),
+    [
+        (patient(gender="F"), "gender"),
+        (patient(gender=1), "gender"),
+        (patient(birthDate="01/02/1970"), "birthDate"),
+        (patient(birthDate=1970), "birthDate"),
+        (patient(name={"text": "x"}), "name"),
+        (patient(id=7), "id"),
+    ],
+)
+def test_bad_patient_fields_are_reader_errors(pat, field):
+    err = reader_error(pat=pat)
+    assert err.field == field
+    assert err.where.startswith("Bundle.entry[0]")
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: Patient.name[].given that is not a list raises TypeError in _patient_name", raises=TypeError)
+@pytest.mark.parametrize("given", [5, None, True])
+def test_patient_name_given_of_wrong_type_is_not_a_crash(given):
+    # fhir.py _patient_name iterates n.get("given", []) without a type check: an int, null,
+    # object or boolean raises TypeError (CLI: exit 1 "internal error" instead of exit 2).
+    try:
+        read(pat=patient(name=[{"given": given, "family": "Byron"}]))
+    except ReaderError:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("data", "where", "field"),
+    [
+        ([], "input", ""),
+        ("Bundle", "input", ""),
+        (None, "input", ""),
+        ({"resourceType": "Patient"}, "input", "resourceType"),
+        ({"entry": []}, "input", "resourceType"),
+        ({"resourceType": "Bundle", "entry": {}}, "Bundle", "entry"),
+        ({"resourceType": "Bundle", "entry": ["x"]}, "Bundle.entry[0]", ""),
+        ({"resourceType": "Bundle", "entry": [{"fullUrl": "urn:x"}]}, "Bundle.entry[0]", "resource"),
+        ({"resourceType": "Bundle", "entry": [{"resource": []}]}, "Bundle.entry[0]", "resource"),
+        ({"resourceType": "Bundle", "entry": [{"resource": {"id": "x"}}]}, "Bundle.entry[0]", "resourceType"),
+        ({"resourceType": "Bundle", "entry": [{"resource": {"resourceType": 3}}]}, "Bundle.entry[0]", "resourceType"),
+        ({"resourceType": "Bundle", "entry": [{"resource": {"resourceType": "Patient", "id": 3}}]}, "", "id"),
+        ({"resourceType": "Bundle"}, "Bundle", "entry"),
+        ({"resourceType": "Bundle", "entry": []}, "Bundle", "entry"),
+    ],
+)
+def test_structural_damage_is_a_reader_error_naming_where_and_field(data, where, field):
+    with pytest.raises(ReaderError) as info:
+        read_bundle(data, KB)
+    assert info.value.where.startswith(where)
+    assert info.value.field == field
+    assert str(info.value).startswith(info.value.where)
+
+
+def test_no_patient_and_two_patients_are_reader_errors():
+    err = reader_error(pat={"resourceType": "Encounter", "id": "e"})
+    assert "no Patient" in err.problem
+    err = reader_error(patient(id="q"))
+    assert "2 Patient" in err.problem
+
+
+def test_unknown_resource_types_are_ignored():
+    rec = read({"resourceType": "Encounter", "id": "e", "status": 12}, {"resourceType": "Practitioner"})
+    assert rec.patient_id == "p"
+
+
+def test_reader_error_message_names_entry_resource_and_field():
+    err = reader_error(lab("6690-2", "high", "10*9/L", rid="wbc-1"))
+    assert err.where == "Bundle.entry[1] (Observation/wbc-1) valueQuantity"
+    assert err.field == "value"
+    assert str(err) == "Bundle.entry[1] (Observation/wbc-1) valueQuantity: field 'value' must be a number, got string \"high\""
+
+
+def test_read_bundle_file_reads_a_builder_bundle(tmp_path):
+    b = BundleBuilder("f", "1970-01-01", "male")
+    b.weight(70, WHEN)
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(b.bundle()), encoding="utf-8")
+    rec = read_bundle_file(path, KB)
+    assert rec.patient_id == "f"
+    assert rec.labs[0].value == 70
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"", "not valid JSON"),
+        (b"{not json", "not valid JSON"),
+        (b'{"resourceType": "Bundle", "entry": [', "not valid JSON"),
+        (b"\xff\xfe\x00{", "not UTF-8"),
+    ],
+)
+def test_read_bundle_file_rejects_unreadable_content(tmp_path, content, problem):
+    path = tmp_path / "b.json"
+    path.write_bytes(content)
+    with pytest.raises(ReaderError) as info:
+        read_bundle_file(path, KB)
+    assert problem in info.value.problem
+    assert info.value.where == str(path)
+
+
+def test_read_bundle_file_missing_file(tmp_path):
+    with pytest.raises(ReaderError) as info:
+        read_bundle_file(tmp_path / "nope.json", KB)
+    assert "cannot be read" in info.value.problem
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: deeply nested JSON raises RecursionError, not ReaderError", raises=RecursionError)
+def test_read_bundle_file_deeply_nested_json_is_a_reader_error(tmp_path):
+    # json.loads raises RecursionError (not JSONDecodeError) for ~100k nested arrays; read_bundle_file
+    # only catches JSONDecodeError, so the CLI exits 1 "internal error (RecursionError)".
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+    with pytest.raises(ReaderError):
+        read_bundle_file(path, KB)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: NaN/Infinity/1e400 are accepted as numbers (non-finite values reach the engine)", raises=pytest.fail.Exception)
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_non_finite_numbers_are_reader_errors(tmp_path, literal):
+    # Python's json module accepts NaN/Infinity literals and turns 1e400 into inf; _num() lets them
+    # through. A NaN weight crashes dosing (ValueError), an infinite dose makes --format json print
+    # the invalid JSON token Infinity, an infinite 6-TGN crashes check_metabolites (OverflowError).
+    b = BundleBuilder("p", "1970-01-01", "male")
+    b.weight(70, WHEN)
+    text = json.dumps(b.bundle()).replace('"value": 70', f'"value": {literal}')
+    assert f'"value": {literal}' in text
+    path = tmp_path / "b.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ReaderError) as info:
+        read_bundle_file(path, KB)
+    assert info.value.field == "value"
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: an integer too large for a float raises OverflowError in _num", raises=OverflowError)
+def test_huge_integer_value_is_a_reader_error():
+    # {"value": 10**400} is a valid JSON number; _num() calls float(v) -> OverflowError.
+    with pytest.raises(ReaderError):
+        read(lab("29463-7", 10**400, "kg"))
+
+
+# ---------------------------------------------------------------- analytes and units
+LOINC_CASES = [(key, code) for key, a in KB.analytes.items() for code in a.loinc]
+
+
+def test_loinc_codes_are_unique_across_analytes():
+    codes = [code for _, code in LOINC_CASES]
+    assert len(codes) == len(set(codes))
+
+
+@pytest.mark.parametrize(("analyte", "code"), LOINC_CASES)
+def test_each_loinc_maps_to_its_analyte(analyte, code):
+    canonical = KB.analytes[analyte].canonical
+    r = only_lab(read(lab(code, 5, canonical, ucum_code=canonical)))
+    assert (r.analyte, r.value, r.unit, r.code, r.when) == (analyte, 5.0, canonical, code, DAY)
+    assert (r.original_value, r.original_unit) == (5.0, canonical)
+
+
+LOCAL_CODES = [(key, code) for key, a in KB.analytes.items() for code in a.local]
+TEXT_NAMES = [(key, text) for key, a in KB.analytes.items() for text in a.text]
+
+
+@pytest.mark.parametrize(("analyte", "code"), LOCAL_CODES)
+def test_local_codes_map_to_metabolite_analytes(analyte, code):
+    canonical = KB.analytes[analyte].canonical
+    res = observation(concept(code.upper(), system="urn:lab:local"), valueQuantity={"value": 300, "unit": canonical})
+    assert only_lab(read(res)).analyte == analyte
+
+
+@pytest.mark.parametrize(("analyte", "text"), TEXT_NAMES)
+def test_test_names_map_to_metabolite_analytes(analyte, text):
+    canonical = KB.analytes[analyte].canonical
+    res = observation({"text": f"RBC {text.upper()} level"}, valueQuantity={"value": 300, "unit": canonical})
+    assert only_lab(read(res)).analyte == analyte
+
+
+def test_unrelated_observation_is_ignored():
+    rec = read(lab("2345-7", 5.5, "mmol/L"))  # glucose: not read for azathioprine monitoring
+    assert rec.labs == rec.rejected == ()
+
+
+UNIT_CASES = [
+    (analyte_for_canonical(canonical), spelling, factor)
+    for canonical, table in KB.units.items()
+    for spelling, factor in table.items()
+] + [(analyte, spelling, factor) for analyte, table in KB.unit_overrides.items() for spelling, factor in table.items()]
+
+
+@pytest.mark.parametrize(("analyte", "spelling", "factor"), UNIT_CASES)
+def test_every_unit_spelling_converts_through_the_table(analyte, spelling, factor):
+    code = (KB.analytes[analyte].loinc or [None])[0]
+    concept_ = concept(code) if code else {"text": KB.analytes[analyte].text[0]}
+    # as a display unit only
+    r = only_lab(read(observation(concept_, valueQuantity={"value": 2.0, "unit": spelling})))
+    assert r.value == pytest.approx(2.0 * factor)
+    assert r.unit == KB.analytes[analyte].canonical
+    assert (r.original_value, r.original_unit) == (2.0, spelling)
+    # as a coded UCUM unit with an unknown display
+    coded = {"value": 2.0, "unit": "?", "system": UCUM, "code": spelling}
+    assert only_lab(read(observation(concept_, valueQuantity=coded))).value == pytest.approx(2.0 * factor)
+
+
+@pytest.mark.parametrize(
+    ("loinc", "value", "unit", "analyte", "expected"),
+    [
+        ("751-8", 3500, "cells/uL", "neutrophils", 3.5),
+        ("751-8", 3500, "/mm3", "neutrophils", 3.5),
+        ("6690-2", 6.2, "10*3/uL", "wbc", 6.2),
+        ("777-3", 250, "K/uL", "platelets", 250),
+        ("2160-0", 1.2, "mg/dL", "creatinine", 106.08),
+        ("1975-2", 1.0, "mg/dL", "bilirubin", 17.104),
+        ("1975-2", 17, "umol/L", "bilirubin", 17),
+        ("1751-7", 4.1, "g/dL", "albumin", 41),
+        ("718-7", 13.5, "g/dL", "haemoglobin", 135),
+        ("1742-6", 0.5, "ukat/L", "alt", 30),
+        ("1920-8", 0.75, "ukat/L", "ast", 45),
+        ("29463-7", 154, "lb", "weight", 69.8532),
+        ("29463-7", 154, "[lb_av]", "weight", 69.8532),
+        ("29463-7", 70500, "g", "weight", 70.5),
+        ("2160-0", 80, "µmol/L", "creatinine", 80),
+        ("2160-0", 80, "μmol/L", "creatinine", 80),
+        ("2160-0", 80, " umol/L ", "creatinine", 80),
+        ("98979-8", 75, "mL/min/1.73m2", "egfr", 75),
+    ],
+)
+def test_named_conversions(loinc, value, unit, analyte, expected):
+    r = only_lab(read(lab(loinc, value, unit)))
+    assert r.analyte == analyte
+    assert r.value == pytest.approx(expected, rel=1e-6)
+    assert r.unit == KB.analytes[analyte].canonical
+
+
+def test_bilirubin_uses_its_own_factor_not_creatinines():
+    bili = only_lab(read(lab("1975-2", 1.0, "mg/dL"))).value
+    creat = only_lab(read(lab("2160-0", 1.0, "mg/dL"))).value
+    assert (bili, creat) == (pytest.approx(17.104), pytest.approx(88.4))
+
+
+def test_ucum_code_wins_over_display_and_display_is_the_fallback():
+    r = only_lab(read(lab("6690-2", 6.0, "x 10 9 per litre", ucum_code="10*9/L")))
+    assert (r.value, r.original_unit) == (6.0, "10*9/L")
+    # unknown UCUM code but a known display unit: the display converts
+    r = only_lab(read(lab("2160-0", 1.0, "mg/dL", ucum_code="mg/dL{calc}")))
+    assert r.value == pytest.approx(88.4)
+
+
+def test_coded_unit_from_another_system_is_not_trusted_as_ucum():
+    q = {"value": 1.0, "unit": "mg/dL", "system": "urn:local:units", "code": "umol/L"}
+    r = only_lab(read(observation(concept("2160-0"), valueQuantity=q)))
+    assert r.value == pytest.approx(88.4)  # the display unit, not the local code
+
+
+@pytest.mark.parametrize(
+    ("loinc", "value", "unit"),
+    [
+        ("751-8", 55, "%"),  # a differential percentage must never be read as an absolute count
+        ("6690-2", 6.0, "10*12/L"),
+        ("2160-0", 0.09, "mmol/L"),
+        ("718-7", 8.5, "mmol/L"),
+        ("29463-7", 11, "st"),
+        ("1751-7", 41, "g/l"),
+    ],
+)
+def test_unknown_unit_is_a_rejected_result_and_the_value_is_not_used(loinc, value, unit):
+    rej = only_rejected(read(lab(loinc, value, unit, rid="x-1")))
+    assert rej.reason == "unknown-unit"
+    assert rej.unit == unit
+    assert rej.analyte == KB.loinc_index[loinc]
+    assert rej.when == DAY
+    assert rej.source_id == "x-1"
+    assert rej.detail == str(float(value))
+
+
+def test_missing_unit_is_a_rejected_result():
+    rej = only_rejected(read(lab("6690-2", 6.0)))
+    assert (rej.reason, rej.unit) == ("unknown-unit", "(none)")
+
+
+def test_no_value_quantity_is_a_missing_value():
+    rej = only_rejected(read(observation(concept("6690-2"), rid="w")))
+    assert (rej.analyte, rej.reason, rej.source_id) == ("wbc", "missing-value", "w")
+    assert rej.detail == "no valueQuantity"
+
+
+def test_data_absent_reason_is_a_missing_value_with_the_reason():
+    dar = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "error"}]}
+    dar["text"] = "Sample haemolysed"
+    rej = only_rejected(read(observation(concept("777-3"), dataAbsentReason=dar)))
+    assert rej.reason == "missing-value"
+    assert rej.detail == "data absent: Sample haemolysed"
+
+
+def test_text_value_is_a_missing_value():
+    rej = only_rejected(read(observation(concept("777-3"), valueString="clumped, see film")))
+    assert rej.reason == "missing-value"
+    assert "clumped" in rej.detail
+
+
+def test_value_quantity_without_value_is_a_missing_value():
+    rej = only_rejected(read(observation(concept("777-3"), valueQuantity={"unit": "10*9/L"})))
+    assert (rej.reason, rej.detail) == ("missing-value", "valueQuantity without value")
+
+
+@pytest.mark.parametrize(("comparator", "below"), [("<", True), ("<=", True), (">", False), (None, False)])
+def test_comparator_marks_below_detection(comparator, below):
+    q: Resource = {"value": 5, "unit": "pmol/8x10^8 RBC"}
+    if comparator:
+        q["comparator"] = comparator
+    r = only_lab(read(observation({"text": "6-MMP"}, valueQuantity=q)))
+    assert r.below_detection is below
+
+
+def test_reference_range_is_converted_to_the_canonical_unit():
+    rr = [{"low": {"value": 0.6, "unit": "mg/dL"}, "high": {"value": 1.2, "unit": "mg/dL"}}]
+    r = only_lab(read(lab("2160-0", 1.0, "mg/dL", referenceRange=rr)))
+    assert r.ref_low == pytest.approx(53.04)
+    assert r.ref_high == pytest.approx(106.08)
+
+
+def test_reference_range_without_unit_uses_the_result_unit():
+    r = only_lab(read(lab("1742-6", 30, "U/L", referenceRange=[{"high": {"value": 40}}])))
+    assert (r.ref_low, r.ref_high) == (None, 40)
+
+
+@pytest.mark.parametrize(
+    ("value", "field"),
+    [("high", "value"), (True, "value"), ([5], "value"), ({"v": 5}, "value")],
+)
+def test_non_numeric_value_is_a_reader_error(value, field):
+    err = reader_error(lab("6690-2", value, "10*9/L", rid="w1"))
+    assert err.field == field
+    assert "(Observation/w1)" in err.where
+
+
+def test_labs_are_sorted_by_date():
+    rec = read(
+        lab("6690-2", 3, "10*9/L", rid="a", effectiveDateTime="2025-03-01"),
+        lab("6690-2", 1, "10*9/L", rid="b", effectiveDateTime="2024-01-01"),
+        lab("6690-2", 2, "10*9/L", rid="c", effectiveDateTime="2024-06-01"),
+    )
+    assert [r.source_id for r in rec.labs] == ["b", "c", "a"]
+
+
+# ---------------------------------------------------------------- observation status and dates
+@pytest.mark.parametrize("status", ["final", "amended", "corrected", "preliminary"])
+def test_result_statuses_that_are_used(status):
+    assert only_lab(read(lab("6690-2", 6, "10*9/L", status=status))).value == 6
+
+
+@pytest.mark.parametrize("status", ["entered-in-error", "cancelled", "registered", "unknown"])
+def test_result_statuses_that_are_ignored(status):
+    rec = read(lab("6690-2", 6, "10*9/L", status=status))
+    assert rec.labs == rec.rejected == ()
+
+
+def test_ignored_status_skips_the_rest_of_the_resource():
+    # an entered-in-error result is not read further, so its other defects do not matter
+    rec = read(lab("6690-2", "garbage", "10*9/L", status="entered-in-error", effectiveDateTime="yesterday"))
+    assert rec.labs == ()
+
+
+@pytest.mark.parametrize("status", ["done", "FINAL", "", 1, None])
+def test_invalid_or_missing_observation_status_is_a_reader_error(status):
+    res = lab("6690-2", 6, "10*9/L", rid="w1")
+    if status is None:
+        del res["status"]
+    else:
+        res["status"] = status
+    err = reader_error(res)
+    assert err.field == "status"
+    assert "(Observation/w1)" in err.where
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2025", date(2025, 1, 1)),
+        ("2025-03", date(2025, 3, 1)),
+        ("2025-03-04", date(2025, 3, 4)),
+        ("2025-03-04T10:30:00Z", date(2025, 3, 4)),
+        ("2025-03-04T23:30:00+01:00", date(2025, 3, 4)),
+        ("2025-03-04T10:30:00.123-05:00", date(2025, 3, 4)),
+        ("2025-03-04T10:30", date(2025, 3, 4)),
+    ],
+)
+def test_partial_dates_and_date_times(value, expected):
+    assert only_lab(read(lab("6690-2", 6, "10*9/L", effectiveDateTime=value))).when == expected
+
+
+@pytest.mark.parametrize("value", ["2025-13-45", "2025-02-30", "yesterday", "2025/03/04", "04-03-2025", "", 20250304])
+def test_bad_dates_are_reader_errors(value):
+    err = reader_error(lab("6690-2", 6, "10*9/L", rid="w1", effectiveDateTime=value))
+    assert err.field == "effectiveDateTime"
+    assert "(Observation/w1)" in err.where
+
+
+def test_effective_period_start_then_issued_are_date_fallbacks():
+    period = observation(concept("6690-2"), when=None, effectivePeriod={"start": "2025-02-01", "end": "2025-02-02"})
+    period["valueQuantity"] = {"value": 6, "unit": "10*9/L"}
+    assert only_lab(read(period)).when == date(2025, 2, 1)
+    issued = observation(concept("6690-2"), when=None, issued="2025-02-03T08:00:00Z")
+    issued["valueQuantity"] = {"value": 6, "unit": "10*9/L"}
+    assert only_lab(read(issued)).when == date(2025, 2, 3)
+    both = lab("6690-2", 6, "10*9/L", issued="2025-12-31")
+    assert only_lab(read(both)).when == DAY
+
+
+def test_missing_effective_date_on_a_lab_is_a_reader_error():
+    res = lab("6690-2", 6, "10*9/L", rid="w1")
+    del res["effectiveDateTime"]
+    err = reader_error(res)
+    assert err.field == "effectiveDateTime"
+    assert "required" in err.problem
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda r: r.update(code={"coding": {"system": LOINC, "code": "6690-2"}}), "coding"),
+        (lambda r: r.update(code={"coding": ["6690-2"]}), "code.coding[0]"),
+        (lambda r: r.update(code={"coding": [{"system": LOINC, "code": 6690}]}), "code"),
+        (lambda r: r.update(code="6690-2"), "code"),
+        (lambda r: r.pop("code"), "code"),
+        (lambda r: r.update(valueQuantity=[6]), "valueQuantity"),
+        (lambda r: r.update(category={"coding": []}), "category"),
+        (lambda r: r.update(effectivePeriod="2025"), "effectivePeriod"),
+    ],
+)
+def test_wrong_types_in_observation_are_reader_errors(mutate, field):
+    res = lab("6690-2", 6, "10*9/L", rid="w1")
+    res.pop("effectiveDateTime") if field == "effectivePeriod" else None
+    mutate(res)
+    err = reader_error(res)
+    assert err.field == field
+    assert "(Observation/w1)" in err.where
+
+
+# ---------------------------------------------------------------- pharmacogenomics
+def genotype_obs(
+    code: str = "84413-4", value: Resource | None = None, gene: Resource | None = None, rid: str = "g1", **extra: Any
+) -> Resource:
+    res = observation(concept(code), rid=rid, **extra)
+    if value is not None:
+        res["valueCodeableConcept"] = value
+    if gene is not None:
+        res["component"] = [{"code": concept("48018-6"), "valueCodeableConcept": gene}]
+    return res
+
+
+@pytest.mark.parametrize("gene", ["TPMT", "NUDT15"])
+def test_genotype_with_hgnc_component(gene):
+    b = BundleBuilder("p", "1970-01-01", "male")
+    b.genotype(gene, "*1/*3A", WHEN)
+    rec = read_bundle(b.bundle(), KB)
+    assert len(rec.genotypes) == 1
+    g = rec.genotypes[0]
+    assert (g.gene, g.diplotype, g.phenotype, g.when) == (gene, "*1/*3A", None, DAY)
+
+
+@pytest.mark.parametrize(
+    ("gene_cc", "gene"),
+    [
+        ({"coding": [{"system": HGNC, "code": "HGNC:12014"}]}, "TPMT"),
+        ({"coding": [{"system": HGNC, "code": "HGNC:23063", "display": "NUDT15"}]}, "NUDT15"),
+        ({"coding": [{"code": "NUDT15"}]}, "NUDT15"),
+        ({"text": "TPMT"}, "TPMT"),
+        ({"text": "Gene: NUDT15"}, "NUDT15"),
+    ],
+)
+def test_gene_by_hgnc_code_or_symbol(gene_cc, gene):
+    rec = read(genotype_obs(value={"text": "*1/*3A"}, gene=gene_cc))
+    assert [(g.gene, g.diplotype) for g in rec.genotypes] == [(gene, "*1/*3A")]
+
+
+@pytest.mark.parametrize("code", KB.pgx_codes.genotype_loinc)
+def test_each_genotype_loinc_is_read(code):
+    rec = read(genotype_obs(code, value={"text": "*1/*2"}, gene={"text": "TPMT"}))
+    assert [(g.gene, g.diplotype) for g in rec.genotypes] == [("TPMT", "*1/*2")]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"valueCodeableConcept": {"text": "*3A/*3C"}},
+        {"valueCodeableConcept": {"coding": [{"system": "urn:pharmvar", "code": "x", "display": "*3A/*3C"}]}},
+        {"valueCodeableConcept": {"coding": [{"system": "urn:pharmvar", "code": "*3A/*3C"}]}},
+        {"valueString": "*3A/*3C"},
+        {"valueString": " *3A/*3C "},
+    ],
+)
+def test_diplotype_value_shapes(value):
+    rec = read(genotype_obs(gene={"text": "TPMT"}, **value))
+    assert [g.diplotype for g in rec.genotypes] == ["*3A/*3C"]
+
+
+@pytest.mark.parametrize("code", ["41048-0", "36922-3", "80738-8"])
+def test_tpmt_specific_genotype_codes_need_no_gene_component(code):
+    rec = read(genotype_obs(code, value={"text": "*1/*1"}))
+    assert [(g.gene, g.diplotype) for g in rec.genotypes] == [("TPMT", "*1/*1")]
+
+
+def test_gene_named_in_the_code_text():
+    res = genotype_obs(value={"text": "*1/*3"})
+    res["code"]["text"] = "NUDT15 gene targeted mutation analysis"
+    assert [g.gene for g in read(res).genotypes] == ["NUDT15"]
+
+
+@pytest.mark.parametrize("code", KB.pgx_codes.phenotype_loinc)
+def test_phenotype_text(code):
+    b = BundleBuilder("p")
+    b.phenotype("NUDT15", "Intermediate metabolizer", WHEN)
+    data = b.bundle()
+    data["entry"][1]["resource"]["code"]["coding"][0]["code"] = code
+    rec = read_bundle(data, KB)
+    assert [(g.gene, g.diplotype, g.phenotype) for g in rec.genotypes] == [
+        ("NUDT15", None, "Intermediate metabolizer")
+    ]
+
+
+def test_tpmt_phenotype_code_needs_no_gene_component():
+    rec = read(genotype_obs("79713-4", value={"text": "Poor metabolizer"}))
+    assert [(g.gene, g.phenotype) for g in rec.genotypes] == [("TPMT", "Poor metabolizer")]
+
+
+def test_genotype_without_gene_is_a_reader_error():
+    err = reader_error(genotype_obs(value={"text": "*1/*3A"}, rid="g9"))
+    assert err.field == "component"
+    assert "(Observation/g9)" in err.where
+
+
+def test_genotype_without_value_is_rejected():
+    rec = read(genotype_obs(gene={"text": "TPMT"}))
+    assert rec.genotypes == ()
+    assert [(r.analyte, r.reason) for r in rec.rejected] == [("TPMT-genotype", "missing-value")]
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: a genotype for another gene (e.g. CYP2C19) makes the whole bundle a ReaderError", raises=ReaderError)
+def test_genotype_of_an_unrelated_gene_is_ignored():
+    # A PGx panel report carries 84413-4 genotypes for many genes. _gene_of finds neither TPMT nor
+    # NUDT15, and _genotype raises "genotype result does not say which gene" although the
+    # component names the gene (HGNC:2621 CYP2C19). Correct: skip genes the engine does not use.
+    cyp = genotype_obs(
+        value={"text": "*1/*2"}, gene={"coding": [{"system": HGNC, "code": "HGNC:2621", "display": "CYP2C19"}]}
+    )
+    tpmt = genotype_obs(value={"text": "*1/*1"}, gene={"text": "TPMT"}, rid="g2")
+    rec = read(cyp, tpmt)
+    assert [g.gene for g in rec.genotypes] == ["TPMT"]
+
+
+@pytest.mark.parametrize("code", KB.pgx_codes.tpmt_activity_loinc)
+def test_each_tpmt_activity_code(code):
+    rec = read(observation(concept(code), rid="t1", valueQuantity={"value": 35.5, "unit": "nmol/h/g Hb"}))
+    assert rec.tpmt_activity == (d.ActivityResult(35.5, "nmol/h/g Hb", DAY, "t1"),)
+    assert rec.labs == ()
+
+
+def test_tpmt_activity_unit_from_code_and_missing_value():
+    rec = read(observation(concept("21563-2"), valueQuantity={"value": 12, "code": "U/mL"}))
+    assert [(a.value, a.unit) for a in rec.tpmt_activity] == [(12, "U/mL")]
+    rec = read(observation(concept("21563-2")))
+    assert [(r.analyte, r.reason) for r in rec.rejected] == [("tpmt-activity", "missing-value")]
+
+
+# ---------------------------------------------------------------- pregnancy / breastfeeding status
+def status_obs(code: str, rid: str = "s1", **value: Any) -> Resource:
+    return observation(concept(code), rid=rid, **value)
+
+
+def answer(code: str, display: str = "", system: str = LOINC) -> Resource:
+    return {"valueCodeableConcept": concept(code, system=system, display=display or None)}
+
+
+@pytest.mark.parametrize(
+    ("code", "value", "expected"),
+    [
+        ("82810-3", answer("LA15173-0", "Pregnant"), True),
+        ("82810-3", answer("77386006", system=SNOMED), True),
+        ("82810-3", answer("LA26683-5", "Not pregnant"), False),
+        ("82810-3", answer("60001007", system=SNOMED), False),
+        ("82810-3", {"valueCodeableConcept": {"text": "Not pregnant"}}, False),
+        ("82810-3", {"valueCodeableConcept": {"text": "Pregnant"}}, True),
+        ("82810-3", {"valueCodeableConcept": {"text": "Unknown"}}, None),
+        ("82810-3", {"valueBoolean": True}, True),
+        ("82810-3", {"valueBoolean": False}, False),
+        ("82810-3", {"valueString": "not pregnant"}, False),
+        ("11449-6", answer("LA15173-0"), True),
+    ],
+)
+def test_pregnancy_status(code, value, expected):
+    rec = read(status_obs(code, **value))
+    assert rec.statuses == (d.StatusObservation("pregnancy", expected, DAY, "s1"),)
+    assert rec.labs == rec.rejected == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (answer("LA33-6", "Yes"), True),
+        (answer("413712001", system=SNOMED), True),
+        (answer("169741004", system=SNOMED), True),
+        (answer("LA32-8", "No"), False),
+        ({"valueCodeableConcept": {"text": "Breastfeeding"}}, True),
+        ({"valueBoolean": False}, False),
+    ],
+)
+def test_breastfeeding_status(value, expected):
+    rec = read(status_obs("63895-7", **value))
+    assert [(s.kind, s.value) for s in rec.statuses] == [("breastfeeding", expected)]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("Wants to become pregnant", True), ("Planning pregnancy next year", True), ("No plans", False), ("?", None)],
+)
+def test_pregnancy_intention(text, expected):
+    rec = read(status_obs("86645-9", valueCodeableConcept={"text": text}))
+    assert [(s.kind, s.value) for s in rec.statuses] == [("pregnancy-intention", expected)]
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: a non-boolean valueBoolean on a status Observation is silently 'unknown'", raises=pytest.fail.Exception)
+@pytest.mark.parametrize("value", [1, "true", "yes"])
+def test_status_value_boolean_of_wrong_type_is_a_reader_error(value):
+    # _status only looks at valueBoolean when it is a bool; otherwise it falls through to the
+    # CodeableConcept path and records value=None (pregnancy status unknown). The survey path
+    # (_symptom) raises ReaderError for the same defect; status should too.
+    err = reader_error(status_obs("82810-3", valueBoolean=value))
+    assert err.field == "valueBoolean"
+
+
+# ---------------------------------------------------------------- screening
+SCREENING_CASES = [(key, code) for key, codes in KB.screening_codes.items() for code in codes]
+
+
+@pytest.mark.parametrize(("key", "code"), SCREENING_CASES)
+def test_each_screening_code(key, code):
+    rec = read(observation(concept(code), valueCodeableConcept={"text": "Negative"}))
+    assert rec.screening_done == ((key, DAY),)
+    assert rec.labs == ()
+
+
+# ---------------------------------------------------------------- survey symptoms
+def survey(code: Resource, rid: str = "q1", **value: Any) -> Resource:
+    cat = [{"coding": [{"system": OBS_CATEGORY, "code": "survey"}]}]
+    return observation(code, rid=rid, category=cat, **value)
+
+
+SYMPTOM_CASES = [(key, code) for key, s in KB.symptoms.items.items() for code in s.snomed]
+
+
+def test_symptom_snomed_codes_are_unambiguous():
+    codes = [code for _, code in SYMPTOM_CASES]
+    assert len(codes) == len(set(codes))
+
+
+@pytest.mark.parametrize(("key", "code"), SYMPTOM_CASES)
+def test_each_symptom_snomed_code_with_value_true_counts(key, code):
+    rec = read(survey(concept(code, system=SNOMED), valueBoolean=True))
+    assert [(s.key, s.when, s.source_id) for s in rec.symptoms] == [(key, DAY, "q1")]
+
+
+@pytest.mark.parametrize(("key", "text"), [(k, t) for k, s in KB.symptoms.items.items() for t in s.text[:1]])
+def test_symptom_by_text(key, text):
+    rec = read(survey({"text": text.capitalize()}, valueBoolean=True))
+    assert [s.key for s in rec.symptoms] == [key]
+
+
+def test_symptom_value_false_is_ignored():
+    rec = read(survey(concept("386661006", system=SNOMED, display="Fever"), valueBoolean=False))
+    assert rec.symptoms == ()
+
+
+def test_unrecognised_symptom_is_kept_without_a_key():
+    rec = read(survey(concept("1234567", system=SNOMED, display="Odd feeling"), valueBoolean=True))
+    assert [(s.key, s.text) for s in rec.symptoms] == [(None, "Odd feeling")]
+
+
+def test_symptom_code_outside_a_survey_is_not_a_symptom():
+    res = observation(concept("386661006", system=SNOMED), valueBoolean=True)
+    rec = read(res)
+    assert rec.symptoms == rec.labs == ()
+
+
+@pytest.mark.parametrize("value", [1, "yes", {"text": "yes"}])
+def test_symptom_value_boolean_of_wrong_type_is_a_reader_error(value):
+    err = reader_error(survey(concept("386661006", system=SNOMED), rid="q9", valueBoolean=value))
+    assert err.field == "valueBoolean"
+    assert "(Observation/q9)" in err.where
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: a survey answer 'No' (valueCodeableConcept) is counted as the symptom present", raises=AssertionError)
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"valueCodeableConcept": {"coding": [{"system": LOINC, "code": "LA32-8", "display": "No"}]}},
+        {"valueCodeableConcept": {"coding": [{"system": SNOMED, "code": "373067005", "display": "No"}]}},
+        {"valueString": "no"},
+    ],
+)
+def test_survey_answer_no_is_not_a_symptom(value):
+    # _symptom treats everything except valueBoolean false as "present", so a questionnaire that
+    # answers "Fever? -> No" with a coded answer raises a critical symptom-fever finding.
+    rec = read(survey(concept("386661006", system=SNOMED, display="Fever"), **value))
+    assert rec.symptoms == ()
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: symptom/condition text matching is by substring (twitching -> itch, aseptic -> septic)", raises=AssertionError)
+@pytest.mark.parametrize(
+    ("resource", "wrong_key"),
+    [
+        (survey({"text": "Muscle twitching"}, valueBoolean=True), "pruritus"),
+        (survey({"text": "Hay fever"}, valueBoolean=True), "fever"),
+        ({"resourceType": "Condition", "id": "c", "code": {"text": "Aseptic necrosis of femoral head"}}, "active-infection"),
+        ({"resourceType": "Condition", "id": "c", "code": {"text": "Implantable cardiac device in situ"}}, "nmosd"),
+    ],
+)
+def test_text_matching_does_not_match_inside_other_words(resource, wrong_key):
+    # _text_match is `needle in text`: "itch" matches "twitching" (warning symptom-pruritus),
+    # "fever" matches "hay fever" (critical symptom-fever), "septic" matches "aseptic necrosis"
+    # (a steroid complication; critical contraindication-active-infection), "devic" matches
+    # "device" (NMOSD indication).
+    rec = read(resource)
+    keys = [s.key for s in rec.symptoms] + [c.key for c in rec.conditions]
+    assert wrong_key not in keys
+
+
+# ---------------------------------------------------------------- medicines
+def med_statement(
+    cc: Resource | None = None, status: str = "active", rid: str = "ms1", dosage: Any = None, **extra: Any
+) -> Resource:
+    res: Resource = {"resourceType": "MedicationStatement", "id": rid, "status": status}
+    if cc is not None:
+        res["medicationCodeableConcept"] = cc
+    if dosage is not None:
+        res["dosage"] = dosage
+    res.update(extra)
+    return res
+
+
+def med_request(
+    cc: Resource | None = None, status: str = "active", rid: str = "mr1", dosage: Any = None, **extra: Any
+) -> Resource:
+    res: Resource = {"resourceType": "MedicationRequest", "id": rid, "status": status, "intent": "order"}
+    if cc is not None:
+        res["medicationCodeableConcept"] = cc
+    if dosage is not None:
+        res["dosageInstruction"] = dosage
+    res.update(extra)
+    return res
+
+
+def aza(text: str = "Azathioprine 50 mg tablets") -> Resource:
+    return concept("1256", system=RXNORM, text=text)
+
+
+def dose(value: Any, unit: str = "mg", freq: Any = None, period: Any = None, period_unit: Any = None, text=None):
+    out: Resource = {"doseAndRate": [{"doseQuantity": {"value": value, "unit": unit}}]}
+    repeat = {
+        k: v for k, v in (("frequency", freq), ("period", period), ("periodUnit", period_unit)) if v is not None
+    }
+    if repeat:
+        out["timing"] = {"repeat": repeat}
+    if text is not None:
+        out["text"] = text
+    return out
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ("active", "active"),
+        ("completed", "stopped"),
+        ("stopped", "stopped"),
+        ("on-hold", "stopped"),
+        ("intended", "intended"),
+        ("unknown", "unknown"),
+    ],
+)
+def test_medication_statement_statuses(status, expected):
+    rec = read(med_statement(aza(), status=status))
+    assert [(m.drug, m.status, m.kind) for m in rec.medications] == [("azathioprine", expected, "statement")]
+
+
+@pytest.mark.parametrize("status", ["entered-in-error", "not-taken"])
+def test_medication_statement_statuses_that_are_ignored(status):
+    assert read(med_statement(aza(), status=status)).medications == ()
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ("draft", "draft"),
+        ("active", "active"),
+        ("completed", "stopped"),
+        ("stopped", "stopped"),
+        ("on-hold", "stopped"),
+        ("unknown", "unknown"),
+    ],
+)
+def test_medication_request_statuses(status, expected):
+    rec = read(med_request(aza(), status=status, authoredOn="2025-01-02"))
+    assert [(m.drug, m.status, m.kind, m.start) for m in rec.medications] == [
+        ("azathioprine", expected, "request", date(2025, 1, 2))
+    ]
+
+
+@pytest.mark.parametrize("status", ["cancelled", "entered-in-error"])
+def test_medication_request_statuses_that_are_ignored(status):
+    assert read(med_request(aza(), status=status)).medications == ()
+
+
+@pytest.mark.parametrize(
+    ("make", "status"),
+    [(med_statement, "taking"), (med_statement, "draft"), (med_request, "planned"), (med_request, "intended")],
+)
+def test_invalid_medication_status_is_a_reader_error(make, status):
+    err = reader_error(make(aza(), status=status, rid="m9"))
+    assert err.field == "status"
+    assert "/m9)" in err.where
+
+
+def test_statement_period_and_date_time():
+    rec = read(
+        med_statement(aza(), rid="a", effectivePeriod={"start": "2025-01-06", "end": "2025-06"}),
+        med_statement(aza(), rid="b", effectiveDateTime="2024"),
+    )
+    assert [(m.start, m.end) for m in rec.medications] == [
+        (date(2025, 1, 6), date(2025, 6, 1)),
+        (date(2024, 1, 1), None),
+    ]
+
+
+def test_statement_period_ending_before_it_starts_is_a_reader_error():
+    err = reader_error(med_statement(aza(), effectivePeriod={"start": "2025-02-01", "end": "2025-01-01"}))
+    assert err.field == "effectivePeriod"
+
+
+def test_request_validity_end_is_the_end_only_when_stopped():
+    vp = {"validityPeriod": {"start": "2025-01-01", "end": "2025-03-01"}}
+    stopped = read(med_request(aza(), status="stopped", dispenseRequest=vp)).medications[0]
+    active = read(med_request(aza(), status="active", dispenseRequest=vp)).medications[0]
+    assert (stopped.end, active.end) == (date(2025, 3, 1), None)
+
+
+RXNORM_CASES = [(key, code) for key, drug in KB.drugs.items() for code in drug.rxnorm]
+NAME_CASES = [(key, name) for key, drug in KB.drugs.items() for name in drug.names]
+
+
+def test_rxnorm_codes_and_names_are_unambiguous():
+    assert len({c for _, c in RXNORM_CASES}) == len(RXNORM_CASES)
+    assert len({n.lower() for _, n in NAME_CASES}) == len(NAME_CASES)
+
+
+@pytest.mark.parametrize(("drug", "code"), RXNORM_CASES)
+def test_each_rxnorm_code_maps_to_its_drug(drug, code):
+    rec = read(med_statement(concept(code, system=RXNORM, text="Medicine as supplied")))
+    m = rec.medications[0]
+    assert (m.drug, m.rxnorm, m.name) == (drug, code, "Medicine as supplied")
+
+
+@pytest.mark.parametrize(("drug", "name"), NAME_CASES)
+def test_each_generic_and_brand_name_maps_to_its_drug(drug, name):
+    rec = read(med_statement({"text": f"{name.title()} 10 mg tablets"}))
+    assert rec.medications[0].drug == drug
+
+
+def test_coding_display_is_matched_when_there_is_no_text():
+    cc = {"coding": [{"system": "https://dmd.nhs.uk", "code": "3234211000001104", "display": "Imuran 25mg tablets"}]}
+    m = read(med_statement(cc)).medications[0]
+    assert (m.drug, m.name, m.rxnorm) == ("azathioprine", "Imuran 25mg tablets", None)
+
+
+def test_unknown_rxnorm_falls_back_to_the_name_and_keeps_the_code():
+    m = read(med_statement(concept("999999", system=RXNORM, text="Allopurinol 100mg"))).medications[0]
+    assert (m.drug, m.rxnorm) == ("allopurinol", "999999")
+
+
+def test_known_rxnorm_wins_over_the_text():
+    m = read(med_statement(concept("519", system=RXNORM, text="Azathioprine"))).medications[0]
+    assert m.drug == "allopurinol"
+
+
+@pytest.mark.parametrize(
+    "text", ["Methylprednisolone 4 mg", "Hydroxychloroquine 200 mg", "Antiwarfarinase", "Paracetamol"]
+)
+def test_names_match_whole_words_only(text):
+    m = read(med_statement({"text": text})).medications[0]
+    assert (m.drug, m.name) == (None, text)
+
+
+def test_unnamed_medicine_gets_a_placeholder_name():
+    m = read(med_statement(concept("12345", system=RXNORM))).medications[0]
+    assert (m.drug, m.name) == (None, "12345")
+
+
+def test_medication_reference_to_a_medication_in_the_bundle():
+    med = {"resourceType": "Medication", "id": "m1", "code": concept("519", system=RXNORM, text="Zyloric 300mg")}
+    rec = read(med, med_statement(medicationReference={"reference": "Medication/m1"}))
+    m = rec.medications[0]
+    assert (m.drug, m.name, m.rxnorm) == ("allopurinol", "Zyloric 300mg", "519")
+
+
+def test_medication_reference_resolves_regardless_of_entry_order():
+    med = {"resourceType": "Medication", "id": "m1", "code": {"text": "Imuran"}}
+    rec = read(med_request(medicationReference={"reference": "Medication/m1"}), med)
+    assert rec.medications[0].drug == "azathioprine"
+
+
+def test_unresolvable_reference_with_a_display_uses_the_display():
+    rec = read(med_statement(medicationReference={"reference": "Medication/elsewhere", "display": "Allopurinol"}))
+    assert [(m.drug, m.name) for m in rec.medications] == [("allopurinol", "Allopurinol")]
+
+
+def test_medication_reference_to_a_missing_medication_is_a_reader_error():
+    err = reader_error(med_statement(rid="ms7", medicationReference={"reference": "Medication/nope"}))
+    assert err.field == "medicationReference.reference"
+    assert "(MedicationStatement/ms7)" in err.where
+    assert "Medication/nope" in err.problem
+
+
+def test_medication_missing_entirely_is_a_reader_error():
+    assert reader_error(med_request()).field == "medication[x]"
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: medicationReference by fullUrl or to a contained Medication is not resolved", raises=ReaderError)
+@pytest.mark.parametrize("style", ["urn:uuid", "absolute", "contained"])
+def test_medication_reference_by_full_url_or_contained(style):
+    # FHIR resolves a reference inside a Bundle against entry.fullUrl (transaction bundles use
+    # urn:uuid:...; server exports use absolute URLs), and "#id" against the resource's
+    # `contained` list. The reader indexes only "Medication/<id>", so all three are
+    # ReaderErrors "points to '...', which is not in the bundle".
+    med = {"resourceType": "Medication", "id": "m1", "code": concept("519", system=RXNORM)}
+    full_url = {"urn:uuid": "urn:uuid:7f0c3e0e-0000-4000-8000-000000000001", "absolute": "https://ehr.example/fhir/Medication/m1"}
+    if style == "contained":
+        stmt = med_statement(medicationReference={"reference": "#m1"}, contained=[med])
+        data = bundle(stmt)
+    else:
+        stmt = med_statement(medicationReference={"reference": full_url[style]})
+        data = bundle(stmt)
+        data["entry"].append({"fullUrl": full_url[style], "resource": med})
+    rec = read_bundle(data, KB)
+    assert rec.medications[0].drug == "allopurinol"
+
+
+@pytest.mark.parametrize(
+    ("dosage", "mg_per_day"),
+    [
+        ([dose(50, freq=2, period=1, period_unit="d")], 100),  # 50 mg twice daily
+        ([dose(25, freq=1, period=12, period_unit="h")], 50),  # 25 mg every 12 h
+        ([dose(150, freq=1, period=1, period_unit="d")], 150),
+        ([dose(50, freq=3, period=1, period_unit="d")], 150),
+        ([dose(15, freq=1, period=1, period_unit="wk")], 2.143),
+        ([dose(100, period=2, period_unit="d")], 50),  # every other day
+        ([dose(75, period_unit="d")], 75),
+        ([dose(0.1, unit="g", freq=1, period=1, period_unit="d")], 100),
+        ([dose(500, unit="ug", freq=1, period=1, period_unit="d")], 0.5),
+        ([dose(50, freq=1, period=1, period_unit="d"), dose(100, freq=1, period=1, period_unit="d")], 150),
+        ([dose(50, text="50 mg twice daily")], 100),
+        ([dose(25, text="25mg BD")], 50),
+        ([dose(25, text="25 mg tds")], 75),
+        ([dose(100, text="Take 100 mg once daily")], 100),
+        ([dose(100, text="100 mg at night")], 100),
+    ],
+)
+def test_daily_dose(dosage, mg_per_day):
+    for res in (med_statement(aza(), dosage=dosage), med_request(aza(), dosage=dosage)):
+        assert read(res).medications[0].daily_dose_mg == pytest.approx(mg_per_day, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    "dosage",
+    [
+        [dose(50)],  # no timing, no text: never assumed once daily
+        [dose(50, text="as directed")],
+        [dose(50, text="50 mg")],
+        [dose(2, unit="tablet", freq=1, period=1, period_unit="d")],
+        [{"text": "50 mg twice daily"}],  # no dose quantity
+        [dose(50, freq=1, period=1, period_unit="d"), dose(50)],  # one part unknown: total unknown
+        [],
+        None,
+    ],
+)
+def test_daily_dose_unknown_is_none(dosage):
+    assert read(med_statement(aza(), dosage=dosage)).medications[0].daily_dose_mg is None
+
+
+@pytest.mark.parametrize(
+    ("dosage", "field"),
+    [
+        ([dose(50, freq=1, period=1, period_unit="fortnight")], "dosage[0].timing.repeat.periodUnit"),
+        ([dose("fifty", freq=1, period=1, period_unit="d")], "value"),
+        ([dose(50, freq="twice", period=1, period_unit="d")], "frequency"),
+        (["50 mg daily"], "dosage[0]"),
+        ({"text": "50 mg"}, "dosage"),
+    ],
+)
+def test_malformed_dosage_is_a_reader_error(dosage, field):
+    err = reader_error(med_statement(aza(), rid="ms3", dosage=dosage))
+    assert err.field == field
+    assert "(MedicationStatement/ms3)" in err.where
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: dose text 'twice weekly' / 'three times a week' is read as per day", raises=AssertionError)
+@pytest.mark.parametrize(
+    ("text", "wrong"), [("50 mg twice weekly", 100), ("50 mg three times a week", 150), ("50 mg every other day at night", 50)]
+)
+def test_dose_text_with_a_weekly_or_alternate_day_rhythm_is_not_read_as_daily(text, wrong):
+    # _per_day_from_text searches for "twice"/"three times"/"at night" anywhere, ignoring
+    # "weekly"/"a week"/"every other day": 50 mg twice weekly becomes 100 mg/day (7x).
+    # Correct: the right rate (100/7 mg/day) or None (unknown), never the daily reading.
+    got = read(med_statement(aza(), dosage=[dose(50, text=text)])).medications[0].daily_dose_mg
+    assert got != wrong
+
+
+# ---------------------------------------------------------------- vaccines
+CVX_CASES = [
+    (key, live, code)
+    for live, group in ((True, KB.vaccines.live), (False, KB.vaccines.inactivated))
+    for key, v in group.items()
+    for code in v.cvx
+]
+
+
+def test_cvx_codes_are_unambiguous():
+    assert len({c for _, _, c in CVX_CASES}) == len(CVX_CASES)
+
+
+def immunization(cc: Resource, status: str = "completed", rid: str = "i1", **extra: Any) -> Resource:
+    res: Resource = {"resourceType": "Immunization", "id": rid, "status": status, "vaccineCode": cc}
+    res.setdefault("occurrenceDateTime", WHEN)
+    res.update(extra)
+    return res
+
+
+@pytest.mark.parametrize(("key", "live", "code"), CVX_CASES)
+def test_each_cvx_code_given(key, live, code):
+    rec = read(immunization(concept(code, system=CVX, text="Vaccination")))
+    assert rec.vaccinations == (d.Vaccination(key, live, "Vaccination", DAY, "given", "i1"),)
+
+
+@pytest.mark.parametrize(("key", "live", "code"), CVX_CASES)
+def test_each_cvx_code_as_a_draft_order(key, live, code):
+    rec = read(med_request(concept(code, system=CVX, text="Vaccine"), status="draft", authoredOn=WHEN))
+    assert rec.vaccinations == (d.Vaccination(key, live, "Vaccine", DAY, "ordered", "mr1"),)
+    assert rec.medications == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "live"),
+    [
+        ("Shingrix", "zoster-recombinant", False),
+        ("Zostavax", "zoster-live", True),
+        ("Yellow fever vaccine", "yellow-fever", True),
+        ("BCG", "bcg", True),
+        ("Pneumovax 23", "pneumococcal", False),
+        ("Comirnaty", "covid-19", False),
+    ],
+)
+def test_vaccine_by_name(text, key, live):
+    rec = read(immunization({"text": text}))
+    assert [(v.vaccine, v.live) for v in rec.vaccinations] == [(key, live)]
+
+
+def test_unknown_vaccine_is_kept_unclassified():
+    rec = read(immunization(concept("999", system=CVX, text="Rabies vaccine")))
+    assert [(v.vaccine, v.live, v.name) for v in rec.vaccinations] == [(None, False, "Rabies vaccine")]
+
+
+@pytest.mark.parametrize("status", ["not-done", "entered-in-error"])
+def test_immunization_not_given_is_ignored(status):
+    assert read(immunization(concept("03", system=CVX), status=status)).vaccinations == ()
+
+
+@pytest.mark.parametrize(
+    ("res", "field"),
+    [
+        (immunization(concept("03", system=CVX), status="given"), "status"),
+        ({"resourceType": "Immunization", "id": "i1", "status": "completed", "vaccineCode": concept("03", system=CVX)}, "occurrenceDateTime"),
+        (immunization(concept("03", system=CVX), occurrenceDateTime="last year"), "occurrenceDateTime"),
+        ({"resourceType": "Immunization", "id": "i1", "status": "completed", "occurrenceDateTime": WHEN}, "vaccineCode"),
+    ],
+)
+def test_malformed_immunization_is_a_reader_error(res, field):
+    err = reader_error(res)
+    assert err.field == field
+    assert "(Immunization/i1)" in err.where
+
+
+@pytest.mark.parametrize(("status", "ordered"), [("draft", True), ("active", True), ("completed", False), ("stopped", False), ("cancelled", False)])
+def test_vaccine_order_status(status, ordered):
+    rec = read(med_request(concept("03", system=CVX, text="MMR"), status=status, authoredOn=WHEN))
+    assert [v.status for v in rec.vaccinations] == (["ordered"] if ordered else [])
+    assert rec.medications == ()  # a vaccine order is never a medicine
+
+
+def test_vaccine_order_by_name_without_cvx():
+    rec = read(med_request({"text": "Varivax"}, status="draft"))
+    assert [(v.vaccine, v.live, v.when) for v in rec.vaccinations] == [("varicella", True, None)]
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: any text containing 'influenza' matches the live brand name 'fluenz'", raises=AssertionError)
+@pytest.mark.parametrize("make", ["immunization", "order"])
+def test_inactivated_influenza_vaccine_by_name_is_not_live(make):
+    # _vaccine_of matches names by substring and searches live vaccines first; "fluenz" (the UK
+    # live nasal vaccine) is a substring of "influenza", so a text-only "Influenza vaccine
+    # (inactivated)" order is read as influenza-live and raises critical vaccine-live-ordered,
+    # and a given flu jab raises vaccine-live-given.
+    text = "Influenza vaccine (inactivated)"
+    res = immunization({"text": text}) if make == "immunization" else med_request({"text": text}, status="draft")
+    rec = read(res)
+    assert [(v.vaccine, v.live) for v in rec.vaccinations] == [("influenza", False)]
+
+
+# ---------------------------------------------------------------- conditions
+def condition(cc: Resource, rid: str = "c1", clinical: str | None = None, verification: str | None = None, **extra: Any):
+    res: Resource = {"resourceType": "Condition", "id": rid, "code": cc}
+    if clinical is not None:
+        res["clinicalStatus"] = {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": clinical}]
+        }
+    if verification is not None:
+        res["verificationStatus"] = {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": verification}]
+        }
+    res.update(extra)
+    return res
+
+
+CONDITION_SNOMED = [(k, c) for k, ind in KB.indications.items() for c in ind.snomed] + [
+    (k, c) for k, rule in KB.conditions.items() for c in rule.snomed
+]
+CONDITION_TEXT = [(k, t) for k, ind in KB.indications.items() for t in ind.text] + [
+    (k, t) for k, rule in KB.conditions.items() for t in rule.text
+]
+
+
+def test_condition_snomed_codes_are_unambiguous():
+    assert len({c for _, c in CONDITION_SNOMED}) == len(CONDITION_SNOMED)
+
+
+@pytest.mark.parametrize(("key", "code"), CONDITION_SNOMED)
+def test_each_indication_and_condition_snomed_code(key, code):
+    rec = read(condition(concept(code, system=SNOMED, text="Diagnosis"), onsetDateTime="2024-06"))
+    assert rec.conditions == (d.Condition(key, "Diagnosis", True, date(2024, 6, 1), code, "c1"),)
+
+
+@pytest.mark.parametrize(("key", "text"), CONDITION_TEXT)
+def test_each_indication_and_condition_text(key, text):
+    label = f"{text.title()} (confirmed)"
+    expected = key
+    # a text term may also contain an earlier rule's term ("hepatitis b" contains "hepatitis"):
+    # the first rule in knowledge order wins, indications before conditions
+    for k, t in CONDITION_TEXT:
+        if t in label.lower():
+            expected = k
+            break
+    assert [c.key for c in read(condition({"text": label})).conditions] == [expected]
+
+
+@pytest.mark.parametrize(
+    ("clinical", "active"),
+    [
+        (None, True),
+        ("active", True),
+        ("recurrence", True),
+        ("relapse", True),
+        ("inactive", False),
+        ("remission", False),
+        ("resolved", False),
+    ],
+)
+def test_condition_clinical_status(clinical, active):
+    rec = read(condition(concept("91637004", system=SNOMED), clinical=clinical))
+    assert [c.active for c in rec.conditions] == [active]
+
+
+@pytest.mark.parametrize(("verification", "kept"), [("confirmed", True), ("provisional", True), ("unconfirmed", True), ("differential", True), ("refuted", False), ("entered-in-error", False)])
+def test_condition_verification_status(verification, kept):
+    rec = read(condition(concept("91637004", system=SNOMED), verification=verification))
+    assert len(rec.conditions) == int(kept)
+
+
+def test_unknown_condition_is_kept_without_a_key():
+    rec = read(condition(concept("73211009", system=SNOMED, display="Diabetes mellitus")))
+    assert [(c.key, c.text, c.code) for c in rec.conditions] == [(None, "Diabetes mellitus", "73211009")]
+
+
+def test_malformed_condition_fields_are_reader_errors():
+    assert reader_error(condition({"text": "MG"}, clinicalStatus="active")).field == "clinicalStatus"
+    assert reader_error(condition({"text": "MG"}, onsetDateTime="spring")).field == "onsetDateTime"
+
+
+# ---------------------------------------------------------------- allergies
+def allergy(cc: Resource, clinical: str | None = None, verification: str | None = None) -> Resource:
+    res: Resource = {"resourceType": "AllergyIntolerance", "id": "a1", "code": cc}
+    if clinical:
+        res["clinicalStatus"] = {"coding": [{"code": clinical}]}
+    if verification:
+        res["verificationStatus"] = {"coding": [{"code": verification}]}
+    return res
+
+
+@pytest.mark.parametrize(
+    ("cc", "drug"),
+    [
+        ({"text": "Azathioprine"}, "azathioprine"),
+        (concept("1256", system=RXNORM, text="Thiopurine allergy"), "azathioprine"),
+        ({"text": "Imuran (rash)"}, "azathioprine"),
+        ({"text": "6-mercaptopurine"}, "mercaptopurine"),
+        ({"text": "Penicillin"}, None),
+    ],
+)
+def test_allergy_drug(cc, drug):
+    rec = read(allergy(cc))
+    assert [(a.drug, a.source_id) for a in rec.allergies] == [(drug, "a1")]
+
+
+@pytest.mark.parametrize(
+    ("clinical", "verification", "kept"),
+    [
+        ("active", None, True),
+        (None, "confirmed", True),
+        ("inactive", None, False),
+        ("resolved", None, False),
+        (None, "refuted", False),
+        (None, "entered-in-error", False),
+    ],
+)
+def test_allergy_statuses(clinical, verification, kept):
+    rec = read(allergy({"text": "Azathioprine"}, clinical, verification))
+    assert len(rec.allergies) == int(kept)
+
+
+# ---------------------------------------------------------------- a full builder bundle
+def test_builder_bundle_round_trip():
+    b = BundleBuilder("rt", "1980-05-01", "female", name="Ada Lovelace")
+    b.condition("91637004", "Myasthenia gravis", "2024-01-01")
+    b.weight(64, "2025-06-01")
+    b.genotype("TPMT", "*1/*3A", "2024-12-01")
+    b.phenotype("NUDT15", "Normal metabolizer", "2024-12-01")
+    b.tpmt_activity(35, "nmol/h/g Hb", "2024-12-01")
+    b.bloods("2025-06-01")
+    b.metabolites(300, 2000, "2025-05-01", mmp_below_detection=True)
+    b.screening("5196-1", "HBsAg", "2024-12-01")
+    b.pregnant("2025-05-01")
+    b.breastfeeding("2025-06-01")
+    b.symptom("386661006", "Fever", "2025-06-02")
+    b.symptom("271807003", "Rash", "2025-06-02", present=False)
+    b.azathioprine("2025-01-06", 50, per_day=2)
+    b.request("Mesalazine", "2025-06-01", 400, 3, status="active")
+    b.vaccine_order("MMR", "03", "2025-06-10")
+    b.immunization("Influenza", "88", "2024-10-01")
+    b.allergy("Penicillin")
+    rec = read_bundle(b.bundle(), KB)
+    assert rec.name == "Ada Lovelace"
+    assert {r.analyte for r in rec.labs} >= {"weight", "wbc", "neutrophils", "alt", "creatinine", "egfr", "tgn", "mmp"}
+    assert [g.gene for g in rec.genotypes] == ["TPMT", "NUDT15"]
+    assert len(rec.tpmt_activity) == 1
+    assert [s.kind for s in rec.statuses] == ["pregnancy", "breastfeeding"]
+    assert [s.key for s in rec.symptoms] == ["fever"]
+    assert [(m.drug, m.daily_dose_mg) for m in rec.medications] == [("azathioprine", 100), ("mesalazine", 1200)]
+    assert [(v.vaccine, v.status) for v in rec.vaccinations] == [("mmr", "ordered"), ("influenza", "given")]
+    assert rec.screening_done == (("hbsag", date(2024, 12, 1)),)
+    assert [c.key for c in rec.conditions] == ["myasthenia-gravis"]
+    assert [a.drug for a in rec.allergies] == [None]
+    assert next(r for r in rec.labs if r.analyte == "mmp").below_detection
