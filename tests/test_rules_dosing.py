@@ -349,3 +349,73 @@ def test_titration_continues_from_the_current_dose() -> None:
 def test_plan_for_a_dose_above_range_is_a_reduction_to_the_high_end() -> None:
     a = run(patient(70, "*1/*3A", dose=150), AS_OF, KB)
     assert [(s.start, s.mg_per_day) for s in a.dose.plan] == [(AS_OF, 125)]
+
+
+# ---------------------------------------------------------------- no dose while contraindicated or stopped
+BLOCKING = [key for key, rule in KB.conditions.items() if rule.blocks_dosing]
+
+
+def test_knowledge_blocks_dosing_for_the_absolute_contraindications() -> None:
+    assert KB.allergy.blocks_dosing
+    assert "cholestasis-of-pregnancy" in BLOCKING
+
+
+@pytest.mark.parametrize("key", BLOCKING)
+def test_blocking_condition_gives_no_dose_while_active(key: str) -> None:
+    rule = KB.conditions[key]
+    b = patient(70, dose=150)
+    b.condition(None, rule.text[0].capitalize(), "2025-08-01")
+    a = run(b, AS_OF, KB)
+    assert a.dose.recommended is None and a.dose.plan == ()
+    assert rule.finding in codes(a)
+    b = patient(70, dose=150)
+    b.condition(None, rule.text[0].capitalize(), "2025-08-01", status="resolved")
+    assert rec(run(b, AS_OF, KB)) == (150, 175)
+
+
+@pytest.mark.parametrize("allergen", ["Azathioprine", "Mercaptopurine"])
+def test_thiopurine_allergy_gives_no_dose(allergen: str) -> None:
+    b = patient(70)
+    b.allergy(allergen)
+    a = run(b, AS_OF, KB)
+    assert a.dose.recommended is None
+    assert finding(a, "contraindication-hypersensitivity").severity == "critical"
+    b = patient(70)
+    b.allergy("Penicillin")
+    assert rec(run(b, AS_OF, KB)) == (150, 175)
+
+
+def test_stopped_course_gets_no_dose_or_plan() -> None:
+    b = patient(70)
+    b.azathioprine("2024-01-08", 150, end="2025-03-01")
+    a = run(b, AS_OF, KB)
+    assert a.monitoring.phase == "stopped"
+    assert a.dose.recommended is None and a.dose.plan == ()
+    assert not [f for f in a.findings if f.category == "dosing"]
+
+
+# ---------------------------------------------------------------- pregnancy caps the range at 2 mg/kg/day
+@pytest.mark.parametrize("weight", [50, 60, 70, 74, 75, 90])
+def test_pregnancy_caps_the_range_at_2_mg_per_kg(weight: float) -> None:
+    b = patient(weight)
+    b.pregnant("2025-08-15")
+    a = run(b, AS_OF, KB)
+    r = rec(a)
+    assert r is not None
+    assert r[1] <= 2.0 * weight
+    assert r[1] == min(expected_range(weight)[1], math.floor(2.0 * weight / 25 + 1e-9) * 25)
+    assert r[0] <= r[1]
+
+
+def test_pregnancy_over_2_mg_per_kg_is_reported_once_by_reproduction() -> None:
+    b = patient(74, dose=150)  # 2.03 mg/kg/day: within the normal range, above the pregnancy limit
+    b.pregnant("2025-08-15")
+    a = run(b, AS_OF, KB)
+    assert "reproduction-pregnancy-dose-high" in codes(a)
+    assert not {"dosing-above-recommended", "dosing-above-target", "dosing-above-maximum"} & codes(a)
+
+
+def test_pregnancy_does_not_hide_a_pgx_overdose() -> None:
+    b = patient(70, "*1/*3A", dose=150)  # IM cap 125 mg is below the pregnancy cap 140 mg
+    b.pregnant("2025-08-15")
+    assert finding(run(b, AS_OF, KB), "dosing-above-recommended").severity == "critical"

@@ -355,3 +355,13 @@ def test_poor_metaboliser_in_either_gene_gets_no_dose(tpmt: str | None, nudt15: 
     assert f.severity == "critical" and f.category == "pgx"
     assert a.dose.recommended is None
     assert a.dose.plan == ()
+
+
+def test_indeterminate_nudt15_is_dosed_as_intermediate() -> None:
+    a = run(patient(nudt15="*1/*4"), AS_OF, KB)
+    assert a.pgx["nudt15"] == LABEL["Indeterminate"]
+    assert a.pgx["category"] == "indeterminate"
+    f = finding(a, "pgx-nudt15-indeterminate")
+    assert f.severity == "warning" and f.category == "pgx"
+    assert (a.dose.recommended.low, a.dose.recommended.high) == expected_range(WEIGHT, (0.3, 0.8))
+    assert "pgx-indeterminate" not in codes(a)  # that one is about TPMT

@@ -55,7 +55,11 @@ def plan_monitoring(ctx: Context) -> tuple[d.MonitoringPlan, list[d.Finding]]:
         if anchor is None:  # start date unknown: the most frequent interval is the safe assumption
             interval = kb.schedule.initial_interval
             due = interval.add(last) if last else ctx.as_of
-        elif last is None or last < anchor:
+        elif last is None or (course.start is not None and last < course.start):
+            # Nothing since starting: the first scheduled test stays due (a later increase does not hide it).
+            interval = kb.schedule.initial_interval
+            due = interval.add(course.start or anchor)
+        elif last < anchor:
             interval = kb.schedule.initial_interval
             due = interval.add(anchor)
         else:

@@ -1,0 +1,301 @@
+"""Validated writes from forms and the REST API (one record at a time).
+
+Every function validates everything before it adds anything, and raises FormError naming the
+field; the caller's transaction then rolls back, so nothing is ever saved half-way.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import date
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from azaguard.knowledge import Knowledge
+from azaguard.store import models as m
+from azaguard.store.records import now
+
+
+class FormError(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        self.field, self.message = field, message
+        super().__init__(f"{field}: {message}")
+
+
+def _key(prefix: str) -> str:
+    return f"{prefix}:{uuid.uuid4().hex}"
+
+
+def _date(value: date | str | None, field: str, today: date, required: bool = True) -> date | None:
+    if value in (None, ""):
+        if required:
+            raise FormError(field, "is required (YYYY-MM-DD)")
+        return None
+    if isinstance(value, str):
+        try:
+            value = date.fromisoformat(value.strip())
+        except ValueError:
+            raise FormError(field, f"'{value}' is not a date (YYYY-MM-DD)") from None
+    if value > today:
+        raise FormError(field, "cannot be in the future")
+    return value
+
+
+def _number(value: float | str | None, field: str) -> float:
+    if value in (None, ""):
+        raise FormError(field, "is required")
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise FormError(field, f"'{value}' is not a number") from None
+    if not math.isfinite(x) or x < 0:
+        raise FormError(field, "must be a number of zero or more")
+    return x
+
+
+def require_patient(s: Session, patient_id: int) -> m.Patient:
+    p = s.get(m.Patient, patient_id)
+    if p is None:
+        raise FormError("patient", f"patient {patient_id} does not exist")
+    return p
+
+
+def add_patient(
+    s: Session,
+    identifier: str,
+    name: str,
+    birth_date: date | str | None = None,
+    sex: str | None = None,
+    team: str = "specialist",
+    today: date | None = None,
+) -> m.Patient:
+    today = today or date.today()
+    identifier = (identifier or "").strip()
+    if not identifier:
+        raise FormError("identifier", "is required")
+    if s.scalar(select(m.Patient.id).where(m.Patient.identifier == identifier)) is not None:
+        raise FormError("identifier", f"a patient with identifier '{identifier}' already exists")
+    if sex not in (None, "", "male", "female", "other", "unknown"):
+        raise FormError("sex", "must be male, female, other or unknown")
+    if team not in ("specialist", "gp"):
+        raise FormError("team", "must be specialist or gp")
+    p = m.Patient(
+        identifier=identifier,
+        name=(name or "").strip(),
+        birth_date=_date(birth_date, "birth_date", today, required=False),
+        sex=sex or None,
+        monitoring_team=team,
+        created_at=now(),
+    )
+    s.add(p)
+    s.flush()
+    return p
+
+
+def add_lab(
+    s: Session,
+    kb: Knowledge,
+    patient_id: int,
+    analyte: str,
+    value: float | str | None,
+    unit: str,
+    when: date | str | None,
+    today: date | None = None,
+) -> m.Observation:
+    today = today or date.today()
+    require_patient(s, patient_id)
+    if analyte not in kb.analytes:
+        raise FormError("analyte", f"unknown test '{analyte}'")
+    x = _number(value, "value")
+    unit = (unit or kb.analytes[analyte].canonical).strip()
+    converted = kb.convert(analyte, x, unit)
+    if converted is None:
+        accepted = ", ".join(sorted(kb.unit_overrides.get(analyte) or kb.units[kb.analytes[analyte].canonical]))
+        raise FormError("unit", f"'{unit}' is not a known unit for {kb.analytes[analyte].label} (accepted: {accepted})")
+    effective = _date(when, "date", today)
+    assert effective is not None
+    row = m.Observation(
+        patient_id=patient_id,
+        kind="lab",
+        analyte=analyte,
+        code=kb.analytes[analyte].loinc[0] if kb.analytes[analyte].loinc else analyte,
+        value=converted,
+        unit=kb.analytes[analyte].canonical,
+        original_value=f"{x:g}",
+        original_unit=unit,
+        effective=effective,
+        status="final",
+        source_key=_key("form"),
+        version=1,
+        current=True,
+        content_hash="",
+        review_state="pending",
+        received_at=now(),
+        below_detection=False,
+    )
+    s.add(row)
+    s.flush()
+    return row
+
+
+def change_dose(
+    s: Session,
+    kb: Knowledge,
+    patient_id: int,
+    mg_per_day: float | str | None,
+    start: date | str | None,
+    today: date | None = None,
+) -> m.Medication:
+    """A new azathioprine dose from `start`; the current course entry ends the day before."""
+    today = today or date.today()
+    require_patient(s, patient_id)
+    dose = _number(mg_per_day, "mg_per_day")
+    if dose == 0:
+        raise FormError("mg_per_day", "use 'stop azathioprine' rather than a dose of 0")
+    begin = _date(start, "start", today)
+    assert begin is not None
+    current = s.scalars(
+        select(m.Medication).where(
+            m.Medication.patient_id == patient_id, m.Medication.drug == "azathioprine", m.Medication.status == "active"
+        )
+    ).all()
+    from datetime import timedelta
+
+    for row in current:
+        if row.start is not None and row.start >= begin:
+            raise FormError("start", f"must be after the current dose's start ({row.start.isoformat()})")
+        row.end = begin - timedelta(days=1)
+        row.status = "stopped"
+    med = m.Medication(
+        patient_id=patient_id,
+        drug="azathioprine",
+        name=f"Azathioprine {dose:g} mg daily",
+        rxnorm="1256",
+        kind="statement",
+        status="active",
+        start=begin,
+        daily_dose_mg=dose,
+        source_key=_key("form"),
+        created_at=now(),
+    )
+    s.add(med)
+    s.flush()
+    return med
+
+
+def add_medicine(
+    s: Session,
+    kb: Knowledge,
+    patient_id: int,
+    name: str,
+    status: str,
+    start: date | str | None,
+    mg_per_day: float | str | None = None,
+    today: date | None = None,
+) -> m.Medication:
+    """A co-medication being taken (active) or about to be prescribed (draft)."""
+    today = today or date.today()
+    require_patient(s, patient_id)
+    name = (name or "").strip()
+    if not name:
+        raise FormError("name", "is required")
+    if status not in ("active", "draft"):
+        raise FormError("status", "must be active (taking now) or draft (about to be prescribed)")
+    begin = _date(start, "start", today, required=status == "active")
+    dose = None if mg_per_day in (None, "") else _number(mg_per_day, "mg_per_day")
+    med = m.Medication(
+        patient_id=patient_id,
+        drug=kb.drug_for_text(name),
+        name=name[:200],
+        kind="statement" if status == "active" else "request",
+        status=status,
+        start=begin or today,
+        daily_dose_mg=dose,
+        source_key=_key("form"),
+        created_at=now(),
+    )
+    s.add(med)
+    s.flush()
+    return med
+
+
+def add_vaccine(
+    s: Session,
+    kb: Knowledge,
+    patient_id: int,
+    name: str,
+    status: str,
+    when: date | str | None,
+    today: date | None = None,
+) -> m.Immunization:
+    today = today or date.today()
+    require_patient(s, patient_id)
+    name = (name or "").strip()
+    if not name:
+        raise FormError("name", "is required")
+    if status not in ("given", "ordered"):
+        raise FormError("status", "must be given or ordered")
+    effective = _date(when, "date", today, required=status == "given")
+    low = name.lower()
+    vaccine, live = None, False
+    for is_live, group in ((True, kb.vaccines.live), (False, kb.vaccines.inactivated)):
+        for key, v in group.items():
+            if any(n in low for n in v.names) or low in v.cvx:
+                vaccine, live = key, is_live
+                break
+        if vaccine:
+            break
+    row = m.Immunization(
+        patient_id=patient_id,
+        vaccine=vaccine,
+        live=live,
+        name=name[:200],
+        when=effective or today,
+        status=status,
+        source_key=_key("form"),
+    )
+    s.add(row)
+    s.flush()
+    return row
+
+
+def add_symptom(
+    s: Session,
+    kb: Knowledge,
+    patient_id: int,
+    symptom: str,
+    when: date | str | None,
+    reported_by: str = "clinician",
+    today: date | None = None,
+) -> m.Symptom:
+    today = today or date.today()
+    require_patient(s, patient_id)
+    symptom = (symptom or "").strip()
+    if not symptom:
+        raise FormError("symptom", "is required")
+    effective = _date(when or today, "date", today)
+    assert effective is not None
+    key = symptom if symptom in kb.symptoms.items else None
+    if key is None:
+        low = symptom.lower()
+        key = next((k for k, v in kb.symptoms.items.items() if any(t in low for t in v.text)), None)
+    text = symptom.replace("-", " ") if key == symptom else symptom
+    row = m.Symptom(
+        patient_id=patient_id,
+        key=key,
+        text=text[:200],
+        when=effective,
+        reported_by=reported_by,
+        source_key=_key("form"),
+    )
+    s.add(row)
+    s.flush()
+    return row
+
+
+def set_team(s: Session, patient_id: int, team: str) -> None:
+    if team not in ("specialist", "gp"):
+        raise FormError("team", "must be specialist or gp")
+    require_patient(s, patient_id).monitoring_team = team

@@ -1,0 +1,260 @@
+"""The review workflow: stored assessments, finding instances, the worklist and reviews.
+
+Exception-only review, as clinics value in DAWN: after every change to a patient's data the
+engine re-assesses the record; results that raise nothing are reviewed automatically; each
+warning or critical finding appears once on the worklist until a clinician records what was
+done. A finding is tied to the evidence that raised it (its fingerprint), so a review closes it
+until different evidence - a later low result, a new due date - re-opens it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
+
+from azaguard import domain as d
+from azaguard.engine import assess
+from azaguard.knowledge import Knowledge
+from azaguard.render.json import assessment_to_dict
+from azaguard.store import models as m
+from azaguard.store.records import load_record, now
+
+REVIEW_OUTCOMES = {
+    "repeat-test-booked": "Repeat test booked",
+    "dose-reduced": "Dose reduced",
+    "withheld": "Azathioprine withheld",
+    "discussed-with-specialist": "Discussed with specialist",
+    "patient-contacted": "Patient contacted",
+    "not-relevant": "Not relevant (reason required)",
+}
+_EVIDENCE_KEYS = ("type", "id", "date", "due", "last", "analyte", "name", "gene", "detail", "text", "status", "start")
+
+
+def fingerprint(f: d.Finding) -> str:
+    """Code + the identity of the evidence: same evidence -> same worklist item."""
+    ev = [{k: e.get(k) for k in _EVIDENCE_KEYS if k in e} for e in f.evidence]
+    raw = f.code + "|" + json.dumps(ev, sort_keys=True, default=str)
+    return hashlib.sha1(raw.encode()).hexdigest()
+
+
+def needs_human(f: d.Finding) -> bool:
+    return f.severity in ("critical", "warning")
+
+
+def refresh_patient(s: Session, kb: Knowledge, patient_id: int, as_of: date | None = None) -> d.Assessment:
+    """Re-assess one patient and bring the stored assessment, findings and review states up to date."""
+    as_of = as_of or date.today()
+    stamp = now()
+    record = load_record(s, patient_id)
+    a = assess(record, kb, as_of)
+    rows = {r.fingerprint: r for r in s.scalars(select(m.FindingRow).where(m.FindingRow.patient_id == patient_id))}
+    seen: set[str] = set()
+    flagged_ids: set[str] = set()
+    for f in a.findings:
+        fp = fingerprint(f)
+        seen.add(fp)
+        if needs_human(f):
+            flagged_ids.update(str(e["id"]) for e in f.evidence if e.get("type") == "lab" and "id" in e)
+        row = rows.get(fp)
+        if row is None:
+            row = m.FindingRow(
+                patient_id=patient_id,
+                code=f.code,
+                category=f.category,
+                severity=f.severity,
+                message=f.message,
+                action=f.action,
+                fingerprint=fp,
+                state="open" if needs_human(f) else "info",
+                first_seen=stamp,
+                last_seen=stamp,
+            )
+            s.add(row)
+            rows[fp] = row
+        else:
+            row.message, row.action, row.severity, row.last_seen = f.message, f.action, f.severity, stamp
+            if row.state == "resolved":
+                row.state = "open" if needs_human(f) else "info"
+    for fp, row in rows.items():
+        if fp not in seen and row.state != "resolved":
+            row.state = "resolved"
+    s.flush()
+    # Exception-only review: pending results that no warning/critical finding cites are reviewed automatically.
+    pending = select(m.Observation.id).where(
+        m.Observation.patient_id == patient_id, m.Observation.review_state == "pending", m.Observation.current.is_(True)
+    )
+    ids = [str(i) for i in s.scalars(pending)]
+    auto = [int(i) for i in ids if i not in flagged_ids]
+    flagged = [int(i) for i in ids if i in flagged_ids]
+    if auto:
+        s.execute(update(m.Observation).where(m.Observation.id.in_(auto)).values(review_state="auto"))
+    if flagged:
+        s.execute(update(m.Observation).where(m.Observation.id.in_(flagged)).values(review_state="flagged"))
+    open_rows = [r for r in rows.values() if r.state == "open"]
+    worst = min((d.SEVERITY_RANK[r.severity] for r in open_rows), default=3)
+    dues = [g.next_due for g in a.monitoring.groups if g.next_due is not None]
+    ind = next((c.key for c in record.conditions if c.key in kb.indications), None)
+    values = {
+        "as_of": as_of,
+        "knowledge_version": a.knowledge_version,
+        "phase": a.monitoring.phase,
+        "worst_open": worst,
+        "open_count": len(open_rows),
+        "next_due": min(dues) if dues else None,
+        "indication": ind,
+        "categories": _categories(open_rows),
+        "result": assessment_to_dict(a),
+        "computed_at": stamp,
+    }
+    row_a = s.get(m.AssessmentRow, patient_id)
+    if row_a is None:
+        s.add(m.AssessmentRow(patient_id=patient_id, **values))
+    else:
+        for k, v in values.items():
+            setattr(row_a, k, v)
+    return a
+
+
+def refresh_stale(s: Session, kb: Knowledge, as_of: date | None = None, limit: int | None = None) -> int:
+    """Re-assess patients whose stored assessment is older than `as_of` (daily drift: tests fall due)."""
+    as_of = as_of or date.today()
+    q = (
+        select(m.Patient.id)
+        .outerjoin(m.AssessmentRow, m.AssessmentRow.patient_id == m.Patient.id)
+        .where(or_(m.AssessmentRow.as_of.is_(None), m.AssessmentRow.as_of < as_of))
+    )
+    if limit:
+        q = q.limit(limit)
+    ids = list(s.scalars(q))
+    for pid in ids:
+        refresh_patient(s, kb, pid, as_of)
+    return len(ids)
+
+
+@dataclass
+class WorklistFilter:
+    severity: str | None = None  # critical | warning
+    category: str | None = None
+    indication: str | None = None
+    team: str | None = None  # specialist | gp
+    search: str | None = None
+    include_due_days: int = 7
+    limit: int = 200
+    offset: int = 0
+
+
+@dataclass
+class WorklistEntry:
+    patient_id: int
+    identifier: str
+    name: str
+    team: str
+    indication: str | None
+    worst: str | None
+    open_count: int
+    categories: list[str]
+    next_due: date | None
+    overdue: bool
+    phase: str
+
+
+def worklist(s: Session, flt: WorklistFilter, today: date | None = None) -> tuple[list[WorklistEntry], int]:
+    """Patients who need action: open critical first, then warning, then overdue, then due soon."""
+    today = today or date.today()
+    due_limit = today + timedelta(days=flt.include_due_days)
+    a, p = m.AssessmentRow, m.Patient
+    q = select(a, p).join(p, p.id == a.patient_id).where(or_(a.open_count > 0, a.next_due <= due_limit))
+    if flt.severity in ("critical", "warning"):
+        q = q.where(a.worst_open <= d.SEVERITY_RANK[flt.severity], a.open_count > 0)
+    if flt.category:
+        q = q.where(a.categories.contains(f" {flt.category} "))
+    if flt.indication:
+        q = q.where(a.indication == flt.indication)
+    if flt.team:
+        q = q.where(p.monitoring_team == flt.team)
+    if flt.search:
+        term = f"%{flt.search.strip().lower()}%"
+        q = q.where(or_(func.lower(p.name).like(term), func.lower(p.identifier).like(term)))
+    total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
+    q = q.order_by(a.worst_open, a.next_due.is_(None), a.next_due, p.name).limit(flt.limit).offset(flt.offset)
+    names = {v: k for k, v in d.SEVERITY_RANK.items()}
+    out = [
+        WorklistEntry(
+            patient_id=p_.id,
+            identifier=p_.identifier,
+            name=p_.name,
+            team=p_.monitoring_team,
+            indication=a_.indication,
+            worst=names.get(a_.worst_open),
+            open_count=a_.open_count,
+            categories=a_.categories.split(),
+            next_due=a_.next_due,
+            overdue=a_.next_due is not None and a_.next_due < today,
+            phase=a_.phase,
+        )
+        for a_, p_ in s.execute(q)
+    ]
+    return out, total
+
+
+class ReviewError(ValueError):
+    """A review that cannot be recorded (unknown finding, bad outcome, missing reason)."""
+
+
+def record_review(s: Session, finding_id: int, user_id: int | None, outcome: str, note: str = "") -> m.Review:
+    f = s.get(m.FindingRow, finding_id)
+    if f is None:
+        raise ReviewError(f"finding {finding_id} does not exist")
+    if outcome not in REVIEW_OUTCOMES:
+        raise ReviewError(f"outcome must be one of {', '.join(REVIEW_OUTCOMES)}")
+    if outcome == "not-relevant" and not note.strip():
+        raise ReviewError("a reason is required when a finding is marked not relevant")
+    if f.state not in ("open", "info"):
+        raise ReviewError(f"finding {finding_id} is {f.state}, not open")
+    review = m.Review(
+        finding_id=f.id, patient_id=f.patient_id, user_id=user_id, outcome=outcome, note=note.strip(), created_at=now()
+    )
+    s.add(review)
+    f.state = "reviewed"
+    s.flush()
+    _update_counts(s, f.patient_id)
+    return review
+
+
+def _categories(rows: Sequence[m.FindingRow]) -> str:
+    """Space-padded so a LIKE filter matches whole category names only."""
+    cats = sorted({r.category for r in rows})
+    return f" {' '.join(cats)} " if cats else ""
+
+
+def _update_counts(s: Session, patient_id: int) -> None:
+    rows = s.scalars(
+        select(m.FindingRow).where(m.FindingRow.patient_id == patient_id, m.FindingRow.state == "open")
+    ).all()
+    row_a = s.get(m.AssessmentRow, patient_id)
+    if row_a is not None:
+        row_a.open_count = len(rows)
+        row_a.worst_open = min((d.SEVERITY_RANK[r.severity] for r in rows), default=3)
+        row_a.categories = _categories(rows)
+
+
+def open_findings(s: Session, patient_id: int) -> list[m.FindingRow]:
+    return list(
+        s.scalars(
+            select(m.FindingRow)
+            .where(m.FindingRow.patient_id == patient_id, m.FindingRow.state.in_(("open", "reviewed", "info")))
+            .order_by(m.FindingRow.id)
+        )
+    )
+
+
+def stored_assessment(s: Session, patient_id: int) -> dict[str, Any] | None:
+    row = s.get(m.AssessmentRow, patient_id)
+    return None if row is None else row.result
