@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 
 class UsageError(Exception):
@@ -119,6 +120,168 @@ def cmd_guide(args: argparse.Namespace) -> int:
     return 0
 
 
+def _db(args: argparse.Namespace) -> Any:
+    from azaguard.store.db import Database
+
+    return Database(getattr(args, "database", None))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import time
+
+    import uvicorn
+
+    from azaguard.app import Settings, create_app
+    from azaguard.store.db import Database
+
+    started = time.perf_counter()
+    url = args.database
+    if args.demo and not url and not os.environ.get("AZAGUARD_DATABASE_URL"):
+        demo_path = Path(args.demo_db)
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(demo_path) + suffix).unlink(missing_ok=True)
+        url = f"sqlite:///{demo_path}"
+    db = Database(url)
+    logins: list[tuple[str, str, str]] = []
+    if args.demo:
+        from azaguard.synth import build_demo
+
+        logins = build_demo(db, args.patients)
+    app = create_app(db, settings=Settings(clinic_name=args.clinic_name))
+    ready = time.perf_counter() - started
+    print(f"azaguard serving {db.url.split('@')[-1]} on http://{args.host}:{args.port} (ready in {ready:.1f} s)")
+    if logins:
+        print("Demo logins (synthetic clinic; every patient is invented):")
+        for username, password, role in logins:
+            print(f"  {role:<9} {username:<10} password: {password}")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from azaguard.synth import build_demo
+
+    db = _db(args)
+    for username, password, role in build_demo(db, args.patients):
+        print(f"{role:<9} {username:<10} password: {password}")
+    print(f"{args.patients} synthetic patients written to {db.url.split('@')[-1]}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from azaguard import service
+    from azaguard.ingest import FormatError, load_code_map, parse_text
+    from azaguard.knowledge import load_knowledge
+
+    kb = load_knowledge()
+    db = _db(args)
+    codes = load_code_map(args.code_map) if args.code_map else None
+    files = [
+        p
+        for arg in args.paths
+        for p in (sorted(Path(arg).iterdir()) if Path(arg).is_dir() else [Path(arg)])
+        if p.is_file()
+    ]
+    if not files:
+        raise UsageError("no files to import")
+    totals: dict[str, int] = {}
+    with Progress(disable=not sys.stderr.isatty() or args.quiet, transient=True) as bar:
+        for path in files:
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise UsageError(f"{path}: cannot be read as UTF-8 text ({exc})") from None
+            try:
+                parsed = parse_text(text, kb, args.format, str(path), codes)
+            except FormatError as exc:
+                raise UsageError(str(exc)) from None
+            task = bar.add_task(path.name, total=len(parsed.items) or 1)
+            with db.session() as s:
+                summary = service.import_parsed(
+                    s, kb, None, parsed, str(path), "cli", lambda n, t=task: bar.advance(t, n)
+                )
+            result = summary.as_dict()
+            print(f"{path}: " + ", ".join(f"{k} {v}" for k, v in result.items() if k != "batch_id"))
+            for k, v in result.items():
+                if k != "batch_id":
+                    totals[k] = totals.get(k, 0) + v
+    if len(files) > 1:
+        print("total: " + ", ".join(f"{k} {v}" for k, v in totals.items()))
+    return 0
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    import getpass
+
+    from azaguard.auth import AuthError, create_user
+
+    password = args.password or os.environ.get("AZAGUARD_PASSWORD") or getpass.getpass("Password: ")
+    with _db(args).session() as s:
+        try:
+            user = create_user(s, args.username, password, args.role, args.patient, args.name or "")
+        except AuthError as exc:
+            raise UsageError(str(exc)) from None
+        print(f"user {user.username} ({user.role}) created")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from azaguard.auth import create_api_token
+    from azaguard.store import models as m
+
+    with _db(args).session() as s:
+        user = s.scalar(select(m.User).where(m.User.username == args.username))
+        if user is None:
+            raise UsageError(f"no user '{args.username}'")
+        print(create_api_token(s, user, args.label, args.days))
+    return 0
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from azaguard import service
+    from azaguard.ingest import load_code_map
+    from azaguard.knowledge import load_knowledge
+    from azaguard.store import models as m
+
+    db = _db(args)
+    if args.reprocess is not None:
+        codes = load_code_map(args.code_map) if args.code_map else None
+        with db.session() as s:
+            try:
+                summary = service.reprocess_quarantine(s, load_knowledge(), None, args.reprocess, "cli", codes)
+            except (service.NotFound, ValueError) as exc:
+                raise UsageError(str(exc)) from None
+            item = s.get(m.QuarantineItem, args.reprocess)
+            print(f"quarantine {args.reprocess}: {item.state if item else '?'}; {summary.as_dict()}")
+        return 0
+    with db.session() as s:
+        rows = s.scalars(
+            select(m.QuarantineItem).where(m.QuarantineItem.state == args.state).order_by(m.QuarantineItem.id)
+        )
+        n = 0
+        for q in rows:
+            n += 1
+            print(f"#{q.id} {q.received_at:%Y-%m-%d %H:%M} {q.format} {q.record_ref}: {q.reason}")
+        print(f"{n} {args.state} item(s)")
+    return 0
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    from azaguard.knowledge import load_knowledge
+    from azaguard.worklist import refresh_stale
+
+    with _db(args).session() as s:
+        n = refresh_stale(s, load_knowledge(), _as_of(args.as_of))
+    print(f"{n} patient(s) re-assessed")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="azaguard",
@@ -136,6 +299,61 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="assess every bundled example patient and print the reports")
     p.add_argument("--as-of", help="assess all examples on this date instead of each example's own date")
     p.set_defaults(func=cmd_demo)
+
+    db_help = "database URL (default: AZAGUARD_DATABASE_URL or sqlite:///azaguard.db)"
+    p = sub.add_parser("serve", help="run the clinic web app and REST API")
+    p.add_argument(
+        "--demo", action="store_true", help="start on a fresh synthetic clinic (SQLite file azaguard-demo.db)"
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--database", help=db_help)
+    p.add_argument("--patients", type=int, default=240, help="demo clinic size (default 240)")
+    p.add_argument("--demo-db", default="azaguard-demo.db", help="file for the demo database (recreated each time)")
+    p.add_argument("--clinic-name", default="Neuromuscular clinic (demo)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("synth", help="write a synthetic clinic and demo users into an empty database")
+    p.add_argument("--database", help=db_help)
+    p.add_argument("--patients", type=int, default=240)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("import", help="import FHIR Bundles/NDJSON, HL7 v2 ORU^R01 or CSV files")
+    p.add_argument("paths", nargs="+", help="files or folders")
+    p.add_argument("--format", choices=("fhir", "ndjson", "hl7v2", "csv"), help="default: detected per file")
+    p.add_argument("--code-map", help="local lab codes -> LOINC (TOML [codes] or CSV local,loinc)")
+    p.add_argument("--database", help=db_help)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("quarantine", help="list quarantined records, or re-process one after a fix")
+    p.add_argument("--state", default="open", choices=("open", "reprocessed", "discarded"))
+    p.add_argument("--reprocess", type=int, metavar="ID")
+    p.add_argument("--code-map")
+    p.add_argument("--database", help=db_help)
+    p.set_defaults(func=cmd_quarantine)
+
+    p = sub.add_parser("refresh", help="re-assess every patient whose assessment is older than today (run daily)")
+    p.add_argument("--as-of")
+    p.add_argument("--database", help=db_help)
+    p.set_defaults(func=cmd_refresh)
+
+    user = sub.add_parser("user", help="manage users").add_subparsers(dest="user_command", required=True)
+    p = user.add_parser("add", help="add a user (clinician, patient bound to one record, or admin)")
+    p.add_argument("username")
+    p.add_argument("--role", required=True, choices=("clinician", "patient", "admin"))
+    p.add_argument("--patient", help="the patient identifier a patient user may see")
+    p.add_argument("--name", help="display name")
+    p.add_argument("--password", help="default: AZAGUARD_PASSWORD or prompt")
+    p.add_argument("--database", help=db_help)
+    p.set_defaults(func=cmd_user_add)
+
+    p = sub.add_parser("token", help="create an API bearer token for a user")
+    p.add_argument("username")
+    p.add_argument("--label", default="cli")
+    p.add_argument("--days", type=int, help="expiry in days (default: none)")
+    p.add_argument("--database", help=db_help)
+    p.set_defaults(func=cmd_token)
 
     p = sub.add_parser("guide", help="print the patient guide (the seed article, corrected and cited)")
     p.add_argument("--sources", action="store_true", help="print the source of each section")

@@ -443,3 +443,43 @@ def load(s: Session, clinic: Clinic, progress: Callable[[str], None] | None = No
             s.execute(insert(table), rows)
         if progress:
             progress(f"{len(rows)} {table.__tablename__}")
+
+
+def build_demo(
+    db: Any, n: int = 240, today: date | None = None, progress: Callable[[str], None] | None = None
+) -> list[tuple[str, str, str]]:
+    """Fill an empty database with a synthetic clinic and demo users; returns (username, password, role) logins."""
+    from sqlalchemy import func, select, text
+
+    from azaguard import auth
+    from azaguard.knowledge import load_knowledge
+    from azaguard.worklist import refresh_patient
+
+    kb = load_knowledge()
+    today = today or date.today()
+    with db.session() as s:
+        if (s.scalar(select(func.count()).select_from(m.Patient)) or 0) > 0:
+            raise ValueError("the database already has patients; the demo clinic needs an empty database")
+        clinic = generate(n, today)
+        load(s, clinic, progress)
+        if db.is_postgres:
+            s.execute(text("SELECT setval(pg_get_serial_sequence('patients', 'id'), (SELECT max(id) FROM patients))"))
+        logins = []
+        for username, role, password, display in DEMO_USERS:
+            auth.create_user(s, username, password, role, display_name=display)
+            logins.append((username, password, role))
+        # Two patient logins: one who has just reported a fever, one on a stable course.
+        by_scenario: dict[str, int] = {}
+        for pid, scen in clinic.scenario_of.items():
+            by_scenario.setdefault(scen, pid)
+        for n_, scen in enumerate(("stable", "titrating"), 1):
+            pid = by_scenario[scen]
+            ident = next(p["identifier"] for p in clinic.patients if p["id"] == pid)
+            name = next(p["name"] for p in clinic.patients if p["id"] == pid)
+            auth.create_user(s, f"patient{n_}", f"demo-patient{n_}", "patient", ident, display_name=name)
+            logins.append((f"patient{n_}", f"demo-patient{n_}", "patient"))
+        if progress:
+            progress("assessing every patient")
+        for p in clinic.patients:
+            refresh_patient(s, kb, p["id"], today)
+    return logins

@@ -34,11 +34,20 @@ NUDT15 = ["*1/*1", "*1/*3", "*3/*3", "*1/*2", None]
     allopurinol=st.booleans(),
     egfr=st.one_of(st.none(), st.integers(min_value=15, max_value=120)),
     current=st.one_of(st.none(), st.sampled_from([25, 50, 100, 150, 200, 250])),
+    pregnant=st.booleans(),
 )
 def test_recommended_dose_never_exceeds_any_cap(
-    weight: float, tpmt: str | None, nudt15: str | None, allopurinol: bool, egfr: int | None, current: int | None
+    weight: float,
+    tpmt: str | None,
+    nudt15: str | None,
+    allopurinol: bool,
+    egfr: int | None,
+    current: int | None,
+    pregnant: bool,
 ) -> None:
-    b = BundleBuilder("prop", "1970-01-01", "male")
+    b = BundleBuilder("prop", "1985-01-01", "female")
+    if pregnant:
+        b.pregnant("2025-08-01")
     b.condition("91637004", "Myasthenia gravis", "2024-01-01")
     b.weight(weight, "2025-08-01")
     if tpmt:
@@ -73,6 +82,8 @@ def test_recommended_dose_never_exceeds_any_cap(
         factor = next(ix.dose_factor for ix in KB.interactions if ix.id == "allopurinol")
         assert factor is not None
         assert r.high <= normal_high * frac.high * factor + eps
+    if pregnant:
+        assert r.high <= KB.reproduction.pregnancy_max_mg_per_kg * weight + eps
     if egfr is not None and egfr < dz.renal.egfr_below:
         assert r.high <= dz.target_mg_per_kg.low * weight * frac.low * (factor if allopurinol else 1.0) + eps
     assert 0 < r.low <= r.high
@@ -202,9 +213,18 @@ def any_record(draw: st.DrawFn) -> tuple[BundleBuilder, date]:
     def day() -> date:
         return base + timedelta(days=draw(st.integers(0, 1100)))
 
-    b = BundleBuilder("any", draw(st.sampled_from(["1950-01-01", "2000-06-15", None])), draw(st.sampled_from(["male", "female", None])))
+    b = BundleBuilder(
+        "any",
+        draw(st.sampled_from(["1950-01-01", "2000-06-15", None])),
+        draw(st.sampled_from(["male", "female", None])),
+    )
     for _ in range(draw(st.integers(0, 12))):
-        b.lab(draw(st.sampled_from(LOINCS)), draw(st.floats(0, 5000, allow_nan=False)), draw(st.sampled_from(UNITS)), day())
+        b.lab(
+            draw(st.sampled_from(LOINCS)),
+            draw(st.floats(0, 5000, allow_nan=False)),
+            draw(st.sampled_from(UNITS)),
+            day(),
+        )
     if draw(st.booleans()):
         b.weight(draw(st.floats(1, 250, allow_nan=False)), day())
     for gene in ("TPMT", "NUDT15"):

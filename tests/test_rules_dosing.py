@@ -8,6 +8,7 @@ the engine's output.
 
 from __future__ import annotations
 
+import itertools
 import math
 from datetime import date, timedelta
 
@@ -46,9 +47,10 @@ def patient(
     dose: float | None = None,
     start: str = "2025-01-06",
     egfr: float = 90,
+    sex: str = "male",
 ) -> BundleBuilder:
     """Pre-treatment when dose is None, otherwise on `dose` mg/day since `start`."""
-    b = BundleBuilder("dose", "1970-03-01", "male")
+    b = BundleBuilder("dose", "1985-03-01", sex)
     b.condition("91637004", "Myasthenia gravis", "2024-06-01")
     if weight is not None:
         b.weight(weight, "2025-08-01")
@@ -307,7 +309,7 @@ def assert_titration(plan: tuple[d.DoseStep, ...], start: float, target: float, 
     assert plan[0].start == AS_OF
     assert plan[0].mg_per_day == start
     assert plan[-1].mg_per_day == target
-    for prev, nxt in zip(plan, plan[1:], strict=False):
+    for prev, nxt in itertools.pairwise(plan):
         assert nxt.start - prev.start == timedelta(weeks=weeks)
         assert 0 < nxt.mg_per_day - prev.mg_per_day <= 50
 
@@ -397,7 +399,7 @@ def test_stopped_course_gets_no_dose_or_plan() -> None:
 # ---------------------------------------------------------------- pregnancy caps the range at 2 mg/kg/day
 @pytest.mark.parametrize("weight", [50, 60, 70, 74, 75, 90])
 def test_pregnancy_caps_the_range_at_2_mg_per_kg(weight: float) -> None:
-    b = patient(weight)
+    b = patient(weight, sex="female")
     b.pregnant("2025-08-15")
     a = run(b, AS_OF, KB)
     r = rec(a)
@@ -408,7 +410,7 @@ def test_pregnancy_caps_the_range_at_2_mg_per_kg(weight: float) -> None:
 
 
 def test_pregnancy_over_2_mg_per_kg_is_reported_once_by_reproduction() -> None:
-    b = patient(74, dose=150)  # 2.03 mg/kg/day: within the normal range, above the pregnancy limit
+    b = patient(74, dose=150, sex="female")  # 2.03 mg/kg/day: within the normal range, above the pregnancy limit
     b.pregnant("2025-08-15")
     a = run(b, AS_OF, KB)
     assert "reproduction-pregnancy-dose-high" in codes(a)
@@ -416,6 +418,6 @@ def test_pregnancy_over_2_mg_per_kg_is_reported_once_by_reproduction() -> None:
 
 
 def test_pregnancy_does_not_hide_a_pgx_overdose() -> None:
-    b = patient(70, "*1/*3A", dose=150)  # IM cap 125 mg is below the pregnancy cap 140 mg
+    b = patient(70, "*1/*3A", dose=150, sex="female")  # IM cap 125 mg is below the pregnancy cap 140 mg
     b.pregnant("2025-08-15")
     assert finding(run(b, AS_OF, KB), "dosing-above-recommended").severity == "critical"

@@ -365,7 +365,9 @@ def test_trend_exactly_10_percent_does_not_fire(analyte: str) -> None:
 
 
 # ---------------------------------------------------------------- unit conversion
-@pytest.mark.parametrize(("value", "unit", "fires"), [(1500, "/uL", True), (1599, "cells/uL", True), (1600, "/uL", False)])
+@pytest.mark.parametrize(
+    ("value", "unit", "fires"), [(1500, "/uL", True), (1599, "cells/uL", True), (1600, "/uL", False)]
+)
 def test_neutrophils_per_microlitre_convert_to_10e9_per_litre(value: float, unit: str, fires: bool) -> None:
     a = run(with_lab("neutrophils", value, unit), AS_OF, KB)
     hit = lab_findings(a, "neutrophils")

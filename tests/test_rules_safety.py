@@ -129,7 +129,9 @@ def test_drug_name_must_be_a_whole_word() -> None:
 
 
 # ---------------------------------------------------------------- contraindications and cautions
-@pytest.mark.parametrize(("name", "rxnorm"), [("Azathioprine", "1256"), ("Azathioprine", None), ("Mercaptopurine", None)])
+@pytest.mark.parametrize(
+    ("name", "rxnorm"), [("Azathioprine", "1256"), ("Azathioprine", None), ("Mercaptopurine", None)]
+)
 def test_thiopurine_allergy_is_a_contraindication(name: str, rxnorm: str | None) -> None:
     b = patient()
     b.allergy(name, rxnorm)
@@ -225,7 +227,9 @@ def test_later_not_pregnant_status_replaces_pregnant() -> None:
     assert "reproduction-pregnancy" not in codes(run(b, AS_OF, KB))
 
 
-@pytest.mark.parametrize(("weight", "dose", "high"), [(75, 150, False), (74, 150, True), (50, 100, False), (50, 125, True)])
+@pytest.mark.parametrize(
+    ("weight", "dose", "high"), [(75, 150, False), (74, 150, True), (50, 100, False), (50, 125, True)]
+)
 def test_pregnancy_dose_above_2_mg_per_kg(weight: float, dose: float, high: bool) -> None:
     b = patient(weight, dose, "female")
     b.pregnant("2025-08-15")
@@ -300,7 +304,12 @@ def test_inactivated_vaccine_order_is_not_a_live_vaccine_finding(key: str, cvx: 
 def test_live_vaccine_after_stopping_within_3_months_is_critical() -> None:
     end = date(2025, 6, 15)
     washout_end = end + relativedelta(months=3)
-    for as_of, fires in ((end + ONE, True), (washout_end - ONE, True), (washout_end, False), (washout_end + ONE, False)):
+    for as_of, fires in (
+        (end + ONE, True),
+        (washout_end - ONE, True),
+        (washout_end, False),
+        (washout_end + ONE, False),
+    ):
         b = stopped(end)
         b.vaccine_order("MMR", "03", as_of)
         a = run(b, as_of, KB)

@@ -341,6 +341,9 @@ def test_two_missed_is_a_warning_three_is_critical(label: str) -> None:
     last = LAST_TESTS[label]
     d1, d2, d3 = missed_dates(bsr_due(last, START), START, 3)
     b = patient((last,))
+    one = run(b, d1 + ONE, KB)
+    assert finding(one, "monitoring-overdue").severity == "warning"
+    assert "monitoring-non-attendance" not in codes(one)
     two = run(b, d2 + ONE, KB)
     assert "monitoring-non-attendance" not in codes(two)
     assert finding(two, "monitoring-overdue").severity == "warning"

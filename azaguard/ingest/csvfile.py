@@ -32,7 +32,8 @@ def parse_csv_text(text: str, kb: Knowledge, source: str = "csv", local_codes: d
     rejects: list[Reject] = []
     for n, row in enumerate(reader, 2):
         ref = f"{source} line {n}"
-        original = ",".join("" if row.get(h) is None else str(row.get(h)) for h in header)
+        # Header + the row, so a quarantined line can be re-processed on its own.
+        original = ",".join(header) + "\n" + ",".join(_cell(row.get(h)) for h in header)
         pid = (row.get("patient_id") or "").strip()
         if not pid:
             rejects.append(Reject(ref, "patient_id is empty", original))
@@ -88,6 +89,11 @@ def parse_csv_text(text: str, kb: Knowledge, source: str = "csv", local_codes: d
         )
         items.append(Item("lab", pid, key, lab, ref, original, correction=status in ("corrected", "amended", "c")))
     return Parsed("csv", items, rejects)
+
+
+def _cell(value: object) -> str:
+    text = "" if value is None else str(value)
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
 
 
 def content_hash(text: str) -> str:

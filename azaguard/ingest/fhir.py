@@ -27,15 +27,16 @@ _KIND = {
 }
 
 
-def parse_bundle_text(text: str, kb: Knowledge, source: str = "fhir") -> Parsed:
+def parse_bundle_text(text: str, kb: Knowledge, source: str = "fhir", patient: str | None = None) -> Parsed:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         return Parsed("fhir", [], [Reject(source, f"not valid JSON (line {exc.lineno}: {exc.msg})", text[:20000])])
-    if not isinstance(data, dict) or data.get("resourceType") not in ("Bundle", "Patient"):
-        return Parsed("fhir", [], [Reject(source, "not a FHIR Bundle", text[:20000])])
-    if data["resourceType"] == "Patient":
-        return parse_resources([(f"{source}", data)], kb, "fhir")
+    if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
+        return Parsed("fhir", [], [Reject(source, "not a FHIR resource or Bundle", text[:20000])])
+    if data["resourceType"] != "Bundle":  # a single resource (e.g. re-processed from quarantine)
+        known = {_subject(data) or "": patient} if patient else {}
+        return parse_resources([(source, data)], kb, "fhir", known)
     entries = data.get("entry")
     if not isinstance(entries, list):
         return Parsed("fhir", [], [Reject(source, "Bundle.entry is missing or not an array", text[:20000])])
@@ -83,12 +84,14 @@ def _subject(res: dict[str, Any]) -> str | None:
     return None
 
 
-def parse_resources(resources: list[tuple[str, Any]], kb: Knowledge, fmt: str) -> Parsed:
+def parse_resources(
+    resources: list[tuple[str, Any]], kb: Knowledge, fmt: str, known: dict[str, str] | None = None
+) -> Parsed:
     reader = FhirReader(kb)
     items: list[Item] = []
     rejects: list[Reject] = []
     # Patients first, so references by resource id resolve to the patient's identifier.
-    id_to_identifier: dict[str, str] = {}
+    id_to_identifier: dict[str, str] = {k: v for k, v in (known or {}).items() if k and v}
     for ref, res in resources:
         if res.get("resourceType") == "Patient":
             try:

@@ -64,9 +64,17 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A transaction: committed on success, rolled back on any error (nothing half-saved)."""
-        with self.sessions() as s, s.begin():
-            yield s
+        """A unit of work: committed on success, rolled back on any error (nothing half-saved).
+
+        Code may commit early (an audit record of a refused request must survive the refusal).
+        """
+        with self.sessions() as s:
+            try:
+                yield s
+                s.commit()
+            except BaseException:
+                s.rollback()
+                raise
 
     @property
     def is_postgres(self) -> bool:

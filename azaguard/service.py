@@ -1,0 +1,221 @@
+"""Use cases shared by the web pages, the REST API and the CLI: authorise, act, audit, re-assess.
+
+Every read or write of a patient's data goes through here, so authorisation and the audit
+trail cannot be forgotten by one channel: a patient may only see and report on their own
+record; clinicians and admins see every patient; only admins see quarantine and audit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from azaguard import worklist as wl
+from azaguard.audit import audit
+from azaguard.ingest.items import Parsed
+from azaguard.ingest.pipeline import ImportSummary, apply
+from azaguard.knowledge import Knowledge
+from azaguard.store import models as m
+from azaguard.store import writes
+from azaguard.store.records import load_record, now
+
+
+class Denied(PermissionError):
+    """The user may not do this; nothing is shown or changed."""
+
+
+class NotFound(LookupError):
+    pass
+
+
+def can_read_patient(user: m.User, patient_id: int) -> bool:
+    return user.role in ("clinician", "admin") or (user.role == "patient" and user.patient_id == patient_id)
+
+
+def authorise_patient(
+    s: Session, user: m.User, patient_id: int, action: str, channel: str, write: bool = False
+) -> m.Patient:
+    """Check access, audit the attempt (allowed or denied), return the patient."""
+    if not can_read_patient(user, patient_id) or (write and user.role == "patient" and action != "report-symptom"):
+        audit(s, user, "denied", action, patient_id, channel=channel)
+        s.commit()  # the denial is recorded even though the request fails
+        raise Denied(f"not allowed to {action} for this patient")
+    p = s.get(m.Patient, patient_id)
+    if p is None:
+        raise NotFound(f"patient {patient_id} does not exist")
+    audit(s, user, "write" if write else "read", action, patient_id, channel=channel)
+    return p
+
+
+def require_role(s: Session, user: m.User, roles: tuple[str, ...], action: str, channel: str) -> None:
+    if user.role not in roles:
+        audit(s, user, "denied", action, channel=channel)
+        s.commit()
+        raise Denied(f"{action} needs the role {' or '.join(roles)}")
+
+
+@dataclass
+class PatientView:
+    patient: m.Patient
+    assessment: dict[str, Any]
+    findings: list[m.FindingRow]
+    labs: list[m.Observation]
+    medicines: list[m.Medication]
+    immunizations: list[m.Immunization]
+    symptoms: list[m.Symptom]
+    reviews: list[m.Review]
+
+
+def patient_view(s: Session, kb: Knowledge, user: m.User, patient_id: int, channel: str = "web") -> PatientView:
+    p = authorise_patient(s, user, patient_id, "view-patient", channel)
+    row = s.get(m.AssessmentRow, patient_id)
+    if row is None or row.as_of < date.today():
+        wl.refresh_patient(s, kb, patient_id)
+        row = s.get(m.AssessmentRow, patient_id)
+    assert row is not None
+    labs = list(
+        s.scalars(
+            select(m.Observation)
+            .where(m.Observation.patient_id == patient_id, m.Observation.current.is_(True), m.Observation.kind == "lab")
+            .order_by(m.Observation.effective, m.Observation.id)
+        )
+    )
+    meds = list(
+        s.scalars(select(m.Medication).where(m.Medication.patient_id == patient_id).order_by(m.Medication.start))
+    )
+    imms = list(s.scalars(select(m.Immunization).where(m.Immunization.patient_id == patient_id)))
+    syms = list(s.scalars(select(m.Symptom).where(m.Symptom.patient_id == patient_id).order_by(m.Symptom.when)))
+    reviews = list(s.scalars(select(m.Review).where(m.Review.patient_id == patient_id).order_by(m.Review.created_at)))
+    return PatientView(p, row.result, wl.open_findings(s, patient_id), labs, meds, imms, syms, reviews)
+
+
+def assessment(s: Session, kb: Knowledge, user: m.User, patient_id: int, channel: str = "api") -> dict[str, Any]:
+    authorise_patient(s, user, patient_id, "view-assessment", channel)
+    wl.refresh_patient(s, kb, patient_id)
+    return wl.stored_assessment(s, patient_id) or {}
+
+
+def write_and_refresh(
+    s: Session, kb: Knowledge, user: m.User, patient_id: int, action: str, channel: str, fn: Any, *args: Any, **kw: Any
+) -> Any:
+    authorise_patient(s, user, patient_id, action, channel, write=True)
+    result = fn(s, kb, patient_id, *args, **kw)
+    wl.refresh_patient(s, kb, patient_id)
+    return result
+
+
+def add_lab(
+    s: Session, kb: Knowledge, user: m.User, pid: int, analyte: str, value: Any, unit: str, when: Any, channel: str
+) -> m.Observation:
+    return write_and_refresh(s, kb, user, pid, "add-lab", channel, writes.add_lab, analyte, value, unit, when)
+
+
+def change_dose(s: Session, kb: Knowledge, user: m.User, pid: int, mg: Any, start: Any, channel: str) -> m.Medication:
+    return write_and_refresh(s, kb, user, pid, "change-dose", channel, writes.change_dose, mg, start)
+
+
+def add_medicine(
+    s: Session, kb: Knowledge, user: m.User, pid: int, name: str, status: str, start: Any, mg: Any, channel: str
+) -> m.Medication:
+    return write_and_refresh(s, kb, user, pid, "add-medicine", channel, writes.add_medicine, name, status, start, mg)
+
+
+def add_vaccine(
+    s: Session, kb: Knowledge, user: m.User, pid: int, name: str, status: str, when: Any, channel: str
+) -> m.Immunization:
+    return write_and_refresh(s, kb, user, pid, "add-vaccine", channel, writes.add_vaccine, name, status, when)
+
+
+def report_symptom(
+    s: Session, kb: Knowledge, user: m.User, pid: int, symptom: str, when: Any, channel: str
+) -> m.Symptom:
+    by = "patient" if user.role == "patient" else "clinician"
+    return write_and_refresh(s, kb, user, pid, "report-symptom", channel, writes.add_symptom, symptom, when, by)
+
+
+def review(s: Session, user: m.User, finding_id: int, outcome: str, note: str, channel: str) -> m.Review:
+    f = s.get(m.FindingRow, finding_id)
+    if f is None:
+        raise NotFound(f"finding {finding_id} does not exist")
+    require_role(s, user, ("clinician", "admin"), "review", channel)
+    authorise_patient(s, user, f.patient_id, "review", channel, write=True)
+    r = wl.record_review(s, finding_id, user.id, outcome, note)
+    audit(s, user, "review", f"finding {f.code}: {outcome}", f.patient_id, note, channel)
+    return r
+
+
+def list_patients(
+    s: Session, user: m.User, search: str | None, limit: int, offset: int, channel: str
+) -> tuple[list[m.Patient], int]:
+    q = select(m.Patient)
+    if user.role == "patient":
+        q = q.where(m.Patient.id == user.patient_id)
+    if search:
+        term = f"%{search.strip().lower()}%"
+        q = q.where(func.lower(m.Patient.name).like(term) | func.lower(m.Patient.identifier).like(term))
+    total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
+    rows = list(s.scalars(q.order_by(m.Patient.name, m.Patient.id).limit(limit).offset(offset)))
+    audit(s, user, "read", f"list-patients ({len(rows)})", channel=channel)
+    return rows, total
+
+
+def import_parsed(
+    s: Session, kb: Knowledge, user: m.User | None, parsed: Parsed, source: str, channel: str, progress: Any = None
+) -> ImportSummary:
+    if user is not None:
+        require_role(s, user, ("clinician", "admin"), "import", channel)
+    summary = apply(s, parsed, source, user.username if user else "cli", progress=progress)
+    for pid in sorted(summary.patients):
+        wl.refresh_patient(s, kb, pid)
+    audit(s, user, "import", f"{parsed.format} {source}"[:80], detail=str(summary.as_dict()), channel=channel)
+    return summary
+
+
+def reprocess_quarantine(
+    s: Session,
+    kb: Knowledge,
+    user: m.User | None,
+    item_id: int,
+    channel: str,
+    local_codes: dict[str, str] | None = None,
+) -> ImportSummary:
+    """Re-run a quarantined record through its reader (after a fix: new patient, code map, unit)."""
+    from azaguard.ingest import parse_text
+
+    if user is not None:
+        require_role(s, user, ("admin",), "reprocess-quarantine", channel)
+    item = s.get(m.QuarantineItem, item_id)
+    if item is None:
+        raise NotFound(f"quarantine item {item_id} does not exist")
+    if item.state != "open":
+        raise ValueError(f"quarantine item {item_id} is {item.state}")
+    parsed = parse_text(item.original, kb, item.format, f"quarantine {item_id}", local_codes, item.patient_identifier)
+    summary = import_parsed(s, kb, user, parsed, f"quarantine {item_id}", channel)
+    if (
+        summary.counts.get("imported", 0) + summary.counts.get("duplicates", 0) + summary.counts.get("corrected", 0) > 0
+        and not parsed.rejects
+        and summary.counts.get("quarantined", 0) == 0
+    ):
+        item.state, item.resolved_at = "reprocessed", now()
+    return summary
+
+
+def discard_quarantine(s: Session, user: m.User | None, item_id: int, reason: str, channel: str) -> None:
+    if user is not None:
+        require_role(s, user, ("admin",), "discard-quarantine", channel)
+    item = s.get(m.QuarantineItem, item_id)
+    if item is None:
+        raise NotFound(f"quarantine item {item_id} does not exist")
+    if not reason.strip():
+        raise ValueError("a reason is required to discard a quarantined record")
+    item.state, item.resolved_at = "discarded", now()
+    audit(s, user, "write", f"discard quarantine {item_id}", detail=reason, channel=channel)
+
+
+def patient_record(s: Session, user: m.User, patient_id: int, channel: str) -> Any:
+    authorise_patient(s, user, patient_id, "read-record", channel)
+    return load_record(s, patient_id)

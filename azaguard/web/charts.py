@@ -1,0 +1,80 @@
+"""Result charts drawn server-side with matplotlib (SVG): no JavaScript, no CDN, deterministic.
+
+Threshold bands come from the knowledge base (the same numbers the engine uses, local
+protocol included), so the shading can never disagree with the findings.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+from azaguard.knowledge import Knowledge
+from azaguard.store import models as m
+
+PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("White cells (x10^9/L)", ("wbc",)),
+    ("Neutrophils (x10^9/L)", ("neutrophils",)),
+    ("Lymphocytes (x10^9/L)", ("lymphocytes",)),
+    ("Platelets (x10^9/L)", ("platelets",)),
+    ("ALT / AST (U/L)", ("alt", "ast")),
+    ("MCV (fL)", ("mcv",)),
+    ("Albumin (g/L)", ("albumin",)),
+)
+
+
+def patient_chart_svg(kb: Knowledge, labs: Sequence[m.Observation], meds: Sequence[m.Medication]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams["svg.hashsalt"] = "azaguard"  # stable ids: identical data gives an identical file
+    fig, axes = plt.subplots(len(PANELS), 1, figsize=(10, 1.7 * len(PANELS)), sharex=True)
+    doses = sorted((x.start, x.daily_dose_mg) for x in meds if x.start is not None and x.daily_dose_mg is not None)
+    for ax, (title, analytes) in zip(axes, PANELS, strict=True):
+        ax.set_title(title, loc="left", fontsize=9)
+        values: list[float] = []
+        for analyte in analytes:
+            pts = sorted((o.effective, o.value) for o in labs if o.analyte == analyte and o.value is not None)
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.2, label=kb.analytes[analyte].label)
+                values.extend(ys)
+        if not values:
+            ax.text(0.5, 0.5, "no results", transform=ax.transAxes, ha="center", va="center", color="#888", fontsize=8)
+        lo, hi = ax.get_ylim()
+        for t in kb.thresholds:
+            if t.analyte not in analytes:
+                continue
+            color = "#b00020" if t.severity == "critical" else "#a15c00"
+            if t.comparator == "<":
+                ax.axhspan(min(lo, 0), t.value, color=color, alpha=0.12, linewidth=0)
+            else:
+                ax.axhspan(t.value, max(hi, t.value * 1.5), color=color, alpha=0.12, linewidth=0)
+            ax.axhline(t.value, color=color, linewidth=0.8, linestyle=":")
+        if values:
+            top = max(max(values), *(t.value for t in kb.thresholds if t.analyte in analytes), 0) * 1.15
+            ax.set_ylim(0, top or 1)
+        for start, _mg in doses:
+            ax.axvline(start, color="#16324f", linewidth=0.8, linestyle="--", alpha=0.6)
+        if len(analytes) > 1 and values:
+            ax.legend(fontsize=7, loc="upper left")
+        ax.tick_params(labelsize=7)
+    if doses:
+        top_ax = axes[0]
+        for start, mg in doses:
+            top_ax.annotate(
+                f"{mg:g} mg",
+                (start, 1.0),
+                xycoords=("data", "axes fraction"),
+                fontsize=7,
+                color="#16324f",
+                rotation=90,
+                va="top",
+            )
+    fig.tight_layout()
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg")
+    plt.close(fig)
+    return buf.getvalue()
