@@ -160,6 +160,8 @@ class PatientRecord:
     symptoms: tuple[Symptom, ...] = ()
     statuses: tuple[StatusObservation, ...] = ()
     screening_done: tuple[tuple[str, date], ...] = ()
+    # (test key, date, positive?) for screening results whose polarity could be read
+    screening_results: tuple[tuple[str, date, bool], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

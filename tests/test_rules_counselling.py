@@ -105,11 +105,6 @@ def test_varicella_vaccination_counts_as_vzv_screening() -> None:
     assert "screening-missing-vzv" not in codes(run(b, AS_OF, KB))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: counselling.check_screening (and the FHIR reader) count any HBsAg result as 'screening done' "
-    "whatever its value, so a POSITIVE HBsAg clears the hepatitis-B screening warning and raises nothing",
-)
 def test_positive_hbsag_is_not_silently_accepted() -> None:
     b = pre_treatment()
     b.screening("5196-1", "HBsAg", "2025-08-20", result="Positive")

@@ -232,12 +232,6 @@ def test_concordant_results_are_not_discordant(diplotype: str, activity: float) 
     assert "pgx-discordant" not in codes(run(b, AS_OF, KB))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: pgx.call_gene drops an activity in the lab's unassigned (Indeterminate) band when a "
-    "genotype exists, so *1/*1 + 15 mU/L is dosed as normal; protocol.toml says unassigned activity "
-    "is dosed as intermediate until resolved",
-)
 def test_normal_genotype_with_unassigned_low_activity_is_not_dosed_as_normal() -> None:
     b = patient(tpmt="*1/*1")
     b.tpmt_activity(15, "mU/L", "2025-08-01")  # below the carrier band (20-68 mU/L)

@@ -332,12 +332,6 @@ def test_live_vaccine_before_a_first_start_is_a_timing_warning() -> None:
     assert not {"vaccine-live-before-start", "vaccine-live-ordered"} & codes(run(b, AS_OF, KB))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: safety._immunosuppressed_state checks phase 'pre-treatment' + draft before the live-vaccine "
-    "wash-out, and derive_course now calls a restart order 'pre-treatment', so a live vaccine ordered 1 month "
-    "after stopping is downgraded from critical vaccine-live-ordered to the warning vaccine-live-before-start",
-)
 def test_live_vaccine_within_washout_stays_critical_when_a_restart_is_ordered() -> None:
     b = stopped(date(2025, 8, 1))
     b.request("Azathioprine 50 mg tablets", "2025-09-01", 100, rxnorm="1256")

@@ -272,23 +272,12 @@ def test_before_the_increase_the_schedule_is_maintenance() -> None:
     assert groups(a)["FBC"].next_due == BEFORE_CHANGE + TWELVE_WEEKS
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: context.derive_course ignores a 'completed' statement on dates inside its own period, so "
-    "assessing a past as_of during a course that has since been completed reports 'stopped' (context.py "
-    "promises that an as_of assessment shows what was knowable then)",
-)
 def test_completed_course_assessed_inside_its_period_is_on_treatment() -> None:
     a = run(dose_change(175, CHANGE, (BEFORE_CHANGE,)), CHANGE - timedelta(days=7), KB)
     assert a.monitoring.phase == "stable"
     assert groups(a)["FBC"].next_due == BEFORE_CHANGE + TWELVE_WEEKS
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: context.derive_course needs m.end > as_of, but a FHIR date Period.end is inclusive (and the "
-    "engine chains entries that end the day before the next starts); on the last day the patient is 'stopped'",
-)
 def test_last_day_of_an_active_statement_is_still_on_treatment() -> None:
     b = BundleBuilder("sched", "1970-03-01", "male")
     b.condition("91637004", "Myasthenia gravis", "2024-06-01")
@@ -401,12 +390,6 @@ def test_metabolites_measured_before_week_4_are_due_again_at_12_to_16_weeks() ->
     assert "monitoring-metabolites-due" in codes(run(b, START + relativedelta(weeks=16), KB))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: schedule._metabolites_due only asks for the 12-16-week check when the last test was before "
-    "week 4 (last_test < check_after_change.add(start)); a 4-week test done on time (week 4 or later) "
-    "suppresses it until a year later, against PN2020 '4 weeks, at 12-16 weeks, then yearly'",
-)
 def test_metabolites_due_at_12_to_16_weeks_after_an_on_time_4_week_check() -> None:
     b = patient((START + TWO_WEEKS,))
     b.metabolites(300, 2000, START + relativedelta(weeks=4))

@@ -6,7 +6,13 @@ from datetime import date
 
 from azaguard import domain as d
 from azaguard.engine.context import build_context
-from azaguard.engine.counselling import check_data_quality, check_efficacy, check_metabolites, check_screening
+from azaguard.engine.counselling import (
+    check_data_quality,
+    check_efficacy,
+    check_metabolites,
+    check_screening,
+    check_screening_results,
+)
 from azaguard.engine.dosing import compute_dose
 from azaguard.engine.labs import check_rises, check_thresholds, check_trends
 from azaguard.engine.pgx import LABEL, check_pgx
@@ -23,6 +29,7 @@ from azaguard.knowledge import Knowledge
 # Checks that only read the context. PGx runs first (dose and others read its call).
 CHECKS = (
     check_screening,
+    check_screening_results,
     check_thresholds,
     check_rises,
     check_trends,

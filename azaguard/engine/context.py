@@ -109,7 +109,7 @@ class Context:
             if med.status in ("draft", "intended") or (
                 med.status in ("active", "unknown")
                 and (med.start is None or med.start <= self.as_of)
-                and (med.end is None or med.end > self.as_of)
+                and (med.end is None or med.end >= self.as_of)
             ):
                 out.append(med)
         return out
@@ -134,11 +134,17 @@ def derive_course(meds: tuple[d.MedicationEntry, ...], kb: Knowledge, as_of: dat
     drafts = [m for m in aza if m.status in ("draft", "intended")]
     draft = max(drafts, key=lambda m: m.start or date.min) if drafts else None
     taken = [m for m in aza if m.status in ("active", "stopped", "unknown") and (m.start is None or m.start <= as_of)]
-    active = [m for m in taken if m.status in ("active", "unknown") and (m.end is None or m.end > as_of)]
+    # FHIR Period.end is inclusive; a completed entry was still being taken on dates inside its period.
+    active = [
+        m
+        for m in taken
+        if (m.status in ("active", "unknown") and (m.end is None or m.end >= as_of))
+        or (m.status == "stopped" and m.end is not None and m.end >= as_of and m.start is not None)
+    ]
     proposed = draft.daily_dose_mg if draft else None
     if not active:
         # A draft order with nothing active is a (re)start: baseline checks apply again.
-        ended = [m.end for m in taken if m.end is not None and m.end <= as_of]
+        ended = [m.end for m in taken if m.end is not None and m.end < as_of]
         stopped_on = max(ended) if ended else None
         idle: d.Phase = "stopped" if taken and draft is None else "pre-treatment"
         return Course(idle, None, True, (), None, proposed, stopped_on, None, draft, False)

@@ -36,6 +36,27 @@ def check_screening(ctx: Context) -> list[d.Finding]:
     return out
 
 
+def check_screening_results(ctx: Context) -> list[d.Finding]:
+    """Screening results that need action, in any phase (a positive HBsAg matters on treatment too)."""
+    kb = ctx.kb
+    latest: dict[str, tuple[date, bool]] = {}
+    for key, when, positive in ctx.record.screening_results:
+        if when <= ctx.as_of and (key not in latest or latest[key][0] <= when):
+            latest[key] = (when, positive)
+    out = []
+    for rule in kb.screening_results:
+        if rule.test not in latest:
+            continue
+        when, positive = latest[rule.test]
+        if positive == (rule.when == "positive"):
+            ev: tuple[dict[str, Any], ...] = (
+                {"type": "screening", "test": rule.test, "date": when.isoformat(), "positive": positive},
+            )
+            label = f"{rule.test.replace('_', ' ')} {'positive' if positive else 'negative'} on {when.isoformat()}"
+            out.append(from_catalogue(kb, rule.finding, ev, date=when, condition=label))
+    return out
+
+
 def check_efficacy(ctx: Context) -> list[d.Finding]:
     kb = ctx.kb
     course = ctx.course

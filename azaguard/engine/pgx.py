@@ -119,10 +119,12 @@ def call_gene(ctx: Context, gene: str, findings: list[d.Finding]) -> GeneCall:
     calls = [(c, det) for c, det in ((geno_call, geno_detail), (act_call, act_detail)) if c is not None]
     if not calls:
         return GeneCall(gene, None, "not tested")
-    determinate = [(c, det) for c, det in calls if c != "Indeterminate"]
-    pool = determinate or calls
+    if geno_call == "Indeterminate" and act_call not in (None, "Indeterminate"):
+        pool = [(act_call, act_detail)]  # CPIC: activity resolves an indeterminate genotype
+    else:
+        pool = calls  # otherwise the worse result drives dosing (an unassigned activity is not ignored)
     phenotype, _ = min(pool, key=lambda cd: RANK[cd[0]])
-    discordant = len(determinate) == 2 and determinate[0][0] != determinate[1][0]
+    discordant = len(calls) == 2 and geno_call != act_call and geno_call != "Indeterminate"
     detail = "; ".join(det for _, det in calls if det)
     return GeneCall(gene, phenotype, detail, geno_call, act_call, discordant)
 

@@ -109,13 +109,13 @@ def check_reproduction(ctx: Context) -> list[d.Finding]:
 def _immunosuppressed_state(ctx: Context) -> str | None:
     """Why a live vaccine is unsafe now, or None if it is not."""
     course = ctx.course
+    washout = ctx.kb.vaccines.live_washout
     if course.phase in ("initiation", "dose-change", "stable"):
         return "taking azathioprine"
-    if course.phase == "stopped" and (
-        course.stopped_on is None or ctx.kb.vaccines.live_washout.add(course.stopped_on) > ctx.as_of
-    ):
-        when = course.stopped_on.isoformat() if course.stopped_on else "on an unknown date"
-        return f"within {ctx.kb.vaccines.live_washout.label()} of stopping azathioprine (stopped {when})"
+    if course.stopped_on is not None and washout.add(course.stopped_on) > ctx.as_of:
+        return f"within {washout.label()} of stopping azathioprine (stopped {course.stopped_on.isoformat()})"
+    if course.phase == "stopped" and course.stopped_on is None:
+        return "azathioprine was stopped on an unknown date (the wash-out cannot be confirmed)"
     if course.phase == "pre-treatment" and course.draft_entry is not None:
         return "pre-treatment"
     return None

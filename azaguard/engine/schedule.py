@@ -121,7 +121,9 @@ def _metabolites_due(ctx: Context) -> list[d.Finding]:
             else:
                 reason = "4 weeks after starting"
     elif (
-        last_test < m.check_after_change.add(start) and ctx.as_of >= m.check_after_start.add(start) and anchor == start
+        last_test < m.check_after_start_from.add(start)
+        and ctx.as_of >= m.check_after_start.add(start)
+        and anchor == start
     ):
         reason = "12-16 weeks after starting"
     elif ctx.as_of >= m.check_every.add(last_test):

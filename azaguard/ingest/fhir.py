@@ -140,8 +140,12 @@ def parse_resources(
                 )
                 rejects.append(Reject(ref, f"{obj.analyte}: {why}", original[:20000], patient))
                 continue
-            if isinstance(obj, tuple):  # screening (key, date)
-                items.append(Item("screening", patient, key, obj, ref, original))
+            if isinstance(obj, tuple):  # screening: (key, date), then (key, date, positive?) when readable
+                if len(obj) == 3:
+                    items = [i for i in items if not (i.kind == "screening" and i.source_key == key_base)]
+                    items.append(Item("screening", patient, key_base, obj, ref, original))
+                else:
+                    items.append(Item("screening", patient, key_base, (*obj, None), ref, original))
                 continue
             kind = _KIND.get(type(obj))
             if kind is None:

@@ -72,8 +72,9 @@ def _obs_fields(item: Item) -> dict[str, Any]:
         assert isinstance(p, d.StatusObservation)
         text = "unknown" if p.value is None else ("true" if p.value else "false")
         return {"kind": "status", "analyte": p.kind, "value_text": text, "effective": p.when}
-    key, when = p
-    return {"kind": "screening", "analyte": key, "effective": when}
+    key, when, positive = p
+    polarity = None if positive is None else ("positive" if positive else "negative")
+    return {"kind": "screening", "analyte": key, "effective": when, "value_text": polarity}
 
 
 def _hash(fields: dict[str, Any]) -> str:
@@ -182,7 +183,7 @@ def _item_date(it: Item) -> date | None:
         v = getattr(p, attr, None)
         if isinstance(v, date):
             return v
-    if isinstance(p, tuple) and len(p) == 2 and isinstance(p[1], date):
+    if isinstance(p, tuple) and len(p) >= 2 and isinstance(p[1], date):
         return p[1]
     return None
 

@@ -61,6 +61,7 @@ class Knowledge:
     interactions: tuple[m.Interaction, ...]
     conditions: dict[str, m.ConditionRule]
     screening: tuple[m.ScreeningItem, ...]
+    screening_results: tuple[m.ScreeningResult, ...]
     allergy: m.AllergyRule
     vaccines: m.Vaccines
     symptoms: m.Symptoms
@@ -298,6 +299,9 @@ def _build(raw: dict[str, Any], protocol: dict[str, str]) -> Knowledge:
         interactions=tuple(_validate(list[m.Interaction], meds["interactions"], "medicines.toml:interactions")),
         conditions=_validate(dict[str, m.ConditionRule], safety["conditions"], "safety.toml:conditions"),
         screening=tuple(_validate(list[m.ScreeningItem], safety["screening"], "safety.toml:screening")),
+        screening_results=tuple(
+            _validate(list[m.ScreeningResult], safety["screening_results"], "safety.toml:screening_results")
+        ),
         allergy=_validate(m.AllergyRule, safety["allergy"], "safety.toml:allergy"),
         vaccines=_validate(m.Vaccines, safety["vaccines"], "safety.toml:vaccines"),
         symptoms=_validate(m.Symptoms, safety["symptoms"], "safety.toml:symptoms"),
@@ -383,6 +387,9 @@ def _check_references(kb: Knowledge) -> None:
         for v in (*item.vaccines, *item.vaccines_all):
             if v not in vaccine_keys:
                 raise KnowledgeError(f"screening.{item.finding}: unknown vaccine {v}")
+    for res in kb.screening_results:
+        if res.test not in kb.screening_codes or res.finding not in kb.findings:
+            raise KnowledgeError(f"screening_results: unknown test {res.test} or finding {res.finding}")
     for section in kb.guide:
         need_sources(section.sources, f"guide.{section.id}")
     for group in kb.schedule.groups:

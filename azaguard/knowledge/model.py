@@ -307,6 +307,8 @@ class StatusCodes:
     breastfeeding_answers: list[str]
     not_breastfeeding_answers: list[str]
     pregnancy_intention_loinc: list[str]
+    positive_answers: list[str]
+    negative_answers: list[str]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -408,6 +410,7 @@ class Metabolites:
     mmp_high: float
     mmp_tgn_ratio: float
     check_after_change: Interval
+    check_after_start_from: Interval
     check_after_start: Interval
     check_every: Interval
     sources: list[str]
@@ -458,3 +461,11 @@ class ScreeningItem:
     def __post_init__(self) -> None:
         if not (self.group or self.tests or self.vaccines or self.vaccines_all):
             raise ValueError("a screening item needs a group, tests or vaccines that satisfy it")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScreeningResult:
+    __pydantic_config__ = STRICT
+    test: str
+    when: Literal["positive", "negative"]
+    finding: str

@@ -212,6 +212,7 @@ class _BundleReader:
         self.symptoms: list[d.Symptom] = []
         self.statuses: list[d.StatusObservation] = []
         self.screening: list[tuple[str, date]] = []
+        self.screening_results: list[tuple[str, date, bool]] = []
         self.medications_by_id: dict[str, dict[str, Any]] = {}
         self._screening_index = {code: key for key, codes in kb.screening_codes.items() for code in codes}
         self._vaccine_cvx: dict[str, tuple[str, bool]] = {}
@@ -285,6 +286,7 @@ class _BundleReader:
             symptoms=tuple(sorted(self.symptoms, key=lambda s: s.when)),
             statuses=tuple(sorted(self.statuses, key=lambda s: s.when)),
             screening_done=tuple(self.screening),
+            screening_results=tuple(self.screening_results),
         )
 
     # ------------------------------------------------------------ one resource at a time (imports)
@@ -304,7 +306,7 @@ class _BundleReader:
         """
         lists: list[list[Any]] = [
             self.labs, self.rejected, self.meds, self.genotypes, self.activity, self.conditions,
-            self.allergies, self.vaccinations, self.symptoms, self.statuses, self.screening,
+            self.allergies, self.vaccinations, self.symptoms, self.statuses, self.screening, self.screening_results,
         ]  # fmt: skip
         sizes = [len(x) for x in lists]
         rtype = res.get("resourceType")
@@ -425,7 +427,11 @@ class _BundleReader:
             return
         for c in loincs:
             if c in self._screening_index:
-                self.screening.append((self._screening_index[c], self._obs_date(res, where)))
+                key, when = self._screening_index[c], self._obs_date(res, where)
+                self.screening.append((key, when))
+                polarity = self._polarity(res, where)
+                if polarity is not None:
+                    self.screening_results.append((key, when, polarity))
                 return
         analyte = next((kb.loinc_index[c] for c in loincs if c in kb.loinc_index), None)
         if analyte is None:
@@ -516,6 +522,23 @@ class _BundleReader:
             self.rejected.append(d.RejectedResult("tpmt-activity", when, "missing-value", detail="no value"))
             return
         self.activity.append(d.ActivityResult(value, unit, when, str(res.get("id", ""))))
+
+    def _polarity(self, res: dict[str, Any], where: str) -> bool | None:
+        """Positive/negative of a qualitative screening result; None when it cannot be read."""
+        if isinstance(res.get("valueBoolean"), bool):
+            return bool(res["valueBoolean"])
+        cc = _obj(res, "valueCodeableConcept", where)
+        codes = {c for _, c, _ in _codings(cc, where, "valueCodeableConcept")}
+        if codes & set(self.kb.status_codes.positive_answers):
+            return True
+        if codes & set(self.kb.status_codes.negative_answers):
+            return False
+        text = (_cc_search_text(cc, where, "valueCodeableConcept") or _str(res, "valueString", where) or "").lower()
+        if re.search(r"\b(negative|not detected|non-?reactive|undetectable)\b", text):
+            return False
+        if re.search(r"\b(positive|detected|reactive)\b", text):
+            return True
+        return None
 
     def _value_text(self, res: dict[str, Any], where: str) -> str | None:
         if isinstance(res.get("valueString"), str):

@@ -27,7 +27,7 @@ def load_record(s: Session, patient_id: int) -> d.PatientRecord:
     obs = s.scalars(
         select(m.Observation).where(m.Observation.patient_id == patient_id, m.Observation.current.is_(True))
     ).all()
-    labs, activity, statuses, screening = [], [], [], []
+    labs, activity, statuses, screening, screening_results = [], [], [], [], []
     for o in obs:
         if o.kind == "lab" and o.value is not None and o.analyte:
             labs.append(
@@ -52,6 +52,8 @@ def load_record(s: Session, patient_id: int) -> d.PatientRecord:
             statuses.append(d.StatusObservation(o.analyte, value, o.effective, str(o.id)))  # type: ignore[arg-type]
         elif o.kind == "screening" and o.analyte:
             screening.append((o.analyte, o.effective))
+            if o.value_text in ("positive", "negative"):
+                screening_results.append((o.analyte, o.effective, o.value_text == "positive"))
     meds = s.scalars(select(m.Medication).where(m.Medication.patient_id == patient_id)).all()
     genos = s.scalars(select(m.Genotype).where(m.Genotype.patient_id == patient_id)).all()
     conds = s.scalars(select(m.Condition).where(m.Condition.patient_id == patient_id)).all()
@@ -89,6 +91,7 @@ def load_record(s: Session, patient_id: int) -> d.PatientRecord:
         symptoms=tuple(sorted((d.Symptom(x.key, x.text, x.when, str(x.id)) for x in syms), key=lambda x: x.when)),
         statuses=tuple(sorted(statuses, key=lambda x: x.when)),
         screening_done=tuple(screening),
+        screening_results=tuple(screening_results),
     )
 
 
