@@ -54,3 +54,6 @@ def on_treatment(
     b.bloods("2024-12-20")
     b.azathioprine(start, dose)
     return b
+
+
+from dbfixtures import db, pg_admin_url, pg_template, sqlite_db, sqlite_template  # noqa: E402, F401
