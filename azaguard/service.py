@@ -169,8 +169,7 @@ def import_parsed(
     if user is not None:
         require_role(s, user, ("clinician", "admin"), "import", channel)
     summary = apply(s, parsed, source, user.username if user else "cli", progress=progress)
-    for pid in sorted(summary.patients):
-        wl.refresh_patient(s, kb, pid)
+    wl.refresh_many(s, kb, sorted(summary.patients))
     audit(s, user, "import", f"{parsed.format} {source}"[:80], detail=str(summary.as_dict()), channel=channel)
     return summary
 

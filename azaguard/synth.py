@@ -440,7 +440,7 @@ def load(s: Session, clinic: Clinic, progress: Callable[[str], None] | None = No
         (m.Observation, clinic.observations),
     ):
         if rows:
-            s.execute(insert(table), rows)
+            s.execute(insert(m.core(table)), rows)  # Core executemany: no ORM bookkeeping
         if progress:
             progress(f"{len(rows)} {table.__tablename__}")
 
@@ -453,7 +453,7 @@ def build_demo(
 
     from azaguard import auth
     from azaguard.knowledge import load_knowledge
-    from azaguard.worklist import refresh_patient
+    from azaguard.worklist import refresh_many
 
     kb = load_knowledge()
     today = today or date.today()
@@ -480,6 +480,5 @@ def build_demo(
             logins.append((f"patient{n_}", f"demo-patient{n_}", "patient"))
         if progress:
             progress("assessing every patient")
-        for p in clinic.patients:
-            refresh_patient(s, kb, p["id"], today)
+        refresh_many(s, kb, [p["id"] for p in clinic.patients], today)
     return logins

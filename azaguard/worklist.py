@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from azaguard import domain as d
@@ -24,7 +24,7 @@ from azaguard.engine import assess
 from azaguard.knowledge import Knowledge
 from azaguard.render.json import assessment_to_dict
 from azaguard.store import models as m
-from azaguard.store.records import load_record, now
+from azaguard.store.records import load_records, now
 
 REVIEW_OUTCOMES = {
     "repeat-test-booked": "Repeat test booked",
@@ -50,76 +50,112 @@ def needs_human(f: d.Finding) -> bool:
 
 def refresh_patient(s: Session, kb: Knowledge, patient_id: int, as_of: date | None = None) -> d.Assessment:
     """Re-assess one patient and bring the stored assessment, findings and review states up to date."""
+    return refresh_many(s, kb, [patient_id], as_of)[patient_id]
+
+
+def refresh_many(
+    s: Session, kb: Knowledge, patient_ids: list[int], as_of: date | None = None
+) -> dict[int, d.Assessment]:
+    """Re-assess many patients with batched reads and writes (imports, daily refresh, demo build)."""
     as_of = as_of or date.today()
+    out: dict[int, d.Assessment] = {}
+    for i in range(0, len(patient_ids), 500):
+        out.update(_refresh_chunk(s, kb, patient_ids[i : i + 500], as_of))
+    return out
+
+
+def _refresh_chunk(s: Session, kb: Knowledge, ids: list[int], as_of: date) -> dict[int, d.Assessment]:
     stamp = now()
-    record = load_record(s, patient_id)
-    a = assess(record, kb, as_of)
-    rows = {r.fingerprint: r for r in s.scalars(select(m.FindingRow).where(m.FindingRow.patient_id == patient_id))}
-    seen: set[str] = set()
-    flagged_ids: set[str] = set()
-    for f in a.findings:
-        fp = fingerprint(f)
-        seen.add(fp)
-        if needs_human(f):
-            flagged_ids.update(str(e["id"]) for e in f.evidence if e.get("type") == "lab" and "id" in e)
-        row = rows.get(fp)
-        if row is None:
-            row = m.FindingRow(
-                patient_id=patient_id,
-                code=f.code,
-                category=f.category,
-                severity=f.severity,
-                message=f.message,
-                action=f.action,
-                fingerprint=fp,
-                state="open" if needs_human(f) else "info",
-                first_seen=stamp,
-                last_seen=stamp,
-            )
-            s.add(row)
-            rows[fp] = row
-        else:
-            row.message, row.action, row.severity, row.last_seen = f.message, f.action, f.severity, stamp
-            if row.state == "resolved":
-                row.state = "open" if needs_human(f) else "info"
-    for fp, row in rows.items():
-        if fp not in seen and row.state != "resolved":
-            row.state = "resolved"
-    s.flush()
-    # Exception-only review: pending results that no warning/critical finding cites are reviewed automatically.
-    pending = select(m.Observation.id).where(
-        m.Observation.patient_id == patient_id, m.Observation.review_state == "pending", m.Observation.current.is_(True)
-    )
-    ids = [str(i) for i in s.scalars(pending)]
-    auto = [int(i) for i in ids if i not in flagged_ids]
-    flagged = [int(i) for i in ids if i in flagged_ids]
-    if auto:
-        s.execute(update(m.Observation).where(m.Observation.id.in_(auto)).values(review_state="auto"))
-    if flagged:
-        s.execute(update(m.Observation).where(m.Observation.id.in_(flagged)).values(review_state="flagged"))
-    open_rows = [r for r in rows.values() if r.state == "open"]
-    worst = min((d.SEVERITY_RANK[r.severity] for r in open_rows), default=3)
-    dues = [g.next_due for g in a.monitoring.groups if g.next_due is not None]
-    ind = next((c.key for c in record.conditions if c.key in kb.indications), None)
-    values = {
-        "as_of": as_of,
-        "knowledge_version": a.knowledge_version,
-        "phase": a.monitoring.phase,
-        "worst_open": worst,
-        "open_count": len(open_rows),
-        "next_due": min(dues) if dues else None,
-        "indication": ind,
-        "categories": _categories(open_rows),
-        "result": assessment_to_dict(a),
-        "computed_at": stamp,
+    records = load_records(s, ids)
+    missing = set(ids) - set(records)
+    if missing:
+        raise KeyError(sorted(missing)[0])
+    existing: dict[int, dict[str, m.FindingRow]] = {pid: {} for pid in ids}
+    for row in s.scalars(select(m.FindingRow).where(m.FindingRow.patient_id.in_(ids))):
+        existing[row.patient_id][row.fingerprint] = row
+    stored = {
+        row.patient_id: row for row in s.scalars(select(m.AssessmentRow).where(m.AssessmentRow.patient_id.in_(ids)))
     }
-    row_a = s.get(m.AssessmentRow, patient_id)
-    if row_a is None:
-        s.add(m.AssessmentRow(patient_id=patient_id, **values))
-    else:
-        for k, v in values.items():
-            setattr(row_a, k, v)
-    return a
+    pending: dict[int, list[int]] = {pid: [] for pid in ids}
+    for pid, oid in s.execute(
+        select(m.Observation.patient_id, m.Observation.id).where(
+            m.Observation.patient_id.in_(ids), m.Observation.review_state == "pending", m.Observation.current.is_(True)
+        )
+    ):
+        pending[pid].append(oid)
+    new_findings: list[dict[str, Any]] = []
+    new_assessments: list[dict[str, Any]] = []
+    auto: list[int] = []
+    flagged: list[int] = []
+    results: dict[int, d.Assessment] = {}
+    for pid in ids:
+        record = records[pid]
+        a = assess(record, kb, as_of)
+        results[pid] = a
+        rows = existing[pid]
+        seen: set[str] = set()
+        flagged_ids: set[str] = set()
+        open_sev: list[tuple[int, str]] = []
+        for f in a.findings:
+            fp = fingerprint(f)
+            if fp in seen:
+                continue
+            seen.add(fp)
+            human = needs_human(f)
+            if human:
+                flagged_ids.update(str(e["id"]) for e in f.evidence if e.get("type") == "lab" and "id" in e)
+            found = rows.get(fp)
+            if found is None:
+                state = "open" if human else "info"
+                new_findings.append(
+                    {
+                        "patient_id": pid, "code": f.code, "category": f.category, "severity": f.severity,
+                        "message": f.message, "action": f.action, "fingerprint": fp, "state": state,
+                        "first_seen": stamp, "last_seen": stamp,
+                    }
+                )  # fmt: skip
+            else:
+                found.message, found.action, found.severity, found.last_seen = f.message, f.action, f.severity, stamp
+                if found.state == "resolved":
+                    found.state = "open" if human else "info"
+                state = found.state
+            if state == "open":
+                open_sev.append((d.SEVERITY_RANK[f.severity], f.category))
+        for fp, row in rows.items():
+            if fp not in seen and row.state != "resolved":
+                row.state = "resolved"
+        for oid in pending[pid]:
+            (flagged if str(oid) in flagged_ids else auto).append(oid)
+        dues = [g.next_due for g in a.monitoring.groups if g.next_due is not None]
+        cats = sorted({c for _, c in open_sev})
+        values = {
+            "as_of": as_of,
+            "knowledge_version": a.knowledge_version,
+            "phase": a.monitoring.phase,
+            "worst_open": min((r for r, _ in open_sev), default=3),
+            "open_count": len(open_sev),
+            "next_due": min(dues) if dues else None,
+            "indication": next((c.key for c in record.conditions if c.key in kb.indications), None),
+            "categories": f" {' '.join(cats)} " if cats else "",
+            "result": assessment_to_dict(a),
+            "computed_at": stamp,
+        }
+        if pid in stored:
+            for k, v in values.items():
+                setattr(stored[pid], k, v)
+        else:
+            new_assessments.append({"patient_id": pid, **values})
+    s.flush()
+    if new_findings:
+        s.execute(insert(m.core(m.FindingRow)), new_findings)
+    if new_assessments:
+        s.execute(insert(m.core(m.AssessmentRow)), new_assessments)
+    for chunk_ids, state in ((auto, "auto"), (flagged, "flagged")):
+        for j in range(0, len(chunk_ids), 500):
+            s.execute(
+                update(m.Observation).where(m.Observation.id.in_(chunk_ids[j : j + 500])).values(review_state=state)
+            )
+    return results
 
 
 def refresh_stale(s: Session, kb: Knowledge, as_of: date | None = None, limit: int | None = None) -> int:
@@ -133,8 +169,7 @@ def refresh_stale(s: Session, kb: Knowledge, as_of: date | None = None, limit: i
     if limit:
         q = q.limit(limit)
     ids = list(s.scalars(q))
-    for pid in ids:
-        refresh_patient(s, kb, pid, as_of)
+    refresh_many(s, kb, ids, as_of)
     return len(ids)
 
 

@@ -10,7 +10,20 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Date, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -264,3 +277,8 @@ class QuarantineItem(Base):
     original: Mapped[str] = mapped_column(Text)
     state: Mapped[str] = mapped_column(String(16), default="open")  # open | reprocessed | discarded
     resolved_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+def core(model: type[Base]) -> Table:
+    """The Core table of a model, for executemany inserts without ORM bookkeeping."""
+    return Base.metadata.tables[model.__tablename__]

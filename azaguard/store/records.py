@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, cast
 
 from sqlalchemy import select
@@ -21,78 +21,139 @@ def now() -> datetime:
 
 
 def load_record(s: Session, patient_id: int) -> d.PatientRecord:
-    p = s.get(m.Patient, patient_id)
-    if p is None:
+    records = load_records(s, [patient_id])
+    if patient_id not in records:
         raise KeyError(patient_id)
-    obs = s.scalars(
-        select(m.Observation).where(m.Observation.patient_id == patient_id, m.Observation.current.is_(True))
+    return records[patient_id]
+
+
+def load_records(s: Session, patient_ids: list[int]) -> dict[int, d.PatientRecord]:
+    """Records for many patients with one query per table (Core selects, no ORM objects).
+
+    This runs after every write and for every patient in a refresh, so it avoids per-patient
+    round trips: a 10,000-patient refresh is a few hundred queries, not seventy thousand.
+    """
+    out: dict[int, d.PatientRecord] = {}
+    for i in range(0, len(patient_ids), 500):
+        out.update(_load_chunk(s, patient_ids[i : i + 500]))
+    return out
+
+
+def _load_chunk(s: Session, ids: list[int]) -> dict[int, d.PatientRecord]:
+    from collections import defaultdict
+
+    pats = s.execute(
+        select(m.Patient.id, m.Patient.identifier, m.Patient.birth_date, m.Patient.sex, m.Patient.name).where(
+            m.Patient.id.in_(ids)
+        )
     ).all()
-    labs, activity, statuses, screening, screening_results = [], [], [], [], []
-    for o in obs:
-        if o.kind == "lab" and o.value is not None and o.analyte:
-            labs.append(
-                d.LabResult(
-                    analyte=o.analyte,
-                    value=o.value,
-                    unit=o.unit or "",
-                    when=o.effective,
-                    source_id=str(o.id),
-                    code=o.code,
-                    original_value=_float(o.original_value),
-                    original_unit=o.original_unit,
-                    ref_low=o.ref_low,
-                    ref_high=o.ref_high,
-                    below_detection=o.below_detection,
-                )
+    o = m.Observation
+    obs = s.execute(
+        select(
+            o.patient_id, o.id, o.kind, o.analyte, o.code, o.value, o.unit, o.value_text, o.original_value,
+            o.original_unit, o.ref_low, o.ref_high, o.below_detection, o.effective,
+        ).where(o.patient_id.in_(ids), o.current.is_(True))
+    ).all()  # fmt: skip
+    labs: dict[int, list[d.LabResult]] = defaultdict(list)
+    activity: dict[int, list[d.ActivityResult]] = defaultdict(list)
+    statuses: dict[int, list[d.StatusObservation]] = defaultdict(list)
+    screening: dict[int, list[tuple[str, date]]] = defaultdict(list)
+    screening_results: dict[int, list[tuple[str, date, bool]]] = defaultdict(list)
+    for pid, oid, kind, analyte, code, value, unit, vtext, ovalue, ounit, low, high, below, when in obs:
+        if kind == "lab" and value is not None and analyte:
+            labs[pid].append(
+                d.LabResult(analyte, value, unit or "", when, str(oid), code, _float(ovalue), ounit, low, high, below)
             )
-        elif o.kind == "tpmt-activity" and o.value is not None:
-            activity.append(d.ActivityResult(o.value, o.unit or "", o.effective, str(o.id)))
-        elif o.kind == "status" and o.analyte in ("pregnancy", "breastfeeding", "pregnancy-intention"):
-            value = None if o.value_text in (None, "unknown") else o.value_text == "true"
-            statuses.append(d.StatusObservation(o.analyte, value, o.effective, str(o.id)))  # type: ignore[arg-type]
-        elif o.kind == "screening" and o.analyte:
-            screening.append((o.analyte, o.effective))
-            if o.value_text in ("positive", "negative"):
-                screening_results.append((o.analyte, o.effective, o.value_text == "positive"))
-    meds = s.scalars(select(m.Medication).where(m.Medication.patient_id == patient_id)).all()
-    genos = s.scalars(select(m.Genotype).where(m.Genotype.patient_id == patient_id)).all()
-    conds = s.scalars(select(m.Condition).where(m.Condition.patient_id == patient_id)).all()
-    alls = s.scalars(select(m.Allergy).where(m.Allergy.patient_id == patient_id)).all()
-    imms = s.scalars(select(m.Immunization).where(m.Immunization.patient_id == patient_id)).all()
-    syms = s.scalars(select(m.Symptom).where(m.Symptom.patient_id == patient_id)).all()
-    return d.PatientRecord(
-        patient_id=p.identifier,
-        birth_date=p.birth_date,
-        sex=p.sex,
-        name=p.name,
-        labs=tuple(sorted(labs, key=lambda r: (r.when, int(r.source_id)))),
-        medications=tuple(
-            d.MedicationEntry(
-                x.drug,
-                x.name,
-                cast(Any, x.status),
-                x.start,
-                x.end,
-                x.daily_dose_mg,
-                cast(Any, x.kind),
-                x.rxnorm,
-                str(x.id),
-            )
-            for x in meds
-        ),
-        genotypes=tuple(d.GenotypeResult(g.gene, g.diplotype, g.phenotype, g.effective, str(g.id)) for g in genos),
-        tpmt_activity=tuple(sorted(activity, key=lambda a: a.when)),
-        conditions=tuple(d.Condition(c.key, c.text, c.active, c.onset, c.code, str(c.id)) for c in conds),
-        allergies=tuple(d.Allergy(a.drug, a.text, str(a.id)) for a in alls),
-        vaccinations=tuple(
-            d.Vaccination(i.vaccine, i.live, i.name, i.when, i.status, str(i.id))  # type: ignore[arg-type]
-            for i in imms
-        ),
-        symptoms=tuple(sorted((d.Symptom(x.key, x.text, x.when, str(x.id)) for x in syms), key=lambda x: x.when)),
-        statuses=tuple(sorted(statuses, key=lambda x: x.when)),
-        screening_done=tuple(screening),
-        screening_results=tuple(screening_results),
+        elif kind == "tpmt-activity" and value is not None:
+            activity[pid].append(d.ActivityResult(value, unit or "", when, str(oid)))
+        elif kind == "status" and analyte in ("pregnancy", "breastfeeding", "pregnancy-intention"):
+            flag = None if vtext in (None, "unknown") else vtext == "true"
+            statuses[pid].append(d.StatusObservation(cast(Any, analyte), flag, when, str(oid)))
+        elif kind == "screening" and analyte:
+            screening[pid].append((analyte, when))
+            if vtext in ("positive", "negative"):
+                screening_results[pid].append((analyte, when, vtext == "positive"))
+    md, g, c, a, i, y = m.Medication, m.Genotype, m.Condition, m.Allergy, m.Immunization, m.Symptom
+    med_cols = (
+        md.patient_id,
+        md.id,
+        md.drug,
+        md.name,
+        md.status,
+        md.start,
+        md.end,
+        md.daily_dose_mg,
+        md.kind,
+        md.rxnorm,
     )
+    meds = _group(s.execute(select(*med_cols).where(md.patient_id.in_(ids))).all())
+    genos = _group(
+        s.execute(
+            select(g.patient_id, g.id, g.gene, g.diplotype, g.phenotype, g.effective).where(g.patient_id.in_(ids))
+        ).all()
+    )
+    conds = _group(
+        s.execute(
+            select(c.patient_id, c.id, c.key, c.text, c.active, c.onset, c.code).where(c.patient_id.in_(ids))
+        ).all()
+    )
+    alls = _group(s.execute(select(a.patient_id, a.id, a.drug, a.text).where(a.patient_id.in_(ids))).all())
+    imms = _group(
+        s.execute(
+            select(i.patient_id, i.id, i.vaccine, i.live, i.name, i.when, i.status).where(i.patient_id.in_(ids))
+        ).all()
+    )
+    syms = _group(s.execute(select(y.patient_id, y.id, y.key, y.text, y.when).where(y.patient_id.in_(ids))).all())
+    out: dict[int, d.PatientRecord] = {}
+    for p in pats:
+        pid = p.id
+        out[pid] = d.PatientRecord(
+            patient_id=p.identifier,
+            birth_date=p.birth_date,
+            sex=p.sex,
+            name=p.name,
+            labs=tuple(sorted(labs[pid], key=lambda r: (r.when, int(r.source_id)))),
+            medications=tuple(
+                d.MedicationEntry(
+                    x.drug,
+                    x.name,
+                    cast(Any, x.status),
+                    x.start,
+                    x.end,
+                    x.daily_dose_mg,
+                    cast(Any, x.kind),
+                    x.rxnorm,
+                    str(x.id),
+                )
+                for x in meds.get(pid, [])
+            ),
+            genotypes=tuple(
+                d.GenotypeResult(x.gene, x.diplotype, x.phenotype, x.effective, str(x.id)) for x in genos.get(pid, [])
+            ),
+            tpmt_activity=tuple(sorted(activity[pid], key=lambda r: r.when)),
+            conditions=tuple(
+                d.Condition(x.key, x.text, x.active, x.onset, x.code, str(x.id)) for x in conds.get(pid, [])
+            ),
+            allergies=tuple(d.Allergy(x.drug, x.text, str(x.id)) for x in alls.get(pid, [])),
+            vaccinations=tuple(
+                d.Vaccination(x.vaccine, x.live, x.name, x.when, cast(Any, x.status), str(x.id))
+                for x in imms.get(pid, [])
+            ),
+            symptoms=tuple(
+                sorted((d.Symptom(x.key, x.text, x.when, str(x.id)) for x in syms.get(pid, [])), key=lambda r: r.when)
+            ),
+            statuses=tuple(sorted(statuses[pid], key=lambda r: r.when)),
+            screening_done=tuple(screening[pid]),
+            screening_results=tuple(screening_results[pid]),
+        )
+    return out
+
+
+def _group(rows: Any) -> dict[int, list[Any]]:
+    out: dict[int, list[Any]] = {}
+    for r in rows:
+        out.setdefault(r[0], []).append(r)
+    return out
 
 
 def _float(v: Any) -> float | None:
