@@ -174,6 +174,14 @@ def import_parsed(
     return summary
 
 
+def _record_tail(ref: str) -> str:
+    """The part of a record reference that survives a new source name ("OBX 2", "line 5", "")."""
+    import re
+
+    found = re.search(r"(OBX \S+|Bundle\.entry\[\d+\]|line \d+)$", ref)
+    return found.group(1) if found else ""
+
+
 def reprocess_quarantine(
     s: Session,
     kb: Knowledge,
@@ -182,7 +190,12 @@ def reprocess_quarantine(
     channel: str,
     local_codes: dict[str, str] | None = None,
 ) -> ImportSummary:
-    """Re-run a quarantined record through its reader (after a fix: new patient, code map, unit)."""
+    """Re-run a quarantined record through its reader after a fix (new patient, code map, unit).
+
+    All or nothing, and never a duplicate: if the record is still rejected, nothing is written,
+    the item stays open with the new reason, and no second quarantine row appears. Other records
+    of the same message that were imported before come back as duplicates (imports are idempotent).
+    """
     from azaguard.ingest import parse_text
 
     if user is not None:
@@ -193,13 +206,21 @@ def reprocess_quarantine(
     if item.state != "open":
         raise ValueError(f"quarantine item {item_id} is {item.state}")
     parsed = parse_text(item.original, kb, item.format, f"quarantine {item_id}", local_codes, item.patient_identifier)
+    tail = _record_tail(item.record_ref)
+    still = [r for r in parsed.rejects if _record_tail(r.ref) == tail]
+    parsed.rejects = []  # other records of the message have quarantine items of their own
+    if still:
+        item.reason = still[0].reason
+        raise ValueError(f"still rejected: {still[0].reason}")
+    savepoint = s.begin_nested()
     summary = import_parsed(s, kb, user, parsed, f"quarantine {item_id}", channel)
-    if (
-        summary.counts.get("imported", 0) + summary.counts.get("duplicates", 0) + summary.counts.get("corrected", 0) > 0
-        and not parsed.rejects
-        and summary.counts.get("quarantined", 0) == 0
-    ):
-        item.state, item.resolved_at = "reprocessed", now()
+    if summary.counts.get("quarantined", 0):
+        reasons = list(s.scalars(select(m.QuarantineItem.reason).where(m.QuarantineItem.batch_id == summary.batch_id)))
+        savepoint.rollback()
+        item.reason = reasons[0] if reasons else item.reason
+        raise ValueError(f"still rejected: {item.reason}")
+    savepoint.commit()
+    item.state, item.resolved_at = "reprocessed", now()
     return summary
 
 

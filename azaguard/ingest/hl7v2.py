@@ -132,7 +132,7 @@ def _obx(
     seg_text: str,
     raw: str,
 ) -> Item | Reject | None:
-    original = f"{seg_text}\r(in message)\r{raw}"
+    original = raw  # the whole message: re-processing from quarantine re-reads it (idempotently)
     status = _field(seg, 11).upper()
     if status == "X":
         return Reject(ref, "OBX-11 status X: result cannot be obtained (no value)", original, patient)
