@@ -7,6 +7,7 @@ the row that names a key (drug, vaccine, condition...) must hold every code and 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from datetime import date
@@ -62,25 +63,36 @@ def the_row(token: str, table: str = "") -> str:
     return found[0]
 
 
+def list_fields(obj: object) -> dict[str, list[str]]:
+    """Every list-valued field of a knowledge section (dataclass or pydantic model), by name."""
+    if dataclasses.is_dataclass(obj):
+        items = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    else:
+        items = dict(obj)  # type: ignore[call-overload]
+    return {k: v for k, v in items.items() if isinstance(v, list)}
+
+
+def coded_lists() -> set[str]:
+    """Every code in codes.toml [pgx] and [status] lists, whatever the list is called."""
+    return {c for section in (KB.pgx_codes, KB.status_codes) for codes in list_fields(section).values() for c in codes}
+
+
 def all_loinc() -> set[str]:
-    p, s = KB.pgx_codes, KB.status_codes
     codes = {c for a in KB.analytes.values() for c in a.loinc}
-    codes |= {*p.genotype_loinc, *p.gene_component_loinc, *p.phenotype_loinc, *p.tpmt_activity_loinc}
-    codes |= {*s.pregnancy_loinc, *s.breastfeeding_loinc, *s.pregnancy_intention_loinc}
     codes |= {c for codes_ in KB.screening_codes.values() for c in codes_}
-    return codes
+    return codes | {c for c in coded_lists() if re.fullmatch(r"\d+-\d", c)}
 
 
 def all_status_answers() -> set[str]:
-    s = KB.status_codes
-    return {*s.pregnant_answers, *s.not_pregnant_answers, *s.breastfeeding_answers, *s.not_breastfeeding_answers}
+    """LOINC answer codes (LA...) and SNOMED CT answer codes of the [status] lists."""
+    return {c for c in coded_lists() if c.startswith("LA") or c.isdigit()}
 
 
 def all_snomed() -> set[str]:
     codes = {c for i in KB.indications.values() for c in i.snomed}
     codes |= {c for r in KB.conditions.values() for c in r.snomed}
     codes |= {c for s in KB.symptoms.items.values() for c in s.snomed}
-    return codes | {c for c in all_status_answers() if c.isdigit()}
+    return codes | {c for c in coded_lists() if c.isdigit()}
 
 
 def all_rxnorm() -> set[str]:
@@ -159,9 +171,16 @@ def test_pgx_codes_and_gene_identifiers_have_rows():
         assert all(bt(i) in row for i in ids), gene
 
 
-@pytest.mark.parametrize("code", sorted(all_status_answers() | {*KB.status_codes.pregnancy_loinc}))
-def test_status_codes_have_rows(code):
+@pytest.mark.parametrize("code", sorted(coded_lists()))
+def test_pgx_and_status_codes_have_one_row_each(code):
     the_row(code)
+
+
+@pytest.mark.parametrize("rule", KB.screening_results, ids=lambda r: f"{r.test}-{r.when}")
+def test_screening_result_rules_have_rows(rule):
+    rows = [r for r in rows_starting_with(rule.test, "Screening key") if cells(r)[1] == rule.when]
+    assert len(rows) == 1, rule
+    assert cells(rows[0])[2] == bt(rule.finding)
 
 
 @pytest.mark.parametrize(("key", "code"), [(k, c) for k, codes in KB.screening_codes.items() for c in codes])
@@ -283,6 +302,7 @@ def test_resource_examples_read_together_as_documented():
     assert [(s.kind, s.value) for s in rec.statuses] == [("pregnancy", True), ("breastfeeding", False)]
     assert [s.key for s in rec.symptoms] == ["fever"]
     assert rec.screening_done == (("hbsag", date(2024, 12, 1)),)
+    assert rec.screening_results == (("hbsag", date(2024, 12, 1), False),)
     assert [(m.drug, m.status, m.daily_dose_mg) for m in rec.medications] == [
         ("azathioprine", "active", 100),
         ("pyridostigmine", "active", None),

@@ -158,11 +158,11 @@ def monitored_records(draw: st.DrawFn) -> tuple[BundleBuilder, date]:
             b.azathioprine(when, dose, end=end)
         elif stop:
             b.azathioprine(when, dose, end=end)
-            last = end
+            last = end + timedelta(days=1)  # Period.end is inclusive: the first day off treatment
         else:
             b.azathioprine(when, dose)
         when = end + timedelta(days=1)
-        last = max(last, when - timedelta(days=1))
+        last = max(last, when - timedelta(days=0 if stop and i == len(doses) - 1 else 1))
     span = (when - start).days + 200
     tests = draw(st.lists(st.integers(-20, span), max_size=8))
     group_choice = st.sampled_from(["all", "fbc", "lft", "renal"])

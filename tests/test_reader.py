@@ -163,9 +163,6 @@ def test_bad_patient_fields_are_reader_errors(pat, field):
     assert err.where.startswith("Bundle.entry[0]")
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="BUG: Patient.name[].given that is not a list raises TypeError"
-)
 def test_patient_name_given_of_wrong_type_is_not_a_crash():
     # fhir.py _patient_name iterates n.get("given", []) without a type check: an int, null or
     # boolean raises TypeError (CLI: exit 1 "internal error" instead of exit 2).
@@ -260,9 +257,6 @@ def test_read_bundle_file_missing_file_or_directory(tmp_path, name):
     assert "cannot be read" in info.value.problem
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="BUG: deeply nested JSON raises RecursionError, not ReaderError"
-)
 def test_read_bundle_file_deeply_nested_json_is_a_reader_error(tmp_path):
     # json.loads raises RecursionError (not JSONDecodeError) for ~100k nested arrays; read_bundle_file
     # only catches JSONDecodeError, so the CLI exits 1 "internal error (RecursionError)".
@@ -272,11 +266,6 @@ def test_read_bundle_file_deeply_nested_json_is_a_reader_error(tmp_path):
     assert how.startswith("ReaderError"), how
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: NaN/Infinity/1e400 are accepted as numbers (non-finite values reach the engine)",
-)
 def test_non_finite_numbers_are_reader_errors(tmp_path):
     # Python's json module accepts NaN/Infinity literals and turns 1e400 into inf; _num() lets them
     # through. A NaN weight crashes dosing (ValueError), an infinite dose makes --format json print
@@ -294,9 +283,6 @@ def test_non_finite_numbers_are_reader_errors(tmp_path):
     assert all(how.startswith("ReaderError") and "'value'" in how for how in got.values()), got
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="BUG: an integer too large for a float raises OverflowError in _num"
-)
 def test_huge_integer_value_is_a_reader_error():
     # {"value": 10**400} is a valid JSON number; _num() calls float(v) -> OverflowError.
     _, how = attempt(lambda: read(lab("29463-7", 10**400, "kg")))
@@ -696,11 +682,6 @@ def test_genotype_without_value_is_rejected():
     assert [(r.analyte, r.reason) for r in rec.rejected] == [("TPMT-genotype", "missing-value")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: a genotype for another gene (e.g. CYP2C19) makes the whole bundle a ReaderError",
-)
 def test_genotype_of_an_unrelated_gene_is_ignored():
     # A PGx panel report carries 84413-4 genotypes for many genes. _gene_of finds neither TPMT nor
     # NUDT15, and _genotype raises "genotype result does not say which gene" although the
@@ -784,11 +765,6 @@ def test_pregnancy_intention(text, expected):
     assert [(s.kind, s.value) for s in rec.statuses] == [("pregnancy-intention", expected)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: a non-boolean valueBoolean on a status Observation is silently 'unknown'",
-)
 def test_status_value_boolean_of_wrong_type_is_a_reader_error():
     # _status only looks at valueBoolean when it is a bool; otherwise it falls through to the
     # CodeableConcept path and records value=None (pregnancy status unknown). The survey path
@@ -806,6 +782,34 @@ def test_each_screening_code(key, code):
     rec = read(observation(concept(code), valueCodeableConcept={"text": "Negative"}))
     assert rec.screening_done == ((key, DAY),)
     assert rec.labs == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "positive"),
+    [
+        ({"valueCodeableConcept": concept(c, system=SNOMED if c.isdigit() else LOINC)}, True)
+        for c in KB.status_codes.positive_answers
+    ]
+    + [
+        ({"valueCodeableConcept": concept(c, system=SNOMED if c.isdigit() else LOINC)}, False)
+        for c in KB.status_codes.negative_answers
+    ]
+    + [
+        ({"valueBoolean": True}, True),
+        ({"valueBoolean": False}, False),
+        ({"valueCodeableConcept": {"text": "Negative"}}, False),
+        ({"valueCodeableConcept": {"text": "NOT DETECTED"}}, False),
+        ({"valueCodeableConcept": {"text": "Non-reactive"}}, False),
+        ({"valueString": "Reactive"}, True),
+        ({"valueString": "positive"}, True),
+        ({"valueString": "see comment"}, None),
+        ({}, None),
+    ],
+)
+def test_screening_result_polarity(value, positive):
+    rec = read(observation(concept("5196-1"), **value))
+    assert rec.screening_done == (("hbsag", DAY),)
+    assert rec.screening_results == ((("hbsag", DAY, positive),) if positive is not None else ())
 
 
 # ---------------------------------------------------------------- survey symptoms
@@ -857,11 +861,6 @@ def test_symptom_value_boolean_of_wrong_type_is_a_reader_error(value):
     assert "(Observation/q9)" in err.where
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: a survey answer 'No' (valueCodeableConcept) is counted as the symptom present",
-)
 def test_survey_answer_no_is_not_a_symptom():
     # _symptom treats everything except valueBoolean false as "present", so a questionnaire that
     # answers "Fever? -> No" with a coded answer raises a critical symptom-fever finding.
@@ -875,11 +874,6 @@ def test_survey_answer_no_is_not_a_symptom():
     assert got == [(), (), ()], got
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: symptom/condition text matching is by substring (twitching -> itch, aseptic -> septic)",
-)
 def test_text_matching_does_not_match_inside_other_words():
     # _text_match is `needle in text`: "itch" matches "twitching" (warning symptom-pruritus),
     # "fever" matches "hay fever" (critical symptom-fever), "septic" matches "aseptic necrosis"
@@ -1095,11 +1089,6 @@ def test_medication_missing_entirely_is_a_reader_error():
     assert reader_error(med_request()).field == "medication[x]"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: medicationReference by fullUrl or to a contained Medication is not resolved",
-)
 def test_medication_reference_by_full_url_or_contained():
     # FHIR resolves a reference inside a Bundle against entry.fullUrl (transaction bundles use
     # urn:uuid:...; server exports use absolute URLs), and "#id" against the resource's
@@ -1178,9 +1167,6 @@ def test_malformed_dosage_is_a_reader_error(dosage, field):
     assert "(MedicationStatement/ms3)" in err.where
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="BUG: dose text 'twice weekly' / 'three times a week' is read as per day"
-)
 def test_dose_text_with_a_weekly_or_alternate_day_rhythm_is_not_read_as_daily():
     # _per_day_from_text searches for "twice"/"three times"/"at night" anywhere, ignoring
     # "weekly"/"a week"/"every other day": 50 mg twice weekly becomes 100 mg/day (7x).
@@ -1290,11 +1276,6 @@ def test_vaccine_order_by_name_without_cvx():
     assert [(v.vaccine, v.live, v.when) for v in rec.vaccinations] == [("varicella", True, None)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: any text containing 'influenza' matches the live brand name 'fluenz'",
-)
 def test_inactivated_influenza_vaccine_by_name_is_not_live():
     # _vaccine_of matches names by substring and searches live vaccines first; "fluenz" (the UK
     # live nasal vaccine) is a substring of "influenza", so a text-only "Influenza vaccine

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
@@ -31,6 +31,11 @@ bearer = HTTPBearer(auto_error=False)
 router = APIRouter(prefix="/api/v1", responses=ERRORS)
 
 SessionDep = Annotated[Session, Depends(session_dep)]
+# Row ids are 32-bit INTEGER columns: a larger id is a 422, not an overflow in the database driver (a 500).
+MAX_ID = 2**31 - 1
+PatientId = int
+FindingId = Annotated[int, Path(ge=1, le=MAX_ID)]
+ItemId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 def kb_of(request: Request) -> Knowledge:
@@ -229,14 +234,14 @@ def create_patient(body: PatientIn, s: SessionDep, kb: KbDep, user: UserDep) -> 
 
 
 @router.get("/patients/{patient_id}", tags=["patients"])
-def get_patient(patient_id: int, s: SessionDep, user: UserDep) -> dict[str, Any]:
+def get_patient(patient_id: PatientId, s: SessionDep, user: UserDep) -> dict[str, Any]:
     p = _run(service.authorise_patient, s, user, patient_id, "view-patient", "api")
     return patient_json(p)
 
 
 @router.get("/patients/{patient_id}/observations", tags=["observations"])
 def list_observations(
-    patient_id: int,
+    patient_id: PatientId,
     s: SessionDep,
     user: UserDep,
     analyte: Annotated[str | None, Query(max_length=40)] = None,
@@ -253,32 +258,34 @@ def list_observations(
 
 
 @router.post("/patients/{patient_id}/observations", tags=["observations"], status_code=201)
-def add_observation(patient_id: int, body: ObservationIn, s: SessionDep, kb: KbDep, user: UserDep) -> dict[str, Any]:
+def add_observation(
+    patient_id: PatientId, body: ObservationIn, s: SessionDep, kb: KbDep, user: UserDep
+) -> dict[str, Any]:
     o = _run(service.add_lab, s, kb, user, patient_id, body.analyte, body.value, body.unit, body.date, "api")
     return observation_json(o)
 
 
 @router.get("/patients/{patient_id}/medicines", tags=["medicines"])
-def list_medicines(patient_id: int, s: SessionDep, user: UserDep) -> dict[str, Any]:
+def list_medicines(patient_id: PatientId, s: SessionDep, user: UserDep) -> dict[str, Any]:
     _run(service.authorise_patient, s, user, patient_id, "list-medicines", "api")
     rows = s.scalars(select(m.Medication).where(m.Medication.patient_id == patient_id).order_by(m.Medication.start))
     return {"medicines": [medicine_json(x) for x in rows]}
 
 
 @router.post("/patients/{patient_id}/medicines", tags=["medicines"], status_code=201)
-def add_medicine(patient_id: int, body: MedicineIn, s: SessionDep, kb: KbDep, user: UserDep) -> dict[str, Any]:
+def add_medicine(patient_id: PatientId, body: MedicineIn, s: SessionDep, kb: KbDep, user: UserDep) -> dict[str, Any]:
     x = _run(service.add_medicine, s, kb, user, patient_id, body.name, body.status, body.start, body.mg_per_day, "api")
     return medicine_json(x)
 
 
 @router.post("/patients/{patient_id}/dose", tags=["medicines"], status_code=201, summary="Change the azathioprine dose")
-def change_dose(patient_id: int, body: DoseIn, s: SessionDep, kb: KbDep, user: UserDep) -> dict[str, Any]:
+def change_dose(patient_id: PatientId, body: DoseIn, s: SessionDep, kb: KbDep, user: UserDep) -> dict[str, Any]:
     x = _run(service.change_dose, s, kb, user, patient_id, body.mg_per_day, body.start, "api")
     return medicine_json(x)
 
 
 @router.post("/patients/{patient_id}/vaccines", tags=["medicines"], status_code=201)
-def add_vaccine(patient_id: int, body: VaccineIn, s: SessionDep, kb: KbDep, user: UserDep) -> dict[str, Any]:
+def add_vaccine(patient_id: PatientId, body: VaccineIn, s: SessionDep, kb: KbDep, user: UserDep) -> dict[str, Any]:
     v = _run(service.add_vaccine, s, kb, user, patient_id, body.name, body.status, body.date, "api")
     return {
         "id": v.id,
@@ -290,7 +297,7 @@ def add_vaccine(patient_id: int, body: VaccineIn, s: SessionDep, kb: KbDep, user
 
 
 @router.post("/patients/{patient_id}/symptoms", tags=["observations"], status_code=201)
-def report_symptom(patient_id: int, body: SymptomIn, s: SessionDep, kb: KbDep, user: UserDep) -> dict[str, Any]:
+def report_symptom(patient_id: PatientId, body: SymptomIn, s: SessionDep, kb: KbDep, user: UserDep) -> dict[str, Any]:
     x = _run(service.report_symptom, s, kb, user, patient_id, body.symptom, body.date, "api")
     return {"id": x.id, "symptom": x.key or x.text, "date": x.when.isoformat(), "reported_by": x.reported_by}
 
@@ -298,18 +305,18 @@ def report_symptom(patient_id: int, body: SymptomIn, s: SessionDep, kb: KbDep, u
 @router.get(
     "/patients/{patient_id}/assessment", tags=["assessment"], summary="Assessment in the azaguard JSON contract"
 )
-def get_assessment(patient_id: int, s: SessionDep, kb: KbDep, user: UserDep) -> dict[str, Any]:
+def get_assessment(patient_id: PatientId, s: SessionDep, kb: KbDep, user: UserDep) -> dict[str, Any]:
     return _run(service.assessment, s, kb, user, patient_id, "api")
 
 
 @router.get("/patients/{patient_id}/findings", tags=["reviews"])
-def list_findings(patient_id: int, s: SessionDep, user: UserDep) -> dict[str, Any]:
+def list_findings(patient_id: PatientId, s: SessionDep, user: UserDep) -> dict[str, Any]:
     _run(service.authorise_patient, s, user, patient_id, "list-findings", "api")
     return {"findings": [finding_json(f) for f in wl.open_findings(s, patient_id)]}
 
 
 @router.post("/findings/{finding_id}/reviews", tags=["reviews"], status_code=201)
-def review_finding(finding_id: int, body: ReviewIn, s: SessionDep, user: UserDep) -> dict[str, Any]:
+def review_finding(finding_id: FindingId, body: ReviewIn, s: SessionDep, user: UserDep) -> dict[str, Any]:
     r = _run(service.review, s, user, finding_id, body.outcome, body.note, "api")
     return {
         "id": r.id,
@@ -423,14 +430,14 @@ def list_quarantine(
 
 
 @router.post("/quarantine/{item_id}/reprocess", tags=["import"])
-def reprocess(item_id: int, s: SessionDep, kb: KbDep, user: UserDep) -> dict[str, Any]:
+def reprocess(item_id: ItemId, s: SessionDep, kb: KbDep, user: UserDep) -> dict[str, Any]:
     summary = _run(service.reprocess_quarantine, s, kb, user, item_id, "api")
     item = s.get(m.QuarantineItem, item_id)
     return {**summary.as_dict(), "state": item.state if item else None}
 
 
 @router.post("/quarantine/{item_id}/discard", tags=["import"])
-def discard(item_id: int, body: DiscardIn, s: SessionDep, user: UserDep) -> dict[str, Any]:
+def discard(item_id: ItemId, body: DiscardIn, s: SessionDep, user: UserDep) -> dict[str, Any]:
     _run(service.discard_quarantine, s, user, item_id, body.reason, "api")
     return {"id": item_id, "state": "discarded"}
 
@@ -439,7 +446,7 @@ def discard(item_id: int, body: DiscardIn, s: SessionDep, user: UserDep) -> dict
 def audit_log(
     s: SessionDep,
     user: UserDep,
-    patient_id: int | None = None,
+    patient_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> dict[str, Any]:
     _run(service.require_role, s, user, ("admin",), "audit-log", "api")

@@ -17,7 +17,7 @@ class FormatError(ValueError):
 def detect_format(text: str, filename: str = "") -> str:
     name = filename.lower()
     head = text.lstrip("\ufeff \r\n\t\x0b")[:200]
-    if name.endswith((".hl7", ".oru")) or head.startswith("MSH|"):
+    if name.endswith((".hl7", ".oru")) or (head[:3] in ("MSH", "FHS", "BHS") and head[3:4] == "|"):
         return "hl7v2"
     if name.endswith(".ndjson"):
         return "ndjson"

@@ -120,6 +120,18 @@ def parse_resources(
             rejects.append(Reject(ref, "no subject/patient reference: the patient is unknown", original[:20000]))
             continue
         rid = res.get("id") if isinstance(res.get("id"), str) else None
+        status = res.get("status")
+        # Source keys are scoped by patient: resource ids are only unique within one server.
+        key_base = f"fhir:{patient}:{rtype}/{rid}" if rid else f"fhir:{patient}:{rtype}/{_hash(original)}"
+        if rtype == "Observation" and status == "entered-in-error":
+            if rid:  # the source withdraws a result it sent: the stored one stops being current
+                items.append(Item("lab", patient, key_base, None, ref, original, correction=True))
+            else:
+                rejects.append(Reject(ref, "entered-in-error Observation without an id", original[:20000], patient))
+            continue
+        if rtype == "Observation" and status in ("registered", "cancelled", "unknown"):
+            rejects.append(Reject(ref, f"Observation status '{status}' carries no result", original[:20000], patient))
+            continue
         try:
             produced = reader.read_resource(res, ref)
         except ReaderError as exc:
@@ -130,8 +142,6 @@ def parse_resources(
                 Reject(ref, "unknown code: nothing azathioprine monitoring reads", original[:20000], patient)
             )
             continue
-        status = res.get("status")
-        key_base = f"fhir:{rtype}/{rid}" if rid else f"fhir:{rtype}/{_hash(original)}"
         for i, obj in enumerate(produced):
             key = key_base if len(produced) == 1 else f"{key_base}#{i}"
             if isinstance(obj, d.RejectedResult):
@@ -150,7 +160,18 @@ def parse_resources(
             kind = _KIND.get(type(obj))
             if kind is None:
                 continue
-            items.append(Item(kind, patient, key, obj, ref, original, correction=status in ("corrected", "amended")))  # type: ignore[arg-type]
+            items.append(
+                Item(
+                    kind,  # type: ignore[arg-type]
+                    patient,
+                    key,
+                    obj,
+                    ref,
+                    original,
+                    correction=status in ("corrected", "amended"),
+                    preliminary=rtype == "Observation" and status == "preliminary",
+                )
+            )
     return Parsed(fmt, items, rejects)
 
 

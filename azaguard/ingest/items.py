@@ -25,6 +25,7 @@ class Item:
     original: str  # the original text, kept for quarantine and audit
     correction: bool = False  # the source says this corrects an earlier version
     abnormal_flag: str | None = None
+    preliminary: bool = False  # the source says the result is not final yet (HL7 P/R/S/I, FHIR preliminary)
 
 
 @dataclass(frozen=True)

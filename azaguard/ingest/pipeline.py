@@ -14,11 +14,12 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
+from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, insert, select, update
 from sqlalchemy.orm import Session
 
 from azaguard import domain as d
@@ -57,7 +58,7 @@ def _obs_fields(item: Item) -> dict[str, Any]:
             "ref_high": p.ref_high,
             "below_detection": p.below_detection,
             "effective": p.when,
-            "abnormal_flag": item.abnormal_flag,
+            "abnormal_flag": None if item.abnormal_flag is None else _text(item.abnormal_flag)[:8],
         }
     if item.kind == "tpmt-activity":
         assert isinstance(p, d.ActivityResult)
@@ -77,8 +78,56 @@ def _obs_fields(item: Item) -> dict[str, Any]:
     return {"kind": "screening", "analyte": key, "effective": when, "value_text": polarity}
 
 
+def _text(value: str) -> str:
+    """Text as PostgreSQL can store it (no NUL characters; SQLite would keep them)."""
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
+def _fit(model: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """Strings cut to their column's size, as PostgreSQL enforces it (SQLite does not)."""
+    columns = model.__table__.c
+    for k, v in values.items():
+        if isinstance(v, str):
+            length = getattr(columns[k].type, "length", None)
+            v = _text(v)
+            values[k] = v[:length] if length else v
+    return values
+
+
 def _hash(fields: dict[str, Any]) -> str:
-    return hashlib.sha1(repr(sorted(fields.items())).encode()).hexdigest()
+    """Content identity of an observation: its values in `_obs_fields` order (kind first)."""
+    return hashlib.sha1(repr(tuple(fields.values())).encode()).hexdigest()
+
+
+def _insert_rows(s: Session, table: Table, rows: list[dict[str, Any]]) -> None:
+    """executemany straight to the driver: SQLAlchemy's per-row parameter handling would cost more
+    than the rest of an import. Values still go through each column type's bind processor, so
+    they are stored exactly as an ORM or Core insert would store them. Every row has the same keys."""
+    conn = s.connection()
+    dialect = conn.dialect
+    if dialect.paramstyle not in ("qmark", "format", "pyformat"):
+        s.execute(table.insert(), rows)
+        return
+    cols = list(rows[0])
+    marker = "?" if dialect.paramstyle == "qmark" else "%s"
+    quote = dialect.identifier_preparer.quote
+    sql = (
+        f"INSERT INTO {dialect.identifier_preparer.format_table(table)} ({', '.join(quote(c) for c in cols)}) "
+        f"VALUES ({', '.join([marker] * len(cols))})"
+    )
+    getter = itemgetter(*cols)
+    procs = [(i, p) for i, c in enumerate(cols) if (p := table.c[c].type.bind_processor(dialect)) is not None]
+    params: list[Any]
+    if procs:
+        params = []
+        for r in rows:
+            values = list(getter(r))
+            for i, p in procs:
+                values[i] = p(values[i])
+            params.append(tuple(values))
+    else:
+        params = [getter(r) for r in rows]
+    conn.exec_driver_sql(sql, params)
 
 
 def apply(
@@ -104,10 +153,10 @@ def apply(
                 "batch_id": batch.id,
                 "received_at": stamp,
                 "format": parsed.format,
-                "record_ref": r.ref[:200],
-                "patient_identifier": r.patient,
-                "reason": r.reason,
-                "original": r.original,
+                "record_ref": _text(r.ref)[:200],
+                "patient_identifier": _text(r.patient)[:64] if r.patient else None,
+                "reason": _text(r.reason),
+                "original": _text(r.original),
                 "state": "open",
             }
         )
@@ -124,9 +173,12 @@ def apply(
         demo = it.payload
         pid = known.get(it.patient)
         if pid is None:
+            if len(it.patient) > 64 or "\x00" in it.patient:
+                reject(Reject(it.ref, "patient identifier is longer than 64 characters", it.original, it.patient))
+                continue
             row = m.Patient(
                 identifier=it.patient,
-                name=demo.get("name") or "",
+                name=_text(demo.get("name") or "")[:200],
                 birth_date=demo.get("birth_date"),
                 sex=demo.get("sex"),
                 created_at=stamp,
@@ -138,7 +190,7 @@ def apply(
         else:
             stored = s.get(m.Patient, pid)
             assert stored is not None
-            stored.name = demo.get("name") or stored.name
+            stored.name = _text(demo.get("name") or "")[:200] or stored.name
             stored.birth_date = demo.get("birth_date") or stored.birth_date
             stored.sex = demo.get("sex") or stored.sex
         summary.patients.add(known[it.patient])
@@ -148,6 +200,8 @@ def apply(
     for it in parsed.items:
         if it.kind == "patient":
             continue
+        if len(it.source_key) > 200:  # the column's size; keep long ids distinct
+            it = replace(it, source_key=f"{it.source_key[:150]}#{hashlib.sha1(it.source_key.encode()).hexdigest()}")
         if it.patient not in known:
             reject(Reject(it.ref, f"unknown patient '{it.patient}'", it.original, it.patient))
             continue
@@ -165,16 +219,36 @@ def apply(
         if progress:
             progress(len(chunk))
     for it in other:
-        _apply_other(s, it, known[it.patient], stamp, summary)
+        _apply_other(s, it, known[it.patient], stamp, summary, reject)
         if progress:
             progress(1)
 
-    if quarantine:
-        s.execute(insert(m.QuarantineItem), quarantine)
     summary.counts["quarantined"] += len(quarantine)
+    new_items = _not_yet_quarantined(s, quarantine)
+    if new_items:
+        s.execute(insert(m.QuarantineItem), new_items)
     batch.finished_at = now()
     batch.counts = summary.as_dict()
     return summary
+
+
+def _not_yet_quarantined(s: Session, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drop records already waiting in quarantine (a re-sent file, a re-processing attempt that
+    still fails): they are counted as quarantined again but not listed twice; an open item keeps
+    the latest reason."""
+    by_original: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        by_original.setdefault(r["original"], r)
+    originals = list(by_original)
+    q = m.QuarantineItem
+    for i in range(0, len(originals), CHUNK):
+        for item_id, original, reason in s.execute(
+            select(q.id, q.original, q.reason).where(q.state == "open", q.original.in_(originals[i : i + CHUNK]))
+        ):
+            row = by_original.pop(original, None)
+            if row is not None and row["reason"] != reason:
+                s.execute(update(q).where(q.id == item_id).values(reason=row["reason"]))
+    return list(by_original.values())
 
 
 def _item_date(it: Item) -> date | None:
@@ -197,6 +271,35 @@ def _patient_ids(s: Session, identifiers: Iterable[str]) -> dict[str, int]:
     return out
 
 
+@dataclass(slots=True)
+class _Stored:
+    """What the store (and this batch so far) holds under one source key."""
+
+    patient_id: int
+    version: int = 0  # highest version written
+    hashes: set[str] = field(default_factory=set)  # content of every version, history included
+    digest: str | None = None  # content of the current version; None when there is none (deleted)
+    status: str = ""  # status of the current version
+    row_id: int | None = None  # the current version's row, when it is already in the table
+    row: dict[str, Any] | None = None  # the current version's row, when this batch inserts it
+
+
+# Every column an imported observation row sets, so one executemany covers all kinds.
+_ROW_DEFAULTS: dict[str, Any] = {
+    "analyte": None,
+    "code": "",
+    "value": None,
+    "unit": None,
+    "value_text": None,
+    "original_value": None,
+    "original_unit": None,
+    "ref_low": None,
+    "ref_high": None,
+    "below_detection": False,
+    "abnormal_flag": None,
+}
+
+
 def _apply_observations(
     s: Session,
     chunk: list[Item],
@@ -205,87 +308,121 @@ def _apply_observations(
     summary: ImportSummary,
     reject: Callable[[Reject], None],
 ) -> None:
+    """Decide each observation against every stored version of its source key, then write.
+
+    Rules (docs/import.md): the same content as any stored version (the current one or history)
+    is a duplicate, so replaying old messages never resurrects a superseded or deleted result; a
+    correction, or anything replacing a preliminary result, becomes the new current version; a
+    preliminary result never replaces a final one; any other change is a conflict (quarantine);
+    a source key is never shared across patients.
+    """
+    obs_t = m.Observation
+    counts = summary.counts
     keys = list({it.source_key for it in chunk})
-    # source_key -> (row id, content hash, status) of the current version
-    existing: dict[str, tuple[int | None, str, str]] = {}
-    for key, row_id, digest, status in s.execute(
-        select(m.Observation.source_key, m.Observation.id, m.Observation.content_hash, m.Observation.status).where(
-            m.Observation.source_key.in_(keys), m.Observation.current.is_(True)
-        )
+    stored: dict[str, _Stored] = {}
+    for key, row_id, digest, status, pid, version, current in s.execute(
+        select(
+            obs_t.source_key,
+            obs_t.id,
+            obs_t.content_hash,
+            obs_t.status,
+            obs_t.patient_id,
+            obs_t.version,
+            obs_t.current,
+        ).where(obs_t.source_key.in_(keys))
     ):
-        existing[key] = (row_id, digest, status)
-    versions: dict[str, int] = {}
-    for key, version in s.execute(
-        select(m.Observation.source_key, m.Observation.version).where(m.Observation.source_key.in_(keys))
-    ):
-        versions[key] = max(versions.get(key, 0), version)
+        st = stored.get(key)
+        if st is None:
+            st = stored[key] = _Stored(pid)
+        st.hashes.add(digest)
+        st.version = max(st.version, version)
+        if current:
+            st.digest, st.status, st.row_id = digest, status, row_id
     new_rows: list[dict[str, Any]] = []
     retire: list[int] = []
+
+    def retire_current(st: _Stored) -> None:
+        if st.row_id is not None:
+            retire.append(st.row_id)
+        elif st.row is not None:  # inserted earlier in this batch: it goes in as history
+            st.row["current"] = False
+        st.digest, st.row_id, st.row = None, None, None
+
     for it in chunk:
         pid = known[it.patient]
-        old = existing.get(it.source_key)
-        if it.payload is None:  # deletion (HL7 OBX-11 D/W)
-            if old is not None:
-                if old[0] is not None:
-                    retire.append(old[0])
-                existing.pop(it.source_key)
-                summary.counts["deleted"] += 1
+        key = it.source_key
+        st = stored.get(key)
+        if st is not None and st.patient_id != pid:
+            why = f"record id '{key}' already belongs to another patient's result; not applied"
+            reject(Reject(it.ref, why, it.original, it.patient))
+            continue
+        if it.payload is None:  # deletion (HL7 OBX-11 D/W, FHIR entered-in-error)
+            if st is not None and st.digest is not None:
+                retire_current(st)
+                counts["deleted"] += 1
                 summary.patients.add(pid)
             else:
-                summary.counts["duplicates"] += 1
+                counts["duplicates"] += 1  # already deleted, or never received
             continue
         fields = _obs_fields(it)
         digest = _hash(fields)
-        if old is not None:
-            old_id, old_hash, old_status = old
-            if old_hash == digest:
-                summary.counts["duplicates"] += 1
+        status = "corrected" if it.correction else "preliminary" if it.preliminary else "final"
+        if st is None:
+            st = stored[key] = _Stored(pid)
+        if st.digest is not None:
+            finalises = st.status == "preliminary" and status != "preliminary"
+            if digest == st.digest and not finalises:
+                counts["duplicates"] += 1
                 continue
-            if not (it.correction or old_status == "preliminary"):
-                reject(
-                    Reject(
-                        it.ref,
-                        "conflicts with the stored result of the same id and is not marked as a correction",
-                        it.original,
-                        it.patient,
-                    )
+            if digest != st.digest and digest in st.hashes:
+                counts["duplicates"] += 1  # a replay of a version that has since been replaced
+                continue
+            if it.preliminary and st.status != "preliminary":
+                why = "a preliminary result arrived after the final result of the same test; the final result is kept"
+                reject(Reject(it.ref, why, it.original, it.patient))
+                continue
+            if not (it.correction or st.status == "preliminary"):
+                why = (
+                    "arrived after a correction of the same result and is not itself a correction; "
+                    "the corrected result is kept"
+                    if st.status == "corrected"
+                    else "conflicts with the stored result of the same id and is not marked as a correction"
                 )
+                reject(Reject(it.ref, why, it.original, it.patient))
                 continue
-            if old_id is not None:
-                retire.append(old_id)
-            else:  # corrected twice within one batch: drop the superseded row before inserting
-                new_rows[:] = [r for r in new_rows if r["source_key"] != it.source_key] + [
-                    {**r, "current": False} for r in new_rows if r["source_key"] == it.source_key
-                ]
-            summary.counts["corrected"] += 1
+            retire_current(st)
+            counts["corrected"] += 1
+        elif digest in st.hashes:
+            counts["duplicates"] += 1  # the same content as a deleted version: it stays deleted
+            continue
         else:
-            summary.counts["imported"] += 1
-        version = versions.get(it.source_key, 0) + 1
-        versions[it.source_key] = version
-        status = "corrected" if it.correction else "final"
-        new_row: dict[str, Any] = {
+            counts["imported"] += 1
+        st.version += 1
+        row: dict[str, Any] = {
+            **_ROW_DEFAULTS,
+            **fields,
             "patient_id": pid,
-            "source_key": it.source_key,
-            "version": version,
+            "source_key": key,
+            "version": st.version,
             "current": True,
             "content_hash": digest,
             "status": status,
             "review_state": "pending",
             "received_at": stamp,
-            "code": "",
-            "below_detection": False,
-            **fields,
         }
-        new_rows.append(new_row)
-        existing[it.source_key] = (None, digest, status)
+        new_rows.append(row)
+        st.hashes.add(digest)
+        st.digest, st.status, st.row_id, st.row = digest, status, None, row
         summary.patients.add(pid)
     if retire:
-        s.execute(update(m.Observation).where(m.Observation.id.in_(retire)).values(current=False))
+        s.execute(update(obs_t).where(obs_t.id.in_(retire)).values(current=False))
     if new_rows:
-        s.execute(insert(m.Observation), new_rows)
+        _insert_rows(s, obs_t.__table__, new_rows)
 
 
-def _apply_other(s: Session, it: Item, pid: int, stamp: Any, summary: ImportSummary) -> None:
+def _apply_other(
+    s: Session, it: Item, pid: int, stamp: Any, summary: ImportSummary, reject: Callable[[Reject], None]
+) -> None:
     p = it.payload
     values: dict[str, Any]
     model: type[Any]
@@ -319,10 +456,15 @@ def _apply_other(s: Session, it: Item, pid: int, stamp: Any, summary: ImportSumm
         values = {"key": p.key, "text": p.text[:200], "when": p.when, "reported_by": "import"}
     else:
         raise ValueError(f"unknown item kind {it.kind}")
+    values = _fit(model, values)
     row = s.scalar(select(model).where(model.source_key == it.source_key))
     if row is None:
         s.add(model(patient_id=pid, source_key=it.source_key, **values))
         summary.counts["imported"] += 1
+    elif row.patient_id != pid:
+        why = f"record id '{it.source_key}' already belongs to another patient's record; not applied"
+        reject(Reject(it.ref, why, it.original, it.patient))
+        return
     else:
         changed = {k: v for k, v in values.items() if k != "created_at" and getattr(row, k) != v}
         if not changed:

@@ -174,9 +174,23 @@ def _apply_local(raw: dict[str, Any], local: dict[str, Any], path: str) -> dict[
                 f"{path}: section [{section}] cannot be overridden (allowed: {sorted(allowed_sections)})"
             )
 
+    for section, value in local.items():
+        if not isinstance(value, dict):
+            raise KnowledgeError(f"{path}: [{section}] must be a table, got {type(value).__name__}")
+
+    def check_values(where: str, change: dict[str, Any]) -> None:
+        for key, value in change.items():
+            if isinstance(value, bool):
+                raise KnowledgeError(f"{path}: {where}.{key} must be a number or text, not true/false")
+
     def merge_rules(section: str, rules: list[dict[str, Any]], keys: set[str]) -> None:
         by_id = {r["id"]: r for r in rules}
         for rid, change in local.get(section, {}).items():
+            if not isinstance(change, dict):
+                raise KnowledgeError(
+                    f"{path}: [{section}.{rid}] must be a table of settings, got {type(change).__name__}"
+                )
+            check_values(f"[{section}.{rid}]", change)
             if rid not in by_id:
                 raise KnowledgeError(f"{path}: [{section}.{rid}] names no rule (known: {sorted(by_id)})")
             bad = set(change) - keys
@@ -194,6 +208,7 @@ def _apply_local(raw: dict[str, Any], local: dict[str, Any], path: str) -> dict[
         ("vaccines", raw["safety"]["vaccines"], {"live_washout"}),
     ):
         change = local.get(section, {})
+        check_values(f"[{section}]", change)
         bad = set(change) - keys
         if bad:
             raise KnowledgeError(f"{path}: [{section}] cannot set {sorted(bad)} (allowed: {sorted(keys)})")
@@ -228,7 +243,21 @@ def load_knowledge(local_protocol: str | Path | None = None) -> Knowledge:
         raise KnowledgeError(f"{path}: not valid TOML ({exc})") from exc
     raw = copy.deepcopy(_load_raw())
     protocol = _apply_local(raw, local, path)
-    return _build(raw, protocol)
+    try:
+        return _build(raw, protocol)
+    except KnowledgeError as exc:
+        raise KnowledgeError(f"{path}: after merging this local protocol, {_name_rules(str(exc), raw)}") from exc
+
+
+def _name_rules(message: str, raw: dict[str, Any]) -> str:
+    """Replace list positions ("labs.toml:thresholds.0.value") with rule ids ("thresholds.wbc-low.value")."""
+
+    def by_id(match: re.Match[str]) -> str:
+        section, index = match.group(1), int(match.group(2))
+        rules = raw["labs"].get(section, [])
+        return f"{section}.{rules[index]['id']}" if index < len(rules) else match.group(0)
+
+    return re.sub(r"labs\.toml:(thresholds|rises|trends)\.(\d+)", by_id, message)
 
 
 @lru_cache(maxsize=1)

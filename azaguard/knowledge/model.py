@@ -37,10 +37,16 @@ class Interval:
             raise ValueError("an interval needs a positive number of days, weeks or months")
 
     def add(self, d: date, times: int = 1) -> date:
-        return d + relativedelta(days=self.days * times, weeks=self.weeks * times, months=self.months * times)
+        try:
+            return d + relativedelta(days=self.days * times, weeks=self.weeks * times, months=self.months * times)
+        except (OverflowError, ValueError):
+            return date.max  # beyond the calendar: "never" is the only meaningful answer
 
     def sub(self, d: date, times: int = 1) -> date:
-        return d - relativedelta(days=self.days * times, weeks=self.weeks * times, months=self.months * times)
+        try:
+            return d - relativedelta(days=self.days * times, weeks=self.weeks * times, months=self.months * times)
+        except (OverflowError, ValueError):
+            return date.min
 
     def label(self) -> str:
         parts = []
@@ -309,6 +315,7 @@ class StatusCodes:
     pregnancy_intention_loinc: list[str]
     positive_answers: list[str]
     negative_answers: list[str]
+    no_answers: list[str]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -371,6 +378,7 @@ class Vaccines:
     live_washout_sources: list[str]
     live_washout_alternatives: str = ""
     influenza_interval: Interval
+    generic_words: list[str]
     live: dict[str, VaccineDef]
     inactivated: dict[str, VaccineDef]
 
@@ -383,6 +391,7 @@ class SymptomDef:
     severity: SeverityName
     marrow: bool = False
     group: str = "FBC"
+    exclude: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, kw_only=True)

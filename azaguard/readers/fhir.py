@@ -10,6 +10,7 @@ whereas one odd result must not hide the rest of the record.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator
 from datetime import date
@@ -62,6 +63,8 @@ _TEXT_FREQUENCY = (
 
 def _per_day_from_text(text: str) -> float | None:
     low = text.lower()
+    if re.search(r"\b(week|weekly|weeks|every other|alternate|fortnight|month)", low):
+        return None  # not a daily schedule: never read "twice weekly" as twice daily
     for pattern, n in _TEXT_FREQUENCY:
         if pattern.search(low):
             return n
@@ -80,16 +83,21 @@ def read_bundle_file(path: str | Path, kb: Knowledge) -> d.PatientRecord:
     """Read a Bundle from disk; unreadable or non-JSON files are ReaderErrors too."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")  # a byte-order mark is harmless
     except OSError as exc:
         raise ReaderError(str(p), "", f"cannot be read ({exc.strerror})") from exc
     except UnicodeDecodeError as exc:
         raise ReaderError(str(p), "", "is not UTF-8 text") from exc
     try:
-        data = json.loads(text)
+        data = json.loads(text)  # NaN/Infinity are refused where they are read, naming the field
     except json.JSONDecodeError as exc:
         raise ReaderError(str(p), "", f"is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
-    return read_bundle(data, kb)
+    except RecursionError as exc:
+        raise ReaderError(str(p), "", "is nested too deeply to be a FHIR Bundle") from exc
+    try:
+        return read_bundle(data, kb)
+    except RecursionError as exc:
+        raise ReaderError(str(p), "", "is nested too deeply to be a FHIR Bundle") from exc
 
 
 def read_bundle(data: Any, kb: Knowledge) -> d.PatientRecord:
@@ -140,7 +148,13 @@ def _num(res: dict[str, Any], key: str, where: str) -> float | None:
         return None
     if isinstance(v, bool) or not isinstance(v, int | float):
         raise ReaderError(where, key, f"must be a number, got {_type_name(v)} {json.dumps(v)[:40]}")
-    return float(v)
+    try:
+        x = float(v)
+    except OverflowError:
+        raise ReaderError(where, key, "is too large to be a measurement") from None
+    if not math.isfinite(x):
+        raise ReaderError(where, key, f"must be a finite number, got {x}")
+    return x
 
 
 def parse_date(value: Any, where: str, field: str) -> date:
@@ -194,8 +208,9 @@ def _cc_search_text(cc: dict[str, Any] | None, where: str, field: str) -> str:
 
 
 def _text_match(text: str, needles: list[str]) -> bool:
+    """A needle matches at the start of a word ("fever" in "high fever", not "aseptic" for "sepsis")."""
     low = text.lower()
-    return any(n in low for n in needles)
+    return any(re.search(r"(?<![a-z0-9])" + re.escape(n), low) for n in needles)
 
 
 class _BundleReader:
@@ -242,8 +257,12 @@ class _BundleReader:
             rid = _str(res, "id", where)
             label = f"{where} ({rtype}/{rid})" if rid else f"{where} ({rtype})"
             resources.append((label, res))
-            if rtype == "Medication" and rid:
-                self.medications_by_id[f"Medication/{rid}"] = res
+            if rtype == "Medication":
+                if rid:
+                    self.medications_by_id[f"Medication/{rid}"] = res
+                full_url = entry.get("fullUrl")
+                if isinstance(full_url, str) and full_url:
+                    self.medications_by_id[full_url] = res
         patients = [(w, r) for w, r in resources if r["resourceType"] == "Patient"]
         if not patients:
             raise ReaderError("Bundle", "entry", "contains no Patient resource")
@@ -362,7 +381,10 @@ class _BundleReader:
             if isinstance(n, dict):
                 if isinstance(n.get("text"), str):
                     return str(n["text"])
-                given = " ".join(g for g in n.get("given", []) if isinstance(g, str))
+                given_list = n.get("given", [])
+                if not isinstance(given_list, list):
+                    raise ReaderError(where, "name.given", f"must be an array of strings, got {_type_name(given_list)}")
+                given = " ".join(g for g in given_list if isinstance(g, str))
                 family = n.get("family") if isinstance(n.get("family"), str) else ""
                 full = f"{given} {family}".strip()
                 if full:
@@ -464,6 +486,11 @@ class _BundleReader:
             )
             return
         comparator = _str(q, "comparator", where)
+        if value < 0 or (analyte == "weight" and value == 0):
+            self.rejected.append(
+                d.RejectedResult(analyte, when, "missing-value", detail=f"impossible value {value:g}", source_id=sid)
+            )
+            return
         ucum = _str(q, "code", where) if (q.get("system") in (UCUM, None)) else None
         unit_text = _str(q, "unit", where)
         converted = None
@@ -553,7 +580,9 @@ class _BundleReader:
         return None
 
     def _gene_of(self, res: dict[str, Any], where: str, loincs: list[str]) -> str | None:
+        """TPMT, NUDT15, "" for a gene we do not use (ignored), or None when no gene is named."""
         genes = self.kb.pgx_codes.genes
+        named_other = False
         for i, comp in enumerate(_list(res, "component", where)):
             if not isinstance(comp, dict):
                 raise ReaderError(where, f"component[{i}]", "must be an object")
@@ -565,6 +594,9 @@ class _BundleReader:
                 for gene, ids in genes.items():
                     if any(t in ids for t in tokens):
                         return gene
+                named_other = named_other or bool(tokens)
+        if named_other:
+            return ""
         text = _cc_text(_obj(res, "code", where), where, "code").upper()
         if "41048-0" in loincs or "36922-3" in loincs or "80738-8" in loincs or "79713-4" in loincs:
             return "TPMT"
@@ -576,6 +608,8 @@ class _BundleReader:
     def _genotype(self, res: dict[str, Any], where: str, loincs: list[str]) -> None:
         when = self._obs_date(res, where)
         gene = self._gene_of(res, where, loincs)
+        if gene == "":
+            return  # a pharmacogene azathioprine dosing does not use (e.g. CYP2C19)
         value = self._value_text(res, where)
         if gene is None:
             raise ReaderError(
@@ -593,6 +627,8 @@ class _BundleReader:
     def _status(self, res: dict[str, Any], where: str, kind: Any, yes: list[str], no: list[str]) -> None:
         when = self._obs_date(res, where)
         value: bool | None = None
+        if res.get("valueBoolean") is not None and not isinstance(res.get("valueBoolean"), bool):
+            raise ReaderError(where, "valueBoolean", f"must be true or false, got {_type_name(res['valueBoolean'])}")
         if isinstance(res.get("valueBoolean"), bool):
             value = bool(res["valueBoolean"])
         else:
@@ -619,10 +655,19 @@ class _BundleReader:
             raise ReaderError(where, "valueBoolean", f"must be true or false, got {_type_name(present)}")
         if present is False:
             return
+        answer = _obj(res, "valueCodeableConcept", where)
+        if answer is not None:
+            answer_codes = {c for _, c, _ in _codings(answer, where, "valueCodeableConcept")}
+            answer_text = _cc_search_text(answer, where, "valueCodeableConcept").lower()
+            if answer_codes & set(self.kb.status_codes.no_answers) or re.search(r"\b(no|absent|none)\b", answer_text):
+                return
+        answer_string = res.get("valueString")
+        if isinstance(answer_string, str) and re.fullmatch(r"\s*(no|absent|none|false)\s*", answer_string.lower()):
+            return
         when = self._obs_date(res, where)
         key = None
         for k, s in self.kb.symptoms.items.items():
-            if any(c in s.snomed for c in snomeds) or _text_match(text, s.text):
+            if any(c in s.snomed for c in snomeds) or (_text_match(text, s.text) and not _text_match(text, s.exclude)):
                 key = k
                 break
         self.symptoms.append(d.Symptom(key, text or ",".join(snomeds), when, str(res.get("id", ""))))
@@ -638,6 +683,11 @@ class _BundleReader:
                 )
             target = _str(ref, "reference", where) or ""
             med = self.medications_by_id.get(target)
+            if med is None and target.startswith("#"):
+                med = next(
+                    (c for c in _list(res, "contained", where) if isinstance(c, dict) and c.get("id") == target[1:]),
+                    None,
+                )
             if med is None:
                 display = _str(ref, "display", where)
                 if display:
@@ -665,6 +715,8 @@ class _BundleReader:
             if qty is None:
                 return None
             amount = _num(qty, "value", f"{where} {field}[{i}].doseQuantity")
+            if amount is not None and amount < 0:
+                raise ReaderError(where, f"{field}[{i}].doseQuantity.value", "must not be negative")
             unit = (_str(qty, "code", where) or _str(qty, "unit", where) or "").strip().lower()
             if amount is None or unit not in _MASS_MG:
                 return None
@@ -684,17 +736,26 @@ class _BundleReader:
                     raise ReaderError(
                         where, f"{field}[{i}].timing.repeat.periodUnit", f"is not a UCUM time unit: '{unit_p}'"
                     )
+                if (freq is not None and freq <= 0) or (period is not None and period <= 0):
+                    raise ReaderError(where, f"{field}[{i}].timing.repeat", "frequency and period must be positive")
                 per_day = (freq or 1.0) / ((period or 1.0) * _PERIOD_DAYS[unit_p or "d"])
             total += amount * _MASS_MG[unit] * per_day
         return round(total, 3) if dosages else None
+
+    def _generic_vaccine_word(self, text: str) -> bool:
+        """The text names a vaccine only by a disease word, which medicines mention too."""
+        low = text.lower()
+        specific = [
+            n for n, _, _ in self._vaccine_names if re.search(r"(?<![a-z0-9])" + re.escape(n) + r"(?![a-z0-9])", low)
+        ]
+        return bool(specific) and all(n in self.kb.vaccines.generic_words for n in specific)
 
     def _vaccine_of(self, codings: list[tuple[str, str, str]], text: str) -> tuple[str, bool] | None:
         for s, c, _ in codings:
             if s == CVX and c in self._vaccine_cvx:
                 return self._vaccine_cvx[c]
-        low = text.lower()
         for name, key, live in self._vaccine_names:
-            if name in low:
+            if re.search(r"(?<![a-z0-9])" + re.escape(name) + r"(?![a-z0-9])", text.lower()):
                 return key, live
         return None
 
@@ -749,7 +810,11 @@ class _BundleReader:
             return
         codings, text, search = self._medication_concept(res, where)
         authored = parse_date(res["authoredOn"], where, "authoredOn") if res.get("authoredOn") is not None else None
+        cvx_coded = any(sys_ == CVX for sys_, _, _ in codings)
+        looks_like_vaccine = re.search(r"vaccin|immuni[sz]", search.lower()) is not None
         vaccine = self._vaccine_of(codings, search)
+        if vaccine is not None and not (cvx_coded or looks_like_vaccine) and self._generic_vaccine_word(search):
+            vaccine = None  # "Paxlovid for COVID-19" is a medicine that names a disease, not a vaccine order
         if vaccine is not None:
             if norm in ("draft", "active"):
                 self.vaccinations.append(
@@ -794,8 +859,8 @@ class _BundleReader:
             if res.get("occurrenceDateTime") is not None
             else None
         )
-        if when is None:
-            raise ReaderError(where, "occurrenceDateTime", "is required for a given vaccine")
+        if when is None and not isinstance(res.get("occurrenceString"), str):
+            raise ReaderError(where, "occurrenceDateTime", "is required for a given vaccine (or occurrenceString)")
         vaccine = self._vaccine_of(codings, search)
         self.vaccinations.append(
             d.Vaccination(
@@ -815,7 +880,9 @@ class _BundleReader:
             return
         clin = [c for _, c, _ in _codings(_obj(res, "clinicalStatus", where), where, "clinicalStatus")]
         active = not clin or any(c in ("active", "recurrence", "relapse") for c in clin)
-        cc = _obj(res, "code", where, required=True)
+        cc = _obj(res, "code", where)
+        if cc is None:
+            return  # FHIR allows a Condition without code; there is nothing to interpret
         codings, text = _codings(cc, where, "code"), _cc_text(cc, where, "code")
         search = _cc_search_text(cc, where, "code")
         snomeds = {c for s, c, _ in codings if s == SNOMED}
@@ -844,7 +911,9 @@ class _BundleReader:
         clin = _codings(_obj(res, "clinicalStatus", where), where, "clinicalStatus")
         if any(c in ("inactive", "resolved") for _, c, _ in clin):
             return
-        cc = _obj(res, "code", where, required=True)
+        cc = _obj(res, "code", where)
+        if cc is None:
+            return  # FHIR allows an AllergyIntolerance without code; nothing to match
         codings, text = _codings(cc, where, "code"), _cc_text(cc, where, "code")
         drug, _ = self._drug_of(codings, _cc_search_text(cc, where, "code"))
         self.allergies.append(d.Allergy(drug, text, str(res.get("id", ""))))

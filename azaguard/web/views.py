@@ -36,7 +36,9 @@ class LoginRequired(Exception):
     pass
 
 
-SessionDep = Annotated[Session, Depends(session_dep)]
+# scope="function": commit before the response is sent, so the page a redirect leads to sees the write
+# (FastAPI's default "request" scope commits after the response: a POST-redirect-GET could read stale data).
+SessionDep = Annotated[Session, Depends(session_dep, scope="function")]
 
 
 def _kb(request: Request) -> Knowledge:
@@ -281,7 +283,11 @@ def patient_form(
         service.authorise_patient(s, user, patient_id, "set-team", "web", write=True)
         from azaguard.store.writes import set_team
 
-        set_team(s, patient_id, form.get("team", ""))
+        try:
+            with s.begin_nested():
+                set_team(s, patient_id, form.get("team", ""))
+        except FormError as exc:  # only a hand-made request can send another value: a 400, not a 500
+            return error_page(request, 400, f"{exc.field}: {exc.message}")
         return RedirectResponse(f"/patients/{patient_id}#summary", status_code=303)
     if form_name not in FORMS:
         return error_page(request, 404, "No such form.")
@@ -308,6 +314,8 @@ def review_form(finding_id: int, request: Request, s: SessionDep, form: FormDep)
         with s.begin_nested():
             service.review(s, user, finding_id, form.get("outcome", ""), form.get("note", ""), "web")
     except (wl.ReviewError, ValueError) as exc:
+        if f.state not in ("open", "info"):  # already reviewed (double submit, two clinicians): no form to mark
+            return error_page(request, 400, str(exc))
         ctx = _patient_context(request, s, user, f.patient_id)
         ctx["errors"] = {f"review-{finding_id}": {"outcome": str(exc)}}
         return render(request, "patient.html", user, ws, 400, **ctx)
