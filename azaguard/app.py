@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ class Settings:
     clinic_phone: str = "0300 000 0000 (demo number)"
     out_of_hours: str = "Call NHS 111 or go to the emergency department"
     secure_cookies: bool = False
+    background_refresh: bool = False  # `azaguard serve` turns it on: re-assess stale patients daily
 
 
 def create_app(db: Database | None = None, kb: Knowledge | None = None, settings: Settings | None = None) -> FastAPI:
@@ -54,6 +56,8 @@ def create_app(db: Database | None = None, kb: Knowledge | None = None, settings
     app.state.db = db or Database()
     app.state.kb = kb or load_knowledge()
     app.state.settings = settings or Settings(secure_cookies=os.environ.get("AZAGUARD_SECURE_COOKIES") == "1")
+    if app.state.settings.background_refresh:
+        start_refresher(app.state.db, app.state.kb)
     app.include_router(api_router)
     app.include_router(web_router)
     app.mount("/static", StaticFiles(directory=WEB / "static"), name="static")
@@ -120,6 +124,32 @@ def create_app(db: Database | None = None, kb: Knowledge | None = None, settings
         return JSONResponse({"error": {"status": 500, "message": "internal error"}}, status_code=500)
 
     return app
+
+
+def start_refresher(db: Database, kb: Knowledge) -> threading.Thread:
+    """Re-assess patients whose stored assessment is older than today, in small transactions.
+
+    Tests fall due with the calendar, not only with new data: without this, an overdue patient
+    would only surface when someone opened their page.
+    """
+    from datetime import date
+
+    from azaguard.worklist import refresh_stale
+
+    def loop() -> None:
+        while True:
+            try:
+                while True:
+                    with db.session() as s:
+                        if refresh_stale(s, kb, date.today(), limit=200) == 0:
+                            break
+            except Exception as exc:  # keep the service up; the next pass retries
+                log.error("background refresh failed: %s", type(exc).__name__)
+            time.sleep(600)
+
+    thread = threading.Thread(target=loop, name="azaguard-refresh", daemon=True)
+    thread.start()
+    return thread
 
 
 def session_dep(request: Request) -> Iterator[Session]:

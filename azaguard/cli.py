@@ -147,7 +147,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from azaguard.synth import build_demo
 
         logins = build_demo(db, args.patients)
-    app = create_app(db, settings=Settings(clinic_name=args.clinic_name))
+    app = create_app(db, settings=Settings(clinic_name=args.clinic_name, background_refresh=True))
     ready = time.perf_counter() - started
     print(f"azaguard serving {db.url.split('@')[-1]} on http://{args.host}:{args.port} (ready in {ready:.1f} s)")
     if logins:
