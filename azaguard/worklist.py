@@ -205,36 +205,49 @@ def worklist(s: Session, flt: WorklistFilter, today: date | None = None) -> tupl
     today = today or date.today()
     due_limit = today + timedelta(days=flt.include_due_days)
     a, p = m.AssessmentRow, m.Patient
-    q = select(a, p).join(p, p.id == a.patient_id).where(or_(a.open_count > 0, a.next_due <= due_limit))
+    # Only the columns the list shows: the stored assessment JSON (kilobytes per row) stays on disk.
+    cols = (
+        p.id, p.identifier, p.name, p.monitoring_team, a.indication, a.worst_open, a.open_count,
+        a.categories, a.next_due, a.phase,
+    )  # fmt: skip
+    q = select(*cols).join(p, p.id == a.patient_id).where(or_(a.open_count > 0, a.next_due <= due_limit))
+    count_q = (
+        select(func.count(a.patient_id))
+        .join(p, p.id == a.patient_id)
+        .where(or_(a.open_count > 0, a.next_due <= due_limit))
+    )
+    conditions = []
     if flt.severity in ("critical", "warning"):
-        q = q.where(a.worst_open <= d.SEVERITY_RANK[flt.severity], a.open_count > 0)
+        conditions += [a.worst_open <= d.SEVERITY_RANK[flt.severity], a.open_count > 0]
     if flt.category:
-        q = q.where(a.categories.contains(f" {flt.category} "))
+        conditions.append(a.categories.contains(f" {flt.category} "))
     if flt.indication:
-        q = q.where(a.indication == flt.indication)
+        conditions.append(a.indication == flt.indication)
     if flt.team:
-        q = q.where(p.monitoring_team == flt.team)
+        conditions.append(p.monitoring_team == flt.team)
     if flt.search:
         term = f"%{flt.search.strip().lower()}%"
-        q = q.where(or_(func.lower(p.name).like(term), func.lower(p.identifier).like(term)))
-    total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
+        conditions.append(or_(func.lower(p.name).like(term), func.lower(p.identifier).like(term)))
+    if conditions:
+        q, count_q = q.where(*conditions), count_q.where(*conditions)
+    total = s.scalar(count_q) or 0
     q = q.order_by(a.worst_open, a.next_due.is_(None), a.next_due, p.name).limit(flt.limit).offset(flt.offset)
     names = {v: k for k, v in d.SEVERITY_RANK.items()}
     out = [
         WorklistEntry(
-            patient_id=p_.id,
-            identifier=p_.identifier,
-            name=p_.name,
-            team=p_.monitoring_team,
-            indication=a_.indication,
-            worst=names.get(a_.worst_open),
-            open_count=a_.open_count,
-            categories=a_.categories.split(),
-            next_due=a_.next_due,
-            overdue=a_.next_due is not None and a_.next_due < today,
-            phase=a_.phase,
+            patient_id=r.id,
+            identifier=r.identifier,
+            name=r.name,
+            team=r.monitoring_team,
+            indication=r.indication,
+            worst=names.get(r.worst_open),
+            open_count=r.open_count,
+            categories=r.categories.split(),
+            next_due=r.next_due,
+            overdue=r.next_due is not None and r.next_due < today,
+            phase=r.phase,
         )
-        for a_, p_ in s.execute(q)
+        for r in s.execute(q)
     ]
     return out, total
 
