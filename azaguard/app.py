@@ -65,7 +65,14 @@ def create_app(db: Database | None = None, kb: Knowledge | None = None, settings
     @app.middleware("http")
     async def headers_and_safe_logging(request: Request, call_next: Any) -> Any:
         start = time.perf_counter()
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception as exc:
+            # Caught here so nothing re-raises to uvicorn, whose traceback log would carry database
+            # error text with patient values. Only the error type and route template are logged.
+            template = getattr(request.scope.get("route"), "path", "(unmatched)")
+            log.error("unhandled %s on %s %s", type(exc).__name__, request.method, template)
+            response = JSONResponse({"error": {"status": 500, "message": "internal error"}}, status_code=500)
         route = request.scope.get("route")
         template = getattr(route, "path", "(unmatched)")  # "/patients/{patient_id}", never the id itself
         log.info(

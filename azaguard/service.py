@@ -51,9 +51,11 @@ def authorise_patient(
     return p
 
 
-def require_role(s: Session, user: m.User, roles: tuple[str, ...], action: str, channel: str) -> None:
+def require_role(
+    s: Session, user: m.User, roles: tuple[str, ...], action: str, channel: str, patient_id: int | None = None
+) -> None:
     if user.role not in roles:
-        audit(s, user, "denied", action, channel=channel)
+        audit(s, user, "denied", action, patient_id, channel=channel)
         s.commit()
         raise Denied(f"{action} needs the role {' or '.join(roles)}")
 
@@ -141,7 +143,7 @@ def review(s: Session, user: m.User, finding_id: int, outcome: str, note: str, c
     f = s.get(m.FindingRow, finding_id)
     if f is None:
         raise NotFound(f"finding {finding_id} does not exist")
-    require_role(s, user, ("clinician", "admin"), "review", channel)
+    require_role(s, user, ("clinician", "admin"), "review", channel, f.patient_id)
     authorise_patient(s, user, f.patient_id, "review", channel, write=True)
     r = wl.record_review(s, finding_id, user.id, outcome, note)
     audit(s, user, "review", f"finding {f.code}: {outcome}", f.patient_id, note, channel)

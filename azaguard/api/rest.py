@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -30,10 +30,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 bearer = HTTPBearer(auto_error=False)
 router = APIRouter(prefix="/api/v1", responses=ERRORS)
 
-SessionDep = Annotated[Session, Depends(session_dep)]
+SessionDep = Annotated[Session, Depends(session_dep, scope="function")]  # commit before responding
 # Row ids are 32-bit INTEGER columns: a larger id is a 422, not an overflow in the database driver (a 500).
 MAX_ID = 2**31 - 1
-PatientId = int
+PatientId = Annotated[int, Path(ge=1, le=MAX_ID)]
 FindingId = Annotated[int, Path(ge=1, le=MAX_ID)]
 ItemId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
@@ -55,7 +55,22 @@ def api_user(s: SessionDep, creds: Annotated[HTTPAuthorizationCredentials | None
 UserDep = Annotated[m.User, Depends(api_user)]
 
 
-class Strict(BaseModel):
+# PostgreSQL text cannot hold NUL (U+0000): refused here as a 422/400 rather than failing in the driver (a 500).
+NO_NUL = r"^[^\x00]*$"
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
+
+
+class Strict(Body):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
@@ -75,8 +90,7 @@ class PatientIn(Strict):
     model_config = ConfigDict(extra="forbid", strict=False)
 
 
-class ObservationIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ObservationIn(Body):
     analyte: str = Field(
         min_length=1, max_length=40, description="e.g. wbc, neutrophils, platelets, alt, creatinine, egfr, weight"
     )
@@ -87,35 +101,30 @@ class ObservationIn(BaseModel):
     date: dt.date
 
 
-class DoseIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DoseIn(Body):
     mg_per_day: float = Field(gt=0, le=1000, allow_inf_nan=False)
     start: dt.date
 
 
-class MedicineIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class MedicineIn(Body):
     name: str = Field(min_length=1, max_length=200)
     status: Literal["active", "draft"] = "active"
     start: dt.date | None = None
     mg_per_day: float | None = Field(default=None, ge=0, le=100000, allow_inf_nan=False)
 
 
-class VaccineIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class VaccineIn(Body):
     name: str = Field(min_length=1, max_length=200)
     status: Literal["given", "ordered"]
     date: dt.date | None = None
 
 
-class SymptomIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SymptomIn(Body):
     symptom: str = Field(min_length=1, max_length=200, description="a symptom key (fever, sore-throat, ...) or words")
     date: dt.date | None = None
 
 
-class ReviewIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ReviewIn(Body):
     outcome: Literal[
         "repeat-test-booked",
         "dose-reduced",
@@ -127,8 +136,7 @@ class ReviewIn(BaseModel):
     note: str = Field(default="", max_length=2000)
 
 
-class DiscardIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DiscardIn(Body):
     reason: str = Field(min_length=1, max_length=500)
 
 
@@ -214,7 +222,7 @@ def token(body: TokenRequest, s: SessionDep) -> dict[str, Any]:
 def list_patients(
     s: SessionDep,
     user: UserDep,
-    search: Annotated[str | None, Query(max_length=100)] = None,
+    search: Annotated[str | None, Query(max_length=100, pattern=NO_NUL)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> dict[str, Any]:
@@ -244,7 +252,7 @@ def list_observations(
     patient_id: PatientId,
     s: SessionDep,
     user: UserDep,
-    analyte: Annotated[str | None, Query(max_length=40)] = None,
+    analyte: Annotated[str | None, Query(max_length=40, pattern=NO_NUL)] = None,
     include_history: bool = False,
 ) -> dict[str, Any]:
     _run(service.authorise_patient, s, user, patient_id, "list-observations", "api")
@@ -332,10 +340,10 @@ def get_worklist(
     s: SessionDep,
     user: UserDep,
     severity: Literal["critical", "warning"] | None = None,
-    category: Annotated[str | None, Query(max_length=40)] = None,
-    indication: Annotated[str | None, Query(max_length=40)] = None,
+    category: Annotated[str | None, Query(max_length=40, pattern=NO_NUL)] = None,
+    indication: Annotated[str | None, Query(max_length=40, pattern=NO_NUL)] = None,
     team: Literal["specialist", "gp"] | None = None,
-    search: Annotated[str | None, Query(max_length=100)] = None,
+    search: Annotated[str | None, Query(max_length=100, pattern=NO_NUL)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> dict[str, Any]:
@@ -359,9 +367,12 @@ def get_worklist(
 async def raw_body(request: Request) -> str:
     raw = await request.body()
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise HTTPException(400, "the body must be UTF-8 text") from None
+    if "\x00" in text:
+        raise HTTPException(400, "the body must not contain NUL characters")
+    return text
 
 
 IMPORT_BODY = {
@@ -387,7 +398,7 @@ def import_data(
     user: UserDep,
     body: Annotated[str, Depends(raw_body)],
     format: Literal["fhir", "ndjson", "hl7v2", "csv"] | None = None,
-    filename: Annotated[str, Query(max_length=200)] = "upload",
+    filename: Annotated[str, Query(max_length=200, pattern=NO_NUL)] = "upload",
 ) -> dict[str, Any]:
     _run(service.require_role, s, user, ("clinician", "admin"), "import", "api")
     if not body.strip():

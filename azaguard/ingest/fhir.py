@@ -54,6 +54,7 @@ def parse_bundle_text(text: str, kb: Knowledge, source: str = "fhir", patient: s
 
 def parse_ndjson_text(text: str, kb: Knowledge, source: str = "ndjson") -> Parsed:
     resources: list[tuple[str, Any]] = []
+    originals: dict[str, str] = {}
     rejects = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -67,7 +68,8 @@ def parse_ndjson_text(text: str, kb: Knowledge, source: str = "ndjson") -> Parse
             rejects.append(Reject(f"{source} line {n}", "line is not a FHIR resource object", line[:20000]))
             continue
         resources.append((f"{source} line {n}", res))
-    parsed = parse_resources(resources, kb, "ndjson")
+        originals[f"{source} line {n}"] = line.strip()  # kept verbatim, as received
+    parsed = parse_resources(resources, kb, "ndjson", originals=originals)
     parsed.rejects[:0] = rejects
     return parsed
 
@@ -85,11 +87,24 @@ def _subject(res: dict[str, Any]) -> str | None:
 
 
 def parse_resources(
-    resources: list[tuple[str, Any]], kb: Knowledge, fmt: str, known: dict[str, str] | None = None
+    resources: list[tuple[str, Any]],
+    kb: Knowledge,
+    fmt: str,
+    known: dict[str, str] | None = None,
+    originals: dict[str, str] | None = None,
 ) -> Parsed:
     reader = FhirReader(kb)
     items: list[Item] = []
     rejects: list[Reject] = []
+    # A NUL only appears once the JSON escape is decoded; no field may hold one (PostgreSQL refuses it).
+    clean = []
+    for ref, res in resources:
+        dumped = json.dumps(res)
+        if "\\u0000" in dumped:
+            rejects.append(Reject(ref, "text contains a NUL character, which no field may hold", dumped[:20000]))
+        else:
+            clean.append((ref, res))
+    resources = clean
     # Patients first, so references by resource id resolve to the patient's identifier.
     id_to_identifier: dict[str, str] = {k: v for k, v in (known or {}).items() if k and v}
     for ref, res in resources:
@@ -101,16 +116,15 @@ def parse_resources(
                 continue
             if isinstance(res.get("id"), str):
                 id_to_identifier[res["id"]] = demo["identifier"]
-            items.append(
-                Item("patient", demo["identifier"], f"fhir:Patient/{demo['identifier']}", demo, ref, json.dumps(res))
-            )
+            original = originals[ref] if originals else json.dumps(res)
+            items.append(Item("patient", demo["identifier"], f"fhir:Patient/{demo['identifier']}", demo, ref, original))
         elif res.get("resourceType") == "Medication":
             reader.read_resource(res, ref)
     for ref, res in resources:
         rtype = res.get("resourceType")
         if rtype in ("Patient", "Medication"):
             continue
-        original = json.dumps(res)
+        original = originals[ref] if originals else json.dumps(res)
         if rtype not in FhirReader._HANDLED:
             rejects.append(Reject(ref, f"resource type {rtype!r} is not imported", original[:20000]))
             continue
@@ -122,7 +136,7 @@ def parse_resources(
         rid = res.get("id") if isinstance(res.get("id"), str) else None
         status = res.get("status")
         # Source keys are scoped by patient: resource ids are only unique within one server.
-        key_base = f"fhir:{patient}:{rtype}/{rid}" if rid else f"fhir:{patient}:{rtype}/{_hash(original)}"
+        key_base = f"fhir:{patient}:{rtype}/{rid}" if rid else f"fhir:{patient}:{rtype}/{_hash(json.dumps(res))}"
         if rtype == "Observation" and status == "entered-in-error":
             if rid:  # the source withdraws a result it sent: the stored one stops being current
                 items.append(Item("lab", patient, key_base, None, ref, original, correction=True))

@@ -64,10 +64,16 @@ def split_messages(text: str) -> list[str]:
     return messages
 
 
+@lru_cache(maxsize=64)
+def _decoder(fs: str, enc: str) -> Any:
+    """A python-hl7 message with these separators: escape sequences depend on nothing else."""
+    return hl7.parse(f"MSH{fs}{enc}")
+
+
 class _Message:
     """A message split into segments and fields; `field(seg, n)` follows HL7 numbering (MSH too)."""
 
-    __slots__ = ("_hl7", "comp", "esc", "fs", "raw", "rep", "segments")
+    __slots__ = ("comp", "enc", "esc", "fs", "raw", "rep", "segments")
 
     def __init__(self, raw: str) -> None:
         if not raw.startswith("MSH"):
@@ -83,7 +89,7 @@ class _Message:
         self.fs, self.comp, self.rep = fs, enc[0], enc[1]
         self.esc = enc[2] if len(enc) > 2 else "\\"
         self.raw = raw
-        self._hl7: Any = None
+        self.enc = enc
         # MSH-1 is the field separator itself, so MSH field n is at index n like every other segment.
         self.segments: list[list[str]] = [["MSH", fs, *msh[1:]]]
         self.segments.extend(s.split(fs) for s in segs[1:])
@@ -126,10 +132,10 @@ class _Message:
         return out
 
     def unescape(self, value: str) -> str:
+        if self.esc not in value:
+            return value
         try:
-            if self._hl7 is None:
-                self._hl7 = hl7.parse(self.raw.split("\r", 1)[0])
-            return str(self._hl7.unescape(value))
+            return str(_decoder(self.fs, self.enc).unescape(value))
         except Exception:  # python-hl7 raises several types for odd encoding characters
             return value
 

@@ -1,12 +1,15 @@
 """Apply parsed items to the store: one transaction per batch, idempotent, nothing lost.
 
-- A record whose source key is already stored with the same content is a duplicate (no change).
-- A record the source marks as a correction (or an update of a preliminary result) replaces the
-  current version; the earlier version stays as history (`current = False`).
-- A different record under an existing key without a correction status is a conflict: it goes
-  to quarantine rather than silently overwriting a result someone may have acted on.
+- A record with the same content as a stored version of its source key (the current one or
+  history) is a duplicate: replaying old messages never brings back a corrected or deleted result.
+- A record the source marks as a correction, or a final result replacing a preliminary one,
+  becomes the current version; the earlier version stays as history (`current = False`).
+- A different record under an existing key without a correction status is a conflict, and a
+  preliminary result never replaces a final one: both go to quarantine rather than silently
+  overwriting a result someone may have acted on. A source key never moves between patients.
 - Unknown patients, unknown codes or units, impossible values and malformed records go to
-  quarantine with their reason and original text, and can be re-processed after a fix.
+  quarantine with their reason and original text (once: a re-sent record already waiting there is
+  not listed twice), and can be re-processed after a fix. docs/import.md has the full rules.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import date
 from operator import itemgetter
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from azaguard import domain as d
@@ -100,34 +103,46 @@ def _hash(fields: dict[str, Any]) -> str:
 
 
 def _insert_rows(s: Session, table: Table, rows: list[dict[str, Any]]) -> None:
-    """executemany straight to the driver: SQLAlchemy's per-row parameter handling would cost more
-    than the rest of an import. Values still go through each column type's bind processor, so
-    they are stored exactly as an ORM or Core insert would store them. Every row has the same keys."""
+    """Insert many rows with the driver's fastest path: COPY on PostgreSQL (psycopg), one
+    executemany on SQLite. SQLAlchemy's per-row parameter handling would cost more than the rest
+    of an import. Values still go through each column type's bind processor, so they are stored
+    exactly as an ORM or Core insert would store them. Every row has the same keys."""
     conn = s.connection()
     dialect = conn.dialect
     if dialect.paramstyle not in ("qmark", "format", "pyformat"):
         s.execute(table.insert(), rows)
         return
     cols = list(rows[0])
-    marker = "?" if dialect.paramstyle == "qmark" else "%s"
-    quote = dialect.identifier_preparer.quote
-    sql = (
-        f"INSERT INTO {dialect.identifier_preparer.format_table(table)} ({', '.join(quote(c) for c in cols)}) "
-        f"VALUES ({', '.join([marker] * len(cols))})"
-    )
     getter = itemgetter(*cols)
+    quote = dialect.identifier_preparer.quote
+    target = f"{dialect.identifier_preparer.format_table(table)} ({', '.join(quote(c) for c in cols)})"
     procs = [(i, p) for i, c in enumerate(cols) if (p := table.c[c].type.bind_processor(dialect)) is not None]
-    params: list[Any]
+    params: list[tuple[Any, ...]]
     if procs:
+        # Few distinct values per column (one timestamp, two booleans, a few dates): convert each once.
+        seen: list[dict[Any, Any]] = [{} for _ in procs]
         params = []
         for r in rows:
             values = list(getter(r))
-            for i, p in procs:
-                values[i] = p(values[i])
+            for (i, p), cache in zip(procs, seen, strict=True):
+                v = values[i]
+                try:
+                    values[i] = cache[v]
+                except KeyError:
+                    values[i] = cache[v] = p(v)
+                except TypeError:  # unhashable
+                    values[i] = p(v)
             params.append(tuple(values))
     else:
         params = [getter(r) for r in rows]
-    conn.exec_driver_sql(sql, params)
+    raw = conn.connection.driver_connection
+    if dialect.name == "postgresql" and dialect.driver == "psycopg" and raw is not None:
+        with raw.cursor() as cur, cur.copy(f"COPY {target} FROM STDIN") as copy:
+            for row in params:
+                copy.write_row(row)
+        return
+    marker = "?" if dialect.paramstyle == "qmark" else "%s"
+    conn.exec_driver_sql(f"INSERT INTO {target} VALUES ({', '.join([marker] * len(cols))})", params)
 
 
 def apply(
@@ -141,6 +156,11 @@ def apply(
     """Write one parsed batch inside the caller's transaction."""
     today = today or date.today()
     stamp = now()
+    if s.get_bind().dialect.name == "postgresql":
+        # psycopg prepares repeated statements; PostgreSQL would then reuse a generic plan made while
+        # the table looked small (a sequential scan) for every source-key lookup of a large batch,
+        # which grows quadratically. Plan each lookup for the table as it is.
+        s.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
     batch = m.ImportBatch(started_at=stamp, source=source[:300], format=parsed.format, counts={}, username=username)
     s.add(batch)
     s.flush()
@@ -164,17 +184,27 @@ def apply(
     for r in parsed.rejects:
         reject(r)
 
-    # Patients: create or update those the batch describes; everything else must already exist.
-    identifiers = {it.patient for it in parsed.items}
-    known = _patient_ids(s, identifiers)
+    # PostgreSQL refuses NUL in any text, queries included: such records cannot even be looked up.
+    items: list[Item] = []
     for it in parsed.items:
+        if "\x00" in it.patient or "\x00" in it.source_key:
+            why = "the patient identifier or record id contains a NUL character"
+            reject(Reject(it.ref, why, it.original, it.patient))
+        else:
+            items.append(it)
+
+    # Patients: create or update those the batch describes; everything else must already exist.
+    identifiers = {it.patient for it in items}
+    known = _patient_ids(s, identifiers)
+    for it in items:
         if it.kind != "patient":
             continue
         demo = it.payload
         pid = known.get(it.patient)
         if pid is None:
-            if len(it.patient) > 64 or "\x00" in it.patient:
-                reject(Reject(it.ref, "patient identifier is longer than 64 characters", it.original, it.patient))
+            if len(it.patient) > 64:
+                why = "patient identifier is longer than 64 characters"
+                reject(Reject(it.ref, why, it.original, it.patient))
                 continue
             row = m.Patient(
                 identifier=it.patient,
@@ -197,7 +227,7 @@ def apply(
 
     obs_items: list[Item] = []
     other: list[Item] = []
-    for it in parsed.items:
+    for it in items:
         if it.kind == "patient":
             continue
         if len(it.source_key) > 200:  # the column's size; keep long ids distinct
@@ -417,7 +447,7 @@ def _apply_observations(
     if retire:
         s.execute(update(obs_t).where(obs_t.id.in_(retire)).values(current=False))
     if new_rows:
-        _insert_rows(s, obs_t.__table__, new_rows)
+        _insert_rows(s, m.Observation.__table__, new_rows)  # type: ignore[arg-type]
 
 
 def _apply_other(
@@ -461,7 +491,7 @@ def _apply_other(
     if row is None:
         s.add(model(patient_id=pid, source_key=it.source_key, **values))
         summary.counts["imported"] += 1
-    elif row.patient_id != pid:
+    elif cast(Any, row).patient_id != pid:
         why = f"record id '{it.source_key}' already belongs to another patient's record; not applied"
         reject(Reject(it.ref, why, it.original, it.patient))
         return

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import secrets
 from datetime import date, datetime, timedelta
-from pathlib import Path
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
@@ -26,7 +26,7 @@ from azaguard.knowledge import Knowledge
 from azaguard.store import models as m
 from azaguard.store.writes import FormError
 
-TEMPLATES = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
+TEMPLATES = Jinja2Templates(directory=str(FilePath(__file__).resolve().parent / "templates"))
 COOKIE = "azaguard_session"
 LOGIN_CSRF = "azaguard_login_csrf"
 router = APIRouter(include_in_schema=False)
@@ -39,6 +39,9 @@ class LoginRequired(Exception):
 # scope="function": commit before the response is sent, so the page a redirect leads to sees the write
 # (FastAPI's default "request" scope commits after the response: a POST-redirect-GET could read stale data).
 SessionDep = Annotated[Session, Depends(session_dep, scope="function")]
+# Row ids are 32-bit INTEGER columns: a larger id is a 422, never a database overflow (a 500).
+PatientId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 
 def _kb(request: Request) -> Knowledge:
@@ -78,7 +81,10 @@ def current(request: Request, s: Session) -> tuple[m.User, m.WebSession]:
 
 async def form_data(request: Request) -> dict[str, str]:
     form = await request.form()
-    return {k: v if isinstance(v, str) else "" for k, v in form.items()}
+    data = {k: v if isinstance(v, str) else "" for k, v in form.items()}
+    if any("\x00" in v for v in data.values()):
+        raise HTTPException(400, "form fields must not contain NUL characters")
+    return data
 
 
 FormDep = Annotated[dict[str, str], Depends(form_data)]
@@ -149,6 +155,8 @@ def worklist_page(request: Request, s: SessionDep) -> HTMLResponse:
     user, ws = current(request, s)
     service.require_role(s, user, ("clinician", "admin"), "worklist", "web")
     q = request.query_params
+    if any("\x00" in v for v in q.values()):
+        raise HTTPException(400, "search fields must not contain NUL characters")
     flt = wl.WorklistFilter(
         severity=q.get("severity") or None,
         category=q.get("category") or None,
@@ -213,7 +221,7 @@ def _patient_context(request: Request, s: Session, user: m.User, patient_id: int
 
 
 @router.get("/patients/{patient_id}")
-def patient_page(patient_id: int, request: Request, s: SessionDep) -> HTMLResponse:
+def patient_page(patient_id: PatientId, request: Request, s: SessionDep) -> HTMLResponse:
     user, ws = current(request, s)
     if user.role == "patient" and user.patient_id == patient_id:
         return RedirectResponse("/me", 303)  # type: ignore[return-value]
@@ -222,7 +230,7 @@ def patient_page(patient_id: int, request: Request, s: SessionDep) -> HTMLRespon
 
 
 @router.get("/patients/{patient_id}/charts.svg")
-def patient_charts(patient_id: int, request: Request, s: SessionDep) -> Response:
+def patient_charts(patient_id: PatientId, request: Request, s: SessionDep) -> Response:
     from azaguard.web.charts import patient_chart_svg
 
     user, _ = current(request, s)
@@ -270,7 +278,7 @@ FORMS = {"lab": ("add-lab", _lab), "dose": ("change-dose", _dose), "medicine": (
 
 @router.post("/patients/{patient_id}/{form_name}")
 def patient_form(
-    patient_id: int,
+    patient_id: PatientId,
     form_name: str,
     request: Request,
     s: SessionDep,
@@ -279,7 +287,7 @@ def patient_form(
     user, ws = current(request, s)
     check_csrf(ws, form)
     if form_name == "team":
-        service.require_role(s, user, ("clinician", "admin"), "set-team", "web")
+        service.require_role(s, user, ("clinician", "admin"), "set-team", "web", patient_id)
         service.authorise_patient(s, user, patient_id, "set-team", "web", write=True)
         from azaguard.store.writes import set_team
 
@@ -304,7 +312,7 @@ def patient_form(
 
 
 @router.post("/findings/{finding_id}/review")
-def review_form(finding_id: int, request: Request, s: SessionDep, form: FormDep) -> Response:
+def review_form(finding_id: RowId, request: Request, s: SessionDep, form: FormDep) -> Response:
     user, ws = current(request, s)
     check_csrf(ws, form)
     f = s.get(m.FindingRow, finding_id)
@@ -382,6 +390,8 @@ def my_symptom(request: Request, s: SessionDep, form: FormDep) -> Response:
     user, ws = current(request, s)
     check_csrf(ws, form)
     if user.role != "patient" or user.patient_id is None:
+        audit(s, user, "denied", "report-symptom (patient view)")
+        s.commit()
         raise service.Denied("only patients report symptoms here")
     try:
         with s.begin_nested():
@@ -397,6 +407,8 @@ def my_symptom(request: Request, s: SessionDep, form: FormDep) -> Response:
 def my_ics(request: Request, s: SessionDep) -> Response:
     user, _ = current(request, s)
     if user.role != "patient" or user.patient_id is None:
+        audit(s, user, "denied", "calendar file (patient view)")
+        s.commit()
         raise service.Denied("only patients have a personal calendar file")
     view = service.patient_view(s, _kb(request), user, user.patient_id, "web")
     dues = [g["next_due"] for g in view.assessment["monitoring"]["groups"] if g["next_due"]]
