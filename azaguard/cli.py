@@ -178,6 +178,9 @@ def cmd_import(args: argparse.Namespace) -> int:
     kb = load_knowledge()
     db = _db(args)
     codes = load_code_map(args.code_map) if args.code_map else None
+    for arg in args.paths:
+        if not Path(arg).exists():
+            raise UsageError(f"{arg}: no such file or folder (nothing was imported)")
     files = [
         p
         for arg in args.paths

@@ -213,13 +213,15 @@ def reprocess_quarantine(
     parsed.rejects = []  # other records of the message have quarantine items of their own
     if still:
         item.reason = still[0].reason
+        s.commit()  # keep the up-to-date reason although the request fails
         raise ValueError(f"still rejected: {still[0].reason}")
     savepoint = s.begin_nested()
     summary = import_parsed(s, kb, user, parsed, f"quarantine {item_id}", channel)
     if summary.counts.get("quarantined", 0):
-        reasons = list(s.scalars(select(m.QuarantineItem.reason).where(m.QuarantineItem.batch_id == summary.batch_id)))
+        reasons = [r.reason for r in summary.rejects]
         savepoint.rollback()
         item.reason = reasons[0] if reasons else item.reason
+        s.commit()
         raise ValueError(f"still rejected: {item.reason}")
     savepoint.commit()
     item.state, item.resolved_at = "reprocessed", now()

@@ -86,11 +86,15 @@ def main() -> None:
             cli.append(time.perf_counter() - t)
         size_kb = path.stat().st_size / 1024
     print(f"patient: {n_obs} observations, {len(record.labs)} lab results, {len(record.medications)} medicines")
-    print(f"assess() in-process: median {statistics.median(times) * 1000:.2f} ms, "
-          f"p95 {sorted(times)[int(len(times) * 0.95) - 1] * 1000:.2f} ms over {len(times)} runs (target <= 5 ms)")
+    print(
+        f"assess() in-process: median {statistics.median(times) * 1000:.2f} ms, "
+        f"p95 {sorted(times)[int(len(times) * 0.95) - 1] * 1000:.2f} ms over {len(times)} runs (target <= 5 ms)"
+    )
     print(f"read_bundle() of the same patient: median {statistics.median(read_times) * 1000:.1f} ms")
-    print(f"CLI end-to-end ({size_kb:.0f} KiB bundle, --format json): median {statistics.median(cli) * 1000:.0f} ms, "
-          f"max {max(cli) * 1000:.0f} ms over {len(cli)} runs (target <= 500 ms)")
+    print(
+        f"CLI end-to-end ({size_kb:.0f} KiB bundle, --format json): median {statistics.median(cli) * 1000:.0f} ms, "
+        f"max {max(cli) * 1000:.0f} ms over {len(cli)} runs (target <= 500 ms)"
+    )
 
 
 if __name__ == "__main__":

@@ -45,7 +45,10 @@ def _start_cluster() -> Iterator[str]:
         subprocess.run([*as_pg, *args], check=True, capture_output=True, text=True)
 
     run(f"{pgbin}/initdb", "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync")
-    opts = f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    opts = (
+        f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 "
+        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    )
     run(f"{pgbin}/pg_ctl", "-D", data, "-l", f"{tmp}/server.log", "-w", "-t", "30", "-o", opts, "start")
     try:
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"

@@ -446,8 +446,6 @@ def test_an_out_of_range_id_on_a_web_route_is_not_a_server_error(clinic: Clinic,
     assert r.status_code in (404, 422), r.status_code
 
 
-
-
 @pytest.mark.parametrize("case", ["symptom-form", "worklist-search", "login-username"])
 def test_a_nul_character_in_a_web_request_is_not_a_server_error(
     clinic: Clinic, case: str, request: pytest.FixtureRequest

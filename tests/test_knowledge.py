@@ -41,10 +41,18 @@ def test_issue_defaults_are_the_shipped_defaults(kb):
     (rise,) = kb.rises
     assert (rise.analyte, rise.rise_fraction, rise.window.months) == ("creatinine", 0.30, 12)
     (trend,) = kb.trends
-    assert (set(trend.analytes), trend.fall_fraction, trend.successive_falls) == ({"wbc", "neutrophils", "platelets"}, 0.10, 3)
+    assert (set(trend.analytes), trend.fall_fraction, trend.successive_falls) == (
+        {"wbc", "neutrophils", "platelets"},
+        0.10,
+        3,
+    )
     s = kb.schedule
     assert (s.initial_interval.weeks, s.stable_after.weeks) == (2, 6)
-    assert (s.consolidation_interval.months, s.consolidation_duration.months, s.maintenance_interval.weeks) == (1, 3, 12)
+    assert (s.consolidation_interval.months, s.consolidation_duration.months, s.maintenance_interval.weeks) == (
+        1,
+        3,
+        12,
+    )
     c = kb.pgx.combined
     assert (c["intermediate"].fraction.low, c["intermediate"].fraction.high) == (0.3, 0.8)
     assert (c["compound-intermediate"].fraction.low, c["compound-intermediate"].fraction.high) == (0.2, 0.5)
@@ -95,7 +103,7 @@ def test_broken_reference_fails_loudly(monkeypatch):
 def test_unknown_key_in_knowledge_fails_loudly():
     raw = copy.deepcopy(loader._load_raw())
     raw["labs"]["thresholds"][0]["valeu"] = 1
-    with pytest.raises(KnowledgeError, match="labs.toml:thresholds"):
+    with pytest.raises(KnowledgeError, match=r"labs\.toml:thresholds"):
         loader._build(raw, {"name": "t", "version": "0", "local": "no"})
 
 
@@ -109,7 +117,7 @@ def test_engine_holds_no_clinical_numbers():
     for path in sorted(ENGINE.glob("*.py")):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
-            if isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool):
-                if node.value not in ALLOWED_NUMBERS:
-                    offenders.append(f"{path.name}:{node.lineno}: {node.value}")
+            is_number = isinstance(node, ast.Constant) and isinstance(node.value, int | float)
+            if is_number and not isinstance(node.value, bool) and node.value not in ALLOWED_NUMBERS:
+                offenders.append(f"{path.name}:{node.lineno}: {node.value}")
     assert not offenders, "clinical numbers belong in the knowledge files: " + ", ".join(offenders)

@@ -28,7 +28,9 @@ def test_default_knowledge_names_no_local_protocol(kb):
     assert "local protocol" not in kb.version
 
 
-@pytest.mark.parametrize(("value", "fires_default", "fires_local"), [(1.9, False, True), (2.0, False, False), (1.5, True, True)])
+@pytest.mark.parametrize(
+    ("value", "fires_default", "fires_local"), [(1.9, False, True), (2.0, False, False), (1.5, True, True)]
+)
 def test_local_neutrophil_threshold_replaces_default(kb, local_kb, value, fires_default, fires_local):
     b = on_treatment()
     b.fbc("2025-02-20", 5.0, value, 250)
@@ -36,7 +38,9 @@ def test_local_neutrophil_threshold_replaces_default(kb, local_kb, value, fires_
     local = run(b, "2025-02-21", local_kb)
     assert ("lab-neutrophils-low" in codes(local)) is fires_local
     if fires_local:
-        assert finding(local, "lab-neutrophils-low").sources[0].startswith("local-protocol: Local protocol 'Example Trust")
+        assert (
+            finding(local, "lab-neutrophils-low").sources[0].startswith("local-protocol: Local protocol 'Example Trust")
+        )
 
 
 def test_local_maintenance_interval_is_three_calendar_months(kb, local_kb):

@@ -33,8 +33,9 @@ def test_fhir_bundle_imports_to_the_record_it_assesses_to(db, kb):
 
 
 def test_reimport_is_idempotent(db, kb):
-    from conftest import on_treatment
     import json
+
+    from conftest import on_treatment
 
     text = json.dumps(on_treatment("P-2").bundle())
     with db.session() as s:

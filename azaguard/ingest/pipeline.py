@@ -39,6 +39,7 @@ class ImportSummary:
     batch_id: int | None = None
     counts: Counter[str] = field(default_factory=Counter)
     patients: set[int] = field(default_factory=set)
+    rejects: list[Reject] = field(default_factory=list)  # why each quarantined record was refused
 
     def as_dict(self) -> dict[str, Any]:
         keys = ("imported", "duplicates", "corrected", "quarantined", "patients_created", "deleted")
@@ -168,6 +169,7 @@ def apply(
     quarantine: list[dict[str, Any]] = []
 
     def reject(r: Reject) -> None:
+        summary.rejects.append(r)
         quarantine.append(
             {
                 "batch_id": batch.id,
