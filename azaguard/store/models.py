@@ -77,7 +77,7 @@ class Observation(Base):
     __table_args__ = (
         UniqueConstraint("source_key", "version", name="uq_observation_source_version"),
         Index("ix_observations_patient_effective", "patient_id", "effective"),
-        Index("ix_observations_source_key", "source_key"),
+        # source_key lookups use the unique (source_key, version) index: a second index only slows inserts
     )
 
 

@@ -219,7 +219,6 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("observations", schema=None) as batch_op:
         batch_op.create_index("ix_observations_patient_effective", ["patient_id", "effective"], unique=False)
-        batch_op.create_index("ix_observations_source_key", ["source_key"], unique=False)
 
     op.create_table(
         "quarantine",
@@ -348,7 +347,6 @@ def downgrade() -> None:
 
     op.drop_table("quarantine")
     with op.batch_alter_table("observations", schema=None) as batch_op:
-        batch_op.drop_index("ix_observations_source_key")
         batch_op.drop_index("ix_observations_patient_effective")
 
     op.drop_table("observations")
