@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from azaguard.store import models as m
@@ -19,6 +19,9 @@ from azaguard.store.records import now
 
 ROLES = ("clinician", "patient", "admin")
 SESSION_HOURS = 12
+# Account lock-out against password guessing (a security setting, not a clinical number).
+MAX_FAILED_LOGINS = 5
+LOCKOUT = timedelta(minutes=15)
 _hasher = PasswordHasher()
 
 
@@ -72,6 +75,22 @@ def create_user(
     s.add(user)
     s.flush()
     return user
+
+
+def login_locked(s: Session, username: str) -> bool:
+    """Too many recent failed logins for this username (counted from the audit log, so it holds
+    across processes and restarts)."""
+    since = datetime.now() - LOCKOUT
+    failures = s.scalar(
+        select(func.count())
+        .select_from(m.AuditEvent)
+        .where(
+            m.AuditEvent.action == "login-failed",
+            m.AuditEvent.detail == f"username {(username or '').strip()[:40]}",
+            m.AuditEvent.at >= since,
+        )
+    )
+    return (failures or 0) >= MAX_FAILED_LOGINS
 
 
 def authenticate(s: Session, username: str, password: str) -> m.User | None:

@@ -26,6 +26,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"description": "Not allowed for this user"},
     404: {"description": "Not found"},
     422: {"description": "Invalid request body or parameters"},
+    429: {"description": "Too many failed logins (token endpoint)"},
 }
 bearer = HTTPBearer(auto_error=False)
 router = APIRouter(prefix="/api/v1", responses=ERRORS)
@@ -208,9 +209,13 @@ def finding_json(f: m.FindingRow) -> dict[str, Any]:
 
 @router.post("/token", tags=["auth"], summary="Exchange username and password for a bearer token")
 def token(body: TokenRequest, s: SessionDep) -> dict[str, Any]:
+    if auth.login_locked(s, body.username):
+        audit(s, None, "login-locked", "api-token", detail=f"username {body.username.strip()[:40]}", channel="api")
+        s.commit()
+        raise HTTPException(429, "too many failed logins: try again in 15 minutes")
     user = auth.authenticate(s, body.username, body.password)
     if user is None:
-        audit(s, None, "login-failed", "api-token", detail=f"username {body.username[:40]}", channel="api")
+        audit(s, None, "login-failed", "api-token", detail=f"username {body.username.strip()[:40]}", channel="api")
         s.commit()
         raise HTTPException(401, "wrong username or password")
     tok = auth.create_api_token(s, user, body.label)

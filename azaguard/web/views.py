@@ -113,9 +113,14 @@ def login(request: Request, s: SessionDep, form: FormDep) -> Response:
         return render(
             request, "login.html", None, None, 400, login_csrf=cookie, error="Please reload the page and try again."
         )
-    user = auth.authenticate(s, form.get("username", ""), form.get("password", ""))
+    username = form.get("username", "").strip()
+    if auth.login_locked(s, username):
+        audit(s, None, "login-locked", "web-login", detail=f"username {username[:40]}")
+        message = "Too many failed logins. Try again in 15 minutes."
+        return render(request, "login.html", None, None, 429, login_csrf=cookie, error=message)
+    user = auth.authenticate(s, username, form.get("password", ""))
     if user is None:
-        audit(s, None, "login-failed", "web-login", detail=f"username {form.get('username', '')[:40]}")
+        audit(s, None, "login-failed", "web-login", detail=f"username {username[:40]}")
         return render(request, "login.html", None, None, 401, login_csrf=cookie, error="Wrong username or password.")
     token, _ = auth.create_session(s, user)
     audit(s, user, "login", "web-login")
