@@ -21,7 +21,7 @@ from azaguard.ingest.pipeline import ImportSummary, apply
 from azaguard.knowledge import Knowledge
 from azaguard.store import models as m
 from azaguard.store import writes
-from azaguard.store.records import load_record, now
+from azaguard.store.records import now
 
 
 class Denied(PermissionError):
@@ -238,8 +238,3 @@ def discard_quarantine(s: Session, user: m.User | None, item_id: int, reason: st
         raise ValueError("a reason is required to discard a quarantined record")
     item.state, item.resolved_at = "discarded", now()
     audit(s, user, "write", f"discard quarantine {item_id}", detail=reason, channel=channel)
-
-
-def patient_record(s: Session, user: m.User, patient_id: int, channel: str) -> Any:
-    authorise_patient(s, user, patient_id, "read-record", channel)
-    return load_record(s, patient_id)

@@ -31,11 +31,13 @@ def from_catalogue(
     code: str,
     evidence: tuple[dict[str, Any], ...] = (),
     severity: d.Severity | None = None,
+    as_code: str | None = None,
     **params: Any,
 ) -> d.Finding:
+    """`as_code` reports a shared text under a more specific code (symptom-fever from symptom-marrow)."""
     text = kb.findings[code]
     return d.Finding(
-        code=code,
+        code=as_code or code,
         category=text.category,
         severity=severity or text.severity,
         message=_fill(text.message, params),

@@ -200,16 +200,18 @@ def check_symptoms(ctx: Context) -> list[d.Finding]:
             template = "symptom-liver"
         else:
             template = "symptom-other"
-        f = from_catalogue(
-            kb,
-            template,
-            ({"type": "symptom", "text": s.text, "date": s.when.isoformat()},),
-            severity=spec.severity if spec else "warning",
-            symptom=name,
-            symptom_cap=name[:1].upper() + name[1:],
-            date=s.when,
+        out.append(
+            from_catalogue(
+                kb,
+                template,
+                ({"type": "symptom", "text": s.text, "date": s.when.isoformat()},),
+                severity=spec.severity if spec else "warning",
+                as_code=code_key,
+                symptom=name,
+                symptom_cap=name[:1].upper() + name[1:],
+                date=s.when,
+            )
         )
-        out.append(_recode(f, code_key))
 
     out.extend(_neutropenic_fever(ctx))
     if ctx.course.phase != "stopped":
@@ -245,9 +247,3 @@ def _neutropenic_fever(ctx: Context) -> list[d.Finding]:
                 )
             ]
     return []
-
-
-def _recode(f: d.Finding, code: str) -> d.Finding:
-    from dataclasses import replace
-
-    return replace(f, code=code)

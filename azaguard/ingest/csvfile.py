@@ -8,7 +8,6 @@ identity is patient + date + code), status (final | corrected), ref_low, ref_hig
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import math
 from datetime import date
@@ -94,7 +93,3 @@ def parse_csv_text(text: str, kb: Knowledge, source: str = "csv", local_codes: d
 def _cell(value: object) -> str:
     text = "" if value is None else str(value)
     return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
-
-
-def content_hash(text: str) -> str:
-    return hashlib.sha1(text.encode()).hexdigest()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
@@ -920,12 +919,3 @@ class _BundleReader:
 
 
 FhirReader = _BundleReader
-
-
-def iter_bundle_files(paths: list[str]) -> Iterator[Path]:
-    for p in paths:
-        path = Path(p)
-        if path.is_dir():
-            yield from sorted(path.glob("*.json"))
-        else:
-            yield path

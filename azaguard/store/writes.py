@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import uuid
-from datetime import date
+from datetime import date, timedelta
+from typing import TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -16,6 +17,8 @@ from sqlalchemy.orm import Session
 from azaguard.knowledge import Knowledge
 from azaguard.store import models as m
 from azaguard.store.records import now
+
+RowT = TypeVar("RowT", bound=m.Base)
 
 
 class FormError(ValueError):
@@ -55,6 +58,13 @@ def _number(value: float | str | None, field: str) -> float:
     return x
 
 
+def _save(s: Session, row: RowT) -> RowT:
+    """Add and flush, so the caller gets the id and any constraint error is raised here."""
+    s.add(row)
+    s.flush()
+    return row
+
+
 def require_patient(s: Session, patient_id: int) -> m.Patient:
     p = s.get(m.Patient, patient_id)
     if p is None:
@@ -89,9 +99,7 @@ def add_patient(
         monitoring_team=team,
         created_at=now(),
     )
-    s.add(p)
-    s.flush()
-    return p
+    return _save(s, p)
 
 
 def add_lab(
@@ -135,9 +143,7 @@ def add_lab(
         received_at=now(),
         below_detection=False,
     )
-    s.add(row)
-    s.flush()
-    return row
+    return _save(s, row)
 
 
 def change_dose(
@@ -161,8 +167,6 @@ def change_dose(
             m.Medication.patient_id == patient_id, m.Medication.drug == "azathioprine", m.Medication.status == "active"
         )
     ).all()
-    from datetime import timedelta
-
     for row in current:
         if row.start is not None and row.start >= begin:
             raise FormError("start", f"must be after the current dose's start ({row.start.isoformat()})")
@@ -180,9 +184,7 @@ def change_dose(
         source_key=_key("form"),
         created_at=now(),
     )
-    s.add(med)
-    s.flush()
-    return med
+    return _save(s, med)
 
 
 def add_medicine(
@@ -216,9 +218,7 @@ def add_medicine(
         source_key=_key("form"),
         created_at=now(),
     )
-    s.add(med)
-    s.flush()
-    return med
+    return _save(s, med)
 
 
 def add_vaccine(
@@ -256,9 +256,7 @@ def add_vaccine(
         status=status,
         source_key=_key("form"),
     )
-    s.add(row)
-    s.flush()
-    return row
+    return _save(s, row)
 
 
 def add_symptom(
@@ -290,9 +288,7 @@ def add_symptom(
         reported_by=reported_by,
         source_key=_key("form"),
     )
-    s.add(row)
-    s.flush()
-    return row
+    return _save(s, row)
 
 
 def set_team(s: Session, patient_id: int, team: str) -> None:

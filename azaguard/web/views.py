@@ -277,8 +277,7 @@ def _symptom(s: Session, kb: Knowledge, u: m.User, pid: int, f: dict[str, str]) 
     return service.report_symptom(s, kb, u, pid, f.get("symptom", ""), f.get("date"), "web")
 
 
-FORMS = {"lab": ("add-lab", _lab), "dose": ("change-dose", _dose), "medicine": ("add-medicine", _medicine),
-         "vaccine": ("add-vaccine", _vaccine), "symptom": ("report-symptom", _symptom)}  # fmt: skip
+FORMS = {"lab": _lab, "dose": _dose, "medicine": _medicine, "vaccine": _vaccine, "symptom": _symptom}
 
 
 @router.post("/patients/{patient_id}/{form_name}")
@@ -304,7 +303,7 @@ def patient_form(
         return RedirectResponse(f"/patients/{patient_id}#summary", status_code=303)
     if form_name not in FORMS:
         return error_page(request, 404, "No such form.")
-    _, action = FORMS[form_name]
+    action = FORMS[form_name]
     try:
         with s.begin_nested():  # a bad form rolls back to here: nothing is saved half-way
             action(s, _kb(request), user, patient_id, form)
