@@ -30,7 +30,11 @@ CATEGORIES: tuple[str, ...] = (
     "data-quality",
 )
 
-Phase = Literal["pre-treatment", "initiation", "dose-change", "stable", "stopped"]
+Phase = Literal["pre-treatment", "initiation", "dose-change", "stable", "on-hold", "stopped"]
+# What the patient's azathioprine is doing now. "on-hold" (withheld) is not "stopped": monitoring,
+# interaction checks and red-flag guidance all continue while a course is on hold.
+TreatmentStateName = Literal["not-started", "active", "on-hold", "stopped"]
+MedStatus = Literal["active", "on-hold", "draft", "intended", "stopped", "unknown"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,19 +70,24 @@ class RejectedResult:
 class MedicationEntry:
     """A medicine statement or order.
 
-    status is normalised to: active (taking now), draft (being ordered now),
-    intended (planned), stopped (history) or unknown.
+    status is normalised to: active (taking now), on-hold (withheld for now, to be resumed),
+    draft (being ordered now), intended (planned), stopped (history) or unknown.
+    `reason` is why it is on hold or stopped (FHIR statusReason, or the clinic's review).
     """
 
     drug: str | None
     name: str
-    status: Literal["active", "draft", "intended", "stopped", "unknown"]
+    status: MedStatus
     start: date | None
     end: date | None
     daily_dose_mg: float | None
     kind: Literal["statement", "request"] = "statement"
     rxnorm: str | None = None
     source_id: str = ""
+    reason: str = ""
+    # When the status (hold, stop) took effect, if the source says (FHIR dateAsserted, a clinic
+    # hold recorded as its own entry starting that day)
+    status_date: date | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,10 +101,15 @@ class GenotypeResult:
 
 @dataclass(frozen=True, slots=True)
 class ActivityResult:
+    """TPMT enzyme activity. `method` names the laboratory's assay (Observation.method): bands
+    are only valid for the assay they were published for, so an activity without a matching
+    assay is never interpreted."""
+
     value: float
     unit: str
     when: date
     source_id: str = ""
+    method: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,12 +131,16 @@ class Allergy:
 
 @dataclass(frozen=True, slots=True)
 class Vaccination:
+    """`live_unknown` marks a code that may be a live vaccine (CVX 188, zoster of unspecified
+    formulation): it is never silently read as inactivated."""
+
     vaccine: str | None
     live: bool
     name: str
     when: date | None
     status: Literal["given", "ordered"]
     source_id: str = ""
+    live_unknown: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +180,8 @@ class PatientRecord:
     screening_done: tuple[tuple[str, date], ...] = ()
     # (test key, date, positive?) for screening results whose polarity could be read
     screening_results: tuple[tuple[str, date, bool], ...] = ()
+    # Follow-ups a clinician dropped, with the reason: (follow-up key, reason, date)
+    dismissed_follow_ups: tuple[tuple[str, str, date], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +195,43 @@ class Finding:
     evidence: tuple[dict[str, Any], ...] = ()
     patient_text: str = ""
     ctcae: dict[str, Any] | None = None
+    # The date of the newest fact the finding rests on (result date, report date, order date)
+    date: date | None = None
+    # The repeat test the action asks for, as data: (test group, days after `date`, analytes that
+    # answer it; empty = a complete panel of the group)
+    follow_up: FollowUpSpec | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUpSpec:
+    group: str
+    days: int
+    answered_by: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUp:
+    """A repeat test a finding asked for; open until a result that answers it, dated after
+    `since`, arrives, or a clinician records a reason to drop it (then "dismissed", still shown)."""
+
+    key: str
+    group: str
+    since: date
+    due: date
+    finding_code: str
+    reason: str
+    severity: Severity
+    state: Literal["open", "overdue", "dismissed"]
+    answered_by: tuple[str, ...] = ()
+    dismissed_reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TreatmentState:
+    state: TreatmentStateName
+    since: date | None = None
+    reason: str = ""
+    held_dose_mg_per_day: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +253,7 @@ class DosePlan:
     recommended: DoseRange | None
     plan: tuple[DoseStep, ...]
     basis: tuple[str, ...] = ()
+    restart_criteria: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +263,9 @@ class MonitoringGroup:
     next_due: date | None
     overdue: bool
     interval: str = ""
+    # Earliest open follow-up for this group (next_due already takes it into account)
+    follow_up_due: date | None = None
+    due_reason: Literal["schedule", "follow-up", "baseline", ""] = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +273,7 @@ class MonitoringPlan:
     phase: Phase
     groups: tuple[MonitoringGroup, ...]
     treatment_start: date | None = None
+    follow_ups: tuple[FollowUp, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,3 +286,4 @@ class Assessment:
     dose: DosePlan
     monitoring: MonitoringPlan
     pgx: dict[str, str | None] = field(default_factory=dict)
+    treatment: TreatmentState = TreatmentState("not-started")

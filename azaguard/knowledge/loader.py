@@ -404,7 +404,7 @@ def _check_references(kb: Knowledge) -> None:
     need_sources(kb.reproduction.breastfeeding_sources, "reproduction.breastfeeding")
     need_sources(kb.metabolites.sources, "metabolites")
     need_sources(kb.efficacy.sources, "efficacy")
-    vaccine_keys = set(kb.vaccines.live) | set(kb.vaccines.inactivated)
+    vaccine_keys = set(kb.vaccines.live) | set(kb.vaccines.inactivated) | set(kb.vaccines.uncertain)
     for item in kb.screening:
         if item.finding not in kb.findings:
             raise KnowledgeError(f"screening: finding {item.finding} has no text in findings.toml")

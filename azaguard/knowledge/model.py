@@ -381,6 +381,8 @@ class Vaccines:
     generic_words: list[str]
     live: dict[str, VaccineDef]
     inactivated: dict[str, VaccineDef]
+    # Codes that may be a live vaccine (e.g. zoster, unspecified formulation): ask, never assume
+    uncertain: dict[str, VaccineDef] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)

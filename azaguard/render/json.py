@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from datetime import date
 from typing import Any
 
 from azaguard import domain as d
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 
 def _num(x: float | None) -> float | int | None:
@@ -29,7 +30,32 @@ def finding_to_dict(f: d.Finding) -> dict[str, Any]:
     }
     if f.ctcae:
         out["ctcae"] = f.ctcae
+    out["date"] = _date(f.date)
+    out["follow_up"] = (
+        None
+        if f.follow_up is None
+        else {"group": f.follow_up.group, "days": f.follow_up.days, "answered_by": list(f.follow_up.answered_by)}
+    )
     return out
+
+
+def _date(x: date | None) -> str | None:
+    return x.isoformat() if x else None
+
+
+def follow_up_to_dict(u: d.FollowUp) -> dict[str, Any]:
+    return {
+        "key": u.key,
+        "group": u.group,
+        "since": u.since.isoformat(),
+        "due": u.due.isoformat(),
+        "state": u.state,
+        "finding_code": u.finding_code,
+        "severity": u.severity,
+        "reason": u.reason,
+        "answered_by": list(u.answered_by),
+        "dismissed_reason": u.dismissed_reason or None,
+    }
 
 
 def assessment_to_dict(a: d.Assessment) -> dict[str, Any]:
@@ -40,6 +66,12 @@ def assessment_to_dict(a: d.Assessment) -> dict[str, Any]:
         "as_of": a.as_of.isoformat(),
         "knowledge_version": a.knowledge_version,
         "protocol": a.protocol,
+        "treatment": {
+            "state": a.treatment.state,
+            "since": _date(a.treatment.since),
+            "reason": a.treatment.reason or None,
+            "held_dose_mg_per_day": _num(a.treatment.held_dose_mg_per_day),
+        },
         "findings": [finding_to_dict(f) for f in a.findings],
         "dose": {
             "current_mg_per_day": _num(a.dose.current_mg_per_day),
@@ -47,6 +79,7 @@ def assessment_to_dict(a: d.Assessment) -> dict[str, Any]:
             "recommended_mg_per_day": None if rec is None else {"low": _num(rec.low), "high": _num(rec.high)},
             "plan": [{"from": s.start.isoformat(), "mg_per_day": _num(s.mg_per_day)} for s in a.dose.plan],
             "basis": list(a.dose.basis),
+            "restart_criteria": list(a.dose.restart_criteria),
         },
         "monitoring": {
             "phase": a.monitoring.phase,
@@ -58,9 +91,12 @@ def assessment_to_dict(a: d.Assessment) -> dict[str, Any]:
                     "next_due": g.next_due.isoformat() if g.next_due else None,
                     "overdue": g.overdue,
                     "interval": g.interval,
+                    "follow_up_due": _date(g.follow_up_due),
+                    "due_reason": g.due_reason or None,
                 }
                 for g in a.monitoring.groups
             ],
+            "follow_ups": [follow_up_to_dict(u) for u in a.monitoring.follow_ups],
         },
         "pgx": a.pgx,
     }
