@@ -182,18 +182,20 @@ class BundleBuilder:
             }
         )
 
-    def tpmt_activity(self, value: float, unit: str, when: str | date) -> BundleBuilder:
-        return self.add(
-            {
-                "resourceType": "Observation",
-                "id": self._id("tpmt"),
-                "status": "final",
-                "code": {"coding": [{"system": LOINC, "code": "21563-2", "display": "TPMT RBC activity"}]},
-                "subject": self._subject(),
-                "effectiveDateTime": str(when),
-                "valueQuantity": {"value": value, "unit": unit},
-            }
-        )
+    def tpmt_activity(self, value: float, unit: str, when: str | date, method: str | None = None) -> BundleBuilder:
+        """`method` is Observation.method.text: the laboratory's assay, which decides its bands."""
+        res: Resource = {
+            "resourceType": "Observation",
+            "id": self._id("tpmt"),
+            "status": "final",
+            "code": {"coding": [{"system": LOINC, "code": "21563-2", "display": "TPMT RBC activity"}]},
+            "subject": self._subject(),
+            "effectiveDateTime": str(when),
+            "valueQuantity": {"value": value, "unit": unit},
+        }
+        if method:
+            res["method"] = {"text": method}
+        return self.add(res)
 
     def metabolites(self, tgn: float, mmp: float, when: str | date, mmp_below_detection: bool = False) -> BundleBuilder:
         for code, text, value, below in (("6-tgn", "6-TGN", tgn, False), ("6-mmp", "6-MMP", mmp, mmp_below_detection)):

@@ -348,7 +348,7 @@ def _06() -> BundleBuilder:
     b = patient("ex06", "Priya Raman", "1980-06-11", "female", MG, "2025-12-12")
     b.weight(66, "2026-04-13")
     b.bloods("2026-04-13")
-    b.tpmt_activity(15, "mU/L", "2026-04-13")
+    b.tpmt_activity(15, "mU/L", "2026-04-13", "SWBH (Sandwell & West Birmingham) TPMT activity")
     b.genotype("NUDT15", "*1/*1", "2026-04-13")
     full_screening(b, "2026-04-13", female=True)
     vaccinated(b, flu="2025-10-10", pneumo="2026-03-02", shingrix="2026-03-02")
@@ -1070,6 +1070,51 @@ def _30() -> BundleBuilder:
     vaccinated(b, flu="2026-10-05", pneumo="2026-11-02", shingrix="2026-11-02")
     pyridostigmine(b, "2026-08-10")
     draft_azathioprine(b, "2026-12-07", 50)
+    return b
+
+
+@example(
+    "31-corrected-result",
+    "Neutrophils 3.6 corrected to 1.2 by the laboratory; the correction is listed first",
+    "Result versions: the newest version wins whatever the bundle order",
+    "2026-07-01",
+    """Gareth, 62, has been on azathioprine 150 mg for myasthenia for over a year. His blood count of 29 June
+    first reported neutrophils 3.6 x10^9/L; the next morning the laboratory corrected that same result to 1.2
+    (version 2, status corrected). The export lists the correction before the original. Only the newest version
+    counts, whatever the order, so the superseded 3.6 cannot hide a count below the safety limit (1.6):
+    azathioprine should be withheld and the specialist team contacted today.""",
+    {
+        "findings": {"lab-neutrophils-low": "critical"},
+        "absent": ["lab-wbc-low", "lab-platelets-low"],
+        "phase": "stable",
+        # CTCAE v5: neutrophils <1.5-1.0 = grade 2 (the corrected 1.2, not the superseded 3.6).
+        "ctcae": {"lab-neutrophils-low": 2},
+    },
+)
+def _31() -> BundleBuilder:
+    b = stable_mg(
+        "ex31",
+        "Gareth Llewellyn",
+        "1963-08-21",
+        "male",
+        75,
+        "2025-03-03",
+        150,
+        ["2025-02-24", "2026-01-12", "2026-04-06"],
+    )
+    when = "2026-06-29"
+    b.lab("6690-2", 4.2, "10*9/L", when, "Leukocytes", ref_low=4.0, ref_high=11.0)
+    # One neutrophil result in two versions (same id): the correction (version 2) comes first in the
+    # bundle, the original (version 1) after it.
+    b.lab("751-8", 1.2, "10*9/L", when, "Neutrophils", ref_low=2.0, ref_high=7.5, status="corrected")
+    corrected = b.entries[-1]
+    corrected["meta"] = {"versionId": "2", "lastUpdated": "2026-06-30T09:10:00+01:00"}
+    b.lab("751-8", 3.6, "10*9/L", when, "Neutrophils", ref_low=2.0, ref_high=7.5)
+    b.entries[-1]["id"] = corrected["id"]
+    b.entries[-1]["meta"] = {"versionId": "1", "lastUpdated": "2026-06-29T16:05:00+01:00"}
+    b.lab("777-3", 230, "10*9/L", when, "Platelets", ref_low=150, ref_high=400)
+    b.lab("731-0", 1.8, "10*9/L", when, "Lymphocytes", ref_low=1.0, ref_high=4.0)
+    b.lft(when, 22, albumin=42).renal(when, 78, egfr=90)
     return b
 
 

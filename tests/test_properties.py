@@ -77,15 +77,17 @@ def test_recommended_dose_never_exceeds_any_cap(
     eps = 1e-9
     assert r.high <= weight * dz.max_mg_per_kg + eps
     assert r.high <= dz.max_mg_per_day + eps
-    assert r.high <= normal_high * frac.high + eps
+    # CPIC's fraction is a starting dose: a patient stable since January on a tolerated dose may
+    # keep it (never above the normal range); allopurinol then cuts the dose taken before it.
+    pgx_high = max(normal_high * frac.high, min(current or 0, normal_high)) if category != "normal" else normal_high
+    assert r.high <= pgx_high + eps
     if allopurinol:
         factor = next(ix.dose_factor for ix in KB.interactions if ix.id == "allopurinol")
         assert factor is not None
-        assert r.high <= normal_high * frac.high * factor + eps
+        assert r.high <= pgx_high * factor + eps
     if pregnant:
         assert r.high <= KB.reproduction.pregnancy_max_mg_per_kg * weight + eps
-    if egfr is not None and egfr < dz.renal.egfr_below:
-        assert r.high <= dz.target_mg_per_kg.low * weight * frac.low * (factor if allopurinol else 1.0) + eps
+    # (one low eGFR asks for a repeat; the low-end hold needs a sustained fall: test_rules_dosing)
     assert 0 < r.low <= r.high
     assert math.isclose(r.low % step, 0) and math.isclose(r.high % step, 0)
     if a.dose.plan:

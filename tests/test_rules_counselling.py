@@ -358,7 +358,7 @@ def test_incomplete_fbc() -> None:
     b = on_treatment()
     b.lab("6690-2", 6.0, "10*9/L", "2025-09-01", "WBC")
     b.lab("751-8", 3.5, "10*9/L", "2025-09-01", "Neutrophils")
-    f = finding(run(b, AS_OF, KB), "data-incomplete-fbc")
-    assert f.severity == "warning" and "platelets" in f.message
+    f = finding(run(b, AS_OF, KB), "data-incomplete-panel")
+    assert f.severity == "warning" and "Platelets" in f.message and "FBC" in f.message
     b.lab("777-3", 250, "10*9/L", "2025-09-01", "Platelets")
-    assert "data-incomplete-fbc" not in codes(run(b, AS_OF, KB))
+    assert "data-incomplete-panel" not in codes(run(b, AS_OF, KB))

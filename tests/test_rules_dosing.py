@@ -48,6 +48,7 @@ def patient(
     start: str = "2025-01-06",
     egfr: float = 90,
     sex: str = "male",
+    egfr_before: float | None = None,
 ) -> BundleBuilder:
     """Pre-treatment when dose is None, otherwise on `dose` mg/day since `start`."""
     b = BundleBuilder("dose", "1985-03-01", sex)
@@ -58,6 +59,8 @@ def patient(
         b.genotype("TPMT", tpmt, "2024-12-01")
     if nudt15:
         b.genotype("NUDT15", nudt15, "2024-12-01")
+    if egfr_before is not None:  # an earlier eGFR, a week before: a fall confirmed on two results
+        b.renal("2025-08-25", 75, egfr=egfr_before)
     b.fbc("2025-09-01", 6.0, 3.5, 250, lymph=1.8).lft("2025-09-01", 25, albumin=42).renal("2025-09-01", 75, egfr=egfr)
     if dose is not None:
         b.azathioprine(start, dose)
@@ -130,21 +133,43 @@ def test_poor_metaboliser_gets_no_dose(tpmt: str, nudt15: str) -> None:
     assert finding(a, "pgx-poor").severity == "critical"
 
 
+RECENT = "2025-08-20"  # a course started three weeks before AS_OF: still titrating
+
+
 def test_current_dose_above_pgx_cap_is_critical() -> None:
     # 70 kg IM: high end 125 mg/day
-    a = run(patient(70, "*1/*3A", dose=150), AS_OF, KB)
+    a = run(patient(70, "*1/*3A", dose=150, start=RECENT), AS_OF, KB)
     f = finding(a, "dosing-above-recommended")
     assert f.severity == "critical" and f.category == "dosing"
     assert f.action and f.sources
     assert "125" in f.message
-    a = run(patient(70, "*1/*3A", dose=125), AS_OF, KB)
+    a = run(patient(70, "*1/*3A", dose=125, start=RECENT), AS_OF, KB)
     assert "dosing-above-recommended" not in codes(a)
+
+
+def test_pgx_advice_for_a_patient_already_stable_is_not_a_starting_dose() -> None:
+    """CPIC's 30-80% is a starting dose: stable on 150 mg since January, an IM is not told to
+    start at 30-80% or cut to 125 mg for the genotype alone."""
+    a = run(patient(70, "*1/*3A", dose=150), AS_OF, KB)
+    assert a.monitoring.phase == "stable"
+    f = finding(a, "pgx-reduced-on-treatment")
+    assert f.severity == "info" and "starting dose" in f.action and f.sources
+    assert "pgx-intermediate" not in codes(a)
+    assert "dosing-above-recommended" not in codes(a)
+    assert rec(a) == (50, 150) and [x.mg_per_day for x in a.dose.plan] == [150]
+    # stable on a low dose: no titration up to the normal range either (30-80% still bounds it)
+    a = run(patient(70, "*1/*3A", dose=25), AS_OF, KB)
+    assert rec(a) is not None and rec(a)[1] <= 0.8 * 2.5 * 70
+    # starting treatment: the starting-dose advice and the reduced range (other side of the rule)
+    a = run(patient(70, "*1/*3A", dose=150, start=RECENT), AS_OF, KB)
+    assert "pgx-intermediate" in codes(a) and "pgx-reduced-on-treatment" not in codes(a)
+    assert "Start at 30-80%" in finding(a, "pgx-intermediate").action
 
 
 def test_proposed_dose_above_pgx_cap_is_critical() -> None:
     b = patient(70, "*1/*3A")
     b.request("Azathioprine 50 mg tablets", "2025-09-08", 150, rxnorm="1256")
-    f = finding(run(b, AS_OF, KB), "dosing-above-recommended")
+    f = finding(run(b, AS_OF, KB), "dosing-above-recommended")  # pre-treatment: starting-dose rules
     assert f.severity == "critical" and f.message.startswith("Proposed")
     b = patient(70, "*1/*3A")
     b.request("Azathioprine 50 mg tablets", "2025-09-08", 100, rxnorm="1256")
@@ -200,12 +225,44 @@ def test_allopurinol_with_intermediate_metaboliser_multiplies_both_reductions() 
 
 
 def test_allopurinol_draft_order_already_reduces_the_range() -> None:
+    """A quarter of the dose the patient takes now (150 -> 37.5, whole tablets 25 mg); one
+    problem, one finding: the interaction finding carries the dose excess."""
     b = patient(70, dose=150)
     b.request("Allopurinol 100 mg tablets", "2025-09-08", 100, rxnorm="519")
     a = run(b, AS_OF, KB)
-    assert rec(a) == expected_range(70, factor=0.25)
-    assert finding(a, "dosing-above-recommended").severity == "critical"
-    assert finding(a, "interaction-allopurinol").message.startswith("About to be prescribed")
+    assert rec(a) == (25, 25)
+    f = finding(a, "interaction-allopurinol")
+    assert f.severity == "critical" and f.message.startswith("About to be prescribed")
+    assert "150 mg/day" in f.message and "at most 25 mg/day" in f.action
+    assert "dosing-above-recommended" not in codes(a)
+
+
+def test_allopurinol_factor_applies_to_the_patients_own_dose_before_it() -> None:
+    """Cut correctly from 100 to 25 mg when allopurinol started: not "below target", no
+    titration back up to 50 mg (the weight-based target x 25% would say 37.5-43.75 -> 25-50)."""
+    b2 = BundleBuilder("dose", "1985-03-01", "male")
+    b2.condition("91637004", "Myasthenia gravis", "2024-06-01")
+    b2.weight(100, "2025-08-01").genotype("TPMT", "*1/*1", "2024-12-01").genotype("NUDT15", "*1/*1", "2024-12-01")
+    b2.bloods("2025-09-01")
+    b2.azathioprine("2025-01-06", 100, end="2025-06-30")
+    b2.azathioprine("2025-07-01", 25)
+    b2.statement("Allopurinol 100 mg tablets", "2025-07-01", 100, rxnorm="519")
+    a = run(b2, AS_OF, KB)
+    assert rec(a) == (25, 25)
+    assert not {"dosing-below-target", "dosing-above-recommended"} & codes(a)
+    assert [s.mg_per_day for s in a.dose.plan] == [25]
+    assert any("taken before it" in x for x in a.dose.basis)
+    # still on the full 100 mg with allopurinol started: the interaction finding says cut to 25
+    b3 = BundleBuilder("dose", "1985-03-01", "male")
+    b3.condition("91637004", "Myasthenia gravis", "2024-06-01")
+    b3.weight(100, "2025-08-01").genotype("TPMT", "*1/*1", "2024-12-01").genotype("NUDT15", "*1/*1", "2024-12-01")
+    b3.bloods("2025-09-01")
+    b3.azathioprine("2025-01-06", 100)
+    b3.statement("Allopurinol 100 mg tablets", "2025-07-01", 100, rxnorm="519")
+    a = run(b3, AS_OF, KB)
+    f = finding(a, "interaction-allopurinol")
+    assert f.severity == "critical" and "at most 25 mg/day" in f.action
+    assert "dosing-above-recommended" not in codes(a)
 
 
 def test_stopped_allopurinol_does_not_reduce_the_range() -> None:
@@ -247,8 +304,19 @@ def test_warning_interaction_does_not_change_the_range() -> None:
 
 
 # ---------------------------------------------------------------- renal and hepatic impairment
-def test_egfr_below_60_holds_the_range_at_the_low_end() -> None:
+def test_single_egfr_below_60_asks_for_a_repeat_not_a_dose_cut() -> None:
+    """BSR/SPS: repeat within a week first; one low result does not reduce the dose."""
     a = run(patient(70, egfr=59), AS_OF, KB)
+    assert "dosing-renal" not in codes(a)
+    assert rec(a) == (150, 175)
+    f = finding(a, "lab-egfr-low")
+    assert f.follow_up is not None and (f.follow_up.group, f.follow_up.days) == ("renal", 7)
+    renal = next(g for g in a.monitoring.groups if g.name == "renal")
+    assert renal.next_due == date(2025, 9, 8) and renal.due_reason == "follow-up"
+
+
+def test_egfr_below_60_twice_holds_the_range_at_the_low_end() -> None:
+    a = run(patient(70, egfr=59, egfr_before=58), AS_OF, KB)
     f = finding(a, "dosing-renal")
     assert f.severity == "warning" and f.category == "dosing"
     assert rec(a) == expected_range(70, hold_low=True)
@@ -258,7 +326,8 @@ def test_egfr_below_60_holds_the_range_at_the_low_end() -> None:
 
 
 def test_egfr_60_is_not_renal_impairment() -> None:
-    a = run(patient(70, egfr=60), AS_OF, KB)
+    assert "dosing-renal" not in codes(run(patient(70, egfr=59, egfr_before=60), AS_OF, KB))
+    a = run(patient(70, egfr=60, egfr_before=59), AS_OF, KB)
     assert "dosing-renal" not in codes(a)
     assert rec(a) == (150, 175)
 
@@ -283,7 +352,7 @@ def test_liver_disease_holds_at_low_end() -> None:
 
 
 def test_renal_hold_makes_a_normal_dose_above_recommended() -> None:
-    a = run(patient(70, dose=175, egfr=45), AS_OF, KB)
+    a = run(patient(70, dose=175, egfr=45, egfr_before=50), AS_OF, KB)
     assert finding(a, "dosing-above-recommended").severity == "critical"
 
 
@@ -349,7 +418,7 @@ def test_titration_continues_from_the_current_dose() -> None:
 
 
 def test_plan_for_a_dose_above_range_is_a_reduction_to_the_high_end() -> None:
-    a = run(patient(70, "*1/*3A", dose=150), AS_OF, KB)
+    a = run(patient(70, "*1/*3A", dose=150, start=RECENT), AS_OF, KB)
     assert [(s.start, s.mg_per_day) for s in a.dose.plan] == [(AS_OF, 125)]
 
 
@@ -418,6 +487,6 @@ def test_pregnancy_over_2_mg_per_kg_is_reported_once_by_reproduction() -> None:
 
 
 def test_pregnancy_does_not_hide_a_pgx_overdose() -> None:
-    b = patient(70, "*1/*3A", dose=150, sex="female")  # IM cap 125 mg is below the pregnancy cap 140 mg
+    b = patient(70, "*1/*3A", dose=150, sex="female", start=RECENT)  # IM cap 125 mg is below the pregnancy cap 140 mg
     b.pregnant("2025-08-15")
     assert finding(run(b, AS_OF, KB), "dosing-above-recommended").severity == "critical"

@@ -143,28 +143,54 @@ def test_reported_phenotype_text(gene: str, text: str, phenotype: str) -> None:
 
 
 # ---------------------------------------------------------------- red-cell activity bands
-def band_cases() -> list[tuple[str, float, str]]:
+def band_cases() -> list[tuple[str, str, float, str]]:
     cases = []
     for table in KB.pgx.activity_units:
         for unit in table.unit:
             for band in table.bands:
                 if band.low > 0:
-                    cases.append((unit, band.low, band.phenotype))
+                    cases.append((table.assay[0], unit, band.low, band.phenotype))
                 if band.high < 1e6:
-                    cases.append((unit, round(band.high - 0.01, 2), band.phenotype))
+                    cases.append((table.assay[0], unit, round(band.high - 0.01, 2), band.phenotype))
     return cases
 
 
-def activity_only(value: float, unit: str, on_treatment: bool = False) -> BundleBuilder:
+# The assay each literal unit below is reported by (the result must name it: Observation.method).
+ASSAY = {"nmol/h/g Hb": "GSTT Purine Research Laboratory", "mU/L": "SWBH TPMT activity", "NMOL/H/G HB": "GSTT"}
+
+
+def activity_only(value: float, unit: str, on_treatment: bool = False, method: str | None = "") -> BundleBuilder:
     b = patient(tpmt=None, on_treatment=on_treatment)
-    b.tpmt_activity(value, unit, "2025-08-01")
+    b.tpmt_activity(value, unit, "2025-08-01", ASSAY.get(unit) if method == "" else method)
     return b
 
 
-@pytest.mark.parametrize(("unit", "value", "phenotype"), band_cases())
-def test_activity_band_edges_from_knowledge(unit: str, value: float, phenotype: str) -> None:
-    a = run(activity_only(value, unit), AS_OF, KB)
+@pytest.mark.parametrize(("assay", "unit", "value", "phenotype"), band_cases())
+def test_activity_band_edges_from_knowledge(assay: str, unit: str, value: float, phenotype: str) -> None:
+    a = run(activity_only(value, unit, method=f"{assay} assay"), AS_OF, KB)
     assert a.pgx["tpmt"] == LABEL[phenotype]
+
+
+def test_two_assays_with_one_unit_are_never_merged() -> None:
+    """ARUP calls < 17 U/mL "low - avoid thiopurines"; an older US reference calls 6.3-15 low.
+    10 U/mL from ARUP is a poor metaboliser (no dose), not a 30-80% dose."""
+    arup = run(activity_only(10, "U/mL", method="ARUP TPMT RBC"), AS_OF, KB)
+    assert arup.pgx["tpmt"] == LABEL["PM"] and arup.dose.recommended is None
+    older = run(activity_only(10, "U/mL", method="ClinLabNavigator reference"), AS_OF, KB)
+    assert older.pgx["tpmt"] == LABEL["IM"]
+    # just above ARUP's low cut-off: intermediate
+    assert run(activity_only(17, "U/mL", method="ARUP"), AS_OF, KB).pgx["tpmt"] == LABEL["IM"]
+
+
+@pytest.mark.parametrize("method", [None, "Some other laboratory's assay"])
+def test_activity_without_a_matching_assay_is_not_interpreted(method: str | None) -> None:
+    a = run(activity_only(10, "U/mL", method=method), AS_OF, KB)
+    f = finding(a, "data-tpmt-activity-assay-unknown")
+    assert f.severity == "warning" and f.category == "data-quality"
+    assert "assay" in f.message and f.sources
+    assert a.pgx["tpmt"] is None and a.dose.recommended is None
+    # a matching assay is interpreted (other side of the rule)
+    assert "data-tpmt-activity-assay-unknown" not in codes(run(activity_only(10, "U/mL", method="ARUP"), AS_OF, KB))
 
 
 # Literal laboratory bands (Gloucester nmol/h/g Hb; Exeter mU/L, whose 10-20 band is unassigned).
@@ -193,17 +219,17 @@ def test_activity_unit_is_matched_case_insensitively() -> None:
 
 
 def test_unknown_activity_unit_is_not_used() -> None:
-    a = run(activity_only(15, "umol/min/L"), AS_OF, KB)
-    f = finding(a, "data-unknown-activity-unit")
+    a = run(activity_only(15, "umol/min/L", method="GSTT"), AS_OF, KB)
+    f = finding(a, "data-tpmt-activity-assay-unknown")
     assert f.severity == "warning" and f.category == "data-quality"
     assert a.pgx["tpmt"] is None
     assert a.dose.recommended is None
     # with a genotype as well, the genotype alone decides
     b = patient(tpmt="*1/*1")
-    b.tpmt_activity(5, "umol/min/L", "2025-08-01")
+    b.tpmt_activity(5, "umol/min/L", "2025-08-01", "GSTT")
     a = run(b, AS_OF, KB)
     assert a.pgx["tpmt"] == LABEL["NM"]
-    assert "data-unknown-activity-unit" in codes(a)
+    assert "data-tpmt-activity-assay-unknown" in codes(a)
 
 
 # ---------------------------------------------------------------- discordant genotype and activity
@@ -217,7 +243,7 @@ def test_unknown_activity_unit_is_not_used() -> None:
 )
 def test_discordant_results_use_the_worse_and_say_so(diplotype: str, activity: float, used: str) -> None:
     b = patient(tpmt=diplotype)
-    b.tpmt_activity(activity, "nmol/h/g Hb", "2025-08-01")
+    b.tpmt_activity(activity, "nmol/h/g Hb", "2025-08-01", "GSTT")
     a = run(b, AS_OF, KB)
     assert a.pgx["tpmt"] == LABEL[used]
     f = finding(a, "pgx-discordant")
@@ -228,13 +254,13 @@ def test_discordant_results_use_the_worse_and_say_so(diplotype: str, activity: f
 @pytest.mark.parametrize(("diplotype", "activity"), [("*1/*1", 30), ("*1/*3A", 15), ("*3A/*3C", 5)])
 def test_concordant_results_are_not_discordant(diplotype: str, activity: float) -> None:
     b = patient(tpmt=diplotype)
-    b.tpmt_activity(activity, "nmol/h/g Hb", "2025-08-01")
+    b.tpmt_activity(activity, "nmol/h/g Hb", "2025-08-01", "GSTT")
     assert "pgx-discordant" not in codes(run(b, AS_OF, KB))
 
 
 def test_normal_genotype_with_unassigned_low_activity_is_not_dosed_as_normal() -> None:
     b = patient(tpmt="*1/*1")
-    b.tpmt_activity(15, "mU/L", "2025-08-01")  # below the carrier band (20-68 mU/L)
+    b.tpmt_activity(15, "mU/L", "2025-08-01", "SWBH")  # below the carrier band (20-68 mU/L)
     a = run(b, AS_OF, KB)
     assert a.pgx["category"] != "normal"
     assert a.dose.recommended is not None

@@ -190,7 +190,9 @@ def test_condition_with_onset_after_as_of_is_not_used(key: str) -> None:
 @pytest.mark.parametrize(
     ("snomed", "text", "code", "severity"),
     [
-        ("40733004", "Infectious disease", "contraindication-active-infection", "critical"),
+        ("40733004", "Infectious disease", "caution-infection", "warning"),
+        ("68566005", "Urinary tract infectious disease", "caution-infection", "warning"),
+        ("91302008", "Sepsis", "contraindication-active-infection", "critical"),
         (None, "Pneumonia", "contraindication-active-infection", "critical"),
         ("66071002", "Chronic hepatitis B", "contraindication-hepatitis-b", "critical"),
         (None, "Hepatitis B", "contraindication-hepatitis-b", "critical"),
@@ -202,6 +204,32 @@ def test_condition_literal_severities(snomed: str | None, text: str, code: str, 
     b = patient()
     b.condition(snomed, text, "2025-08-01")
     assert finding(run(b, AS_OF, KB), code).severity == severity
+
+
+def test_uncomplicated_infection_is_a_warning_not_the_serious_infection_critical() -> None:
+    """BSR 2025: stop during *severe* infection (IV treatment or admission); a UTI is a warning to
+    check the count and consider pausing."""
+    b = patient()
+    b.condition("68566005", "Urinary tract infection", "2025-08-01")
+    a = run(b, AS_OF, KB)
+    f = finding(a, "caution-infection")
+    assert "Check FBC" in f.action and "consider pausing" in f.action
+    assert "contraindication-active-infection" not in codes(a)
+    b = patient()
+    b.condition("91302008", "Sepsis with serious infection", "2025-08-01")
+    a = run(b, AS_OF, KB)
+    assert "contraindication-active-infection" in codes(a) and "caution-infection" not in codes(a)
+
+
+@pytest.mark.parametrize(
+    ("snomed", "text"), [("431855005", "Chronic kidney disease stage 1"), ("197321007", "Steatosis of liver")]
+)
+def test_ckd_stage_1_and_fatty_liver_do_not_cut_the_dose(snomed: str, text: str) -> None:
+    b = patient()
+    b.condition(snomed, text, "2025-08-01")
+    a = run(b, AS_OF, KB)
+    assert not {"dosing-renal", "dosing-hepatic", "caution-liver-disease"} & codes(a)
+    assert not [f for f in a.findings if f.severity == "critical"]
 
 
 # ---------------------------------------------------------------- reproduction

@@ -292,14 +292,20 @@ def test_last_day_of_an_active_statement_is_still_on_treatment() -> None:
     assert a.dose.current_mg_per_day == 150
 
 
-def test_dose_decrease_does_not_restart_2_weekly_testing() -> None:
+def test_dose_decrease_restarts_2_weekly_testing() -> None:
+    """Practical Neurology 2020: tests fortnightly on starting *or changing* the dose (knowledge
+    schedule.restart_sequence_on lists dose-reduction)."""
+    assert "dose-reduction" in KB.schedule.restart_sequence_on
     after = CHANGE + relativedelta(weeks=2)
     a = run(dose_change(100, CHANGE, (BEFORE_CHANGE, after)), after + ONE, KB)
-    assert a.monitoring.phase == "stable"
-    assert groups(a)["FBC"].next_due == after + TWELVE_WEEKS
+    assert a.monitoring.phase == "dose-change"
+    assert groups(a)["FBC"].next_due == after + TWO_WEEKS
     a = run(dose_change(100, CHANGE, (BEFORE_CHANGE,)), CHANGE + TWO_WEEKS + ONE, KB)
-    assert groups(a)["FBC"].next_due == BEFORE_CHANGE + TWELVE_WEEKS
-    assert not monitoring(a)
+    assert groups(a)["FBC"].next_due == CHANGE + TWO_WEEKS
+    assert "monitoring-overdue" in codes(a)
+    # the same dose continued is no change: maintenance stays 12-weekly
+    a = run(dose_change(150, CHANGE, (BEFORE_CHANGE, after)), after + ONE, KB)
+    assert groups(a)["FBC"].next_due == after + TWELVE_WEEKS
 
 
 # ---------------------------------------------------------------- never done since the start

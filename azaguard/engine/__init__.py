@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date
 
 from azaguard import domain as d
-from azaguard.engine.context import build_context
+from azaguard.engine.context import Course, build_context
 from azaguard.engine.counselling import (
     check_data_quality,
     check_efficacy,
@@ -14,7 +14,8 @@ from azaguard.engine.counselling import (
     check_screening_results,
 )
 from azaguard.engine.dosing import compute_dose
-from azaguard.engine.labs import check_rises, check_thresholds, check_trends
+from azaguard.engine.followups import apply_follow_ups, follow_ups
+from azaguard.engine.labs import check_rises, check_thresholds, check_trends, check_uln_rules
 from azaguard.engine.pgx import LABEL, check_pgx
 from azaguard.engine.safety import (
     check_contraindications,
@@ -31,6 +32,7 @@ CHECKS = (
     check_screening,
     check_screening_results,
     check_thresholds,
+    check_uln_rules,
     check_rises,
     check_trends,
     check_interactions,
@@ -44,8 +46,20 @@ CHECKS = (
 )
 
 
-def sort_key(f: d.Finding) -> tuple[int, int, str]:
-    return (d.SEVERITY_RANK[f.severity], d.CATEGORIES.index(f.category), f.code)
+def sort_key(f: d.Finding) -> tuple[int, int, int, str]:
+    """Most severe first, then the newest evidence first (undated last), then category and code."""
+    newest = -f.date.toordinal() if f.date else 0
+    return (d.SEVERITY_RANK[f.severity], newest, d.CATEGORIES.index(f.category), f.code)
+
+
+def treatment_state(course: Course) -> d.TreatmentState:
+    if course.on_hold:
+        return d.TreatmentState("on-hold", course.hold_since, course.hold_reason, course.held_dose)
+    if course.phase == "stopped":
+        return d.TreatmentState("stopped", course.stopped_on)
+    if course.phase == "pre-treatment":
+        return d.TreatmentState("not-started")
+    return d.TreatmentState("active", course.start)
 
 
 def assess(record: d.PatientRecord, knowledge: Knowledge, as_of: date) -> d.Assessment:
@@ -56,6 +70,9 @@ def assess(record: d.PatientRecord, knowledge: Knowledge, as_of: date) -> d.Asse
     findings += dose_findings + schedule_findings
     for check in CHECKS:
         findings.extend(check(ctx))
+    items = follow_ups(ctx, findings)
+    monitoring, overdue = apply_follow_ups(ctx, monitoring, items, findings)
+    findings += overdue
     pgx_summary = {
         gene.lower(): (LABEL[call.phenotype] if call.phenotype else None)
         for gene, call in (("TPMT", ctx.pgx["tpmt"]), ("NUDT15", ctx.pgx["nudt15"]))
@@ -70,4 +87,5 @@ def assess(record: d.PatientRecord, knowledge: Knowledge, as_of: date) -> d.Asse
         dose=dose,
         monitoring=monitoring,
         pgx=pgx_summary,
+        treatment=treatment_state(ctx.course),
     )

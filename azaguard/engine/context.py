@@ -40,13 +40,34 @@ class Course:
     phase: d.Phase
     start: date | None  # start of the current continuous course
     start_known: bool
-    anchors: tuple[date, ...]  # start and every dose increase, in order
-    current_dose: float | None  # mg/day of the active entry
+    anchors: tuple[date, ...]  # start and every dose event that restarts the 2-weekly sequence
+    current_dose: float | None  # mg/day taken now (None while on hold)
     proposed_dose: float | None  # mg/day of a draft order, if any
     stopped_on: date | None
-    active_entry: d.MedicationEntry | None
+    active_entry: d.MedicationEntry | None  # the current entry (active or on hold)
     draft_entry: d.MedicationEntry | None
     ever_stable: bool  # dose was stable >= stable_after at some point before the last anchor
+    on_hold: bool = False
+    hold_since: date | None = None
+    hold_reason: str = ""
+    held_dose: float | None = None
+    # The latest dose event of the course: (date, "increase" | "reduction" | "hold" | "restart-after-hold")
+    last_event: tuple[date, str] | None = None
+    chain: tuple[d.MedicationEntry, ...] = ()
+
+    def dose_on(self, day: date) -> float | None:
+        """mg/day the patient was taking on `day` within this course (None if unknown or on hold)."""
+        found = None
+        for m in self.chain:
+            if m.start is not None and m.start <= day and (m.end is None or m.end >= day):
+                found = m
+        if found is None or found.status == "on-hold":
+            return None
+        return found.daily_dose_mg
+
+    @property
+    def treating(self) -> bool:
+        return self.phase in ("initiation", "dose-change", "stable", "on-hold")
 
 
 @dataclass
@@ -58,14 +79,34 @@ class Context:
     future_count: int
     course: Course
     weight: d.LabResult | None
+    # Per test group: every date with a result of the group -> the analytes measured that day
+    group_days: dict[str, dict[date, set[str]]] = field(default_factory=dict)
     pgx: dict[str, Any] = field(default_factory=dict)
+    # Set by the dose check for the interaction check: drug name -> facts of a dose above its factor
+    dose_excess: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def latest(self, analyte: str) -> d.LabResult | None:
         series = self.labs.get(analyte)
         return series[-1] if series else None
 
+    def complete(self, group: str, day: date) -> bool:
+        have = self.group_days.get(group, {}).get(day, set())
+        return all(any(a in have for a in alt) for alt in self.kb.schedule.panels[group].require)
+
     def group_dates(self, group: str) -> list[date]:
-        return sorted({r.when for a, series in self.labs.items() if self.kb.analytes[a].group == group for r in series})
+        """Dates with a complete panel of the group: one analyte is not a full blood count."""
+        return sorted(day for day in self.group_days.get(group, {}) if self.complete(group, day))
+
+    def answered_after(self, group: str, analytes: tuple[str, ...], since: date, same_day: bool) -> bool:
+        """Is there a result that answers a question raised on `since` (a complete panel, or one of
+        `analytes`), dated after it (or on it, for same-day questions such as a reported fever)?"""
+
+        def later(day: date) -> bool:
+            return day > since or (same_day and day == since)
+
+        if analytes:
+            return any(later(r.when) for a in analytes for r in self.labs.get(a, ()))
+        return any(later(day) and self.complete(group, day) for day in self.group_days.get(group, {}))
 
     def age(self) -> int | None:
         b = self.record.birth_date
@@ -107,7 +148,7 @@ class Context:
             if med.drug == AZA:
                 continue
             if med.status in ("draft", "intended") or (
-                med.status in ("active", "unknown")
+                med.status in ("active", "unknown", "on-hold")
                 and (med.start is None or med.start <= self.as_of)
                 and (med.end is None or med.end >= self.as_of)
             ):
@@ -126,19 +167,40 @@ def build_context(record: d.PatientRecord, kb: Knowledge, as_of: date) -> Contex
     future += sum(1 for s in record.symptoms if s.when > as_of)
     weight_series = labs.pop("weight", [])
     course = derive_course(record.medications, kb, as_of)
-    return Context(record, kb, as_of, dict(labs), future, course, weight_series[-1] if weight_series else None)
+    group_days: dict[str, dict[date, set[str]]] = defaultdict(dict)
+    for analyte, series in labs.items():
+        spec = kb.analytes.get(analyte)
+        if spec is None:
+            continue
+        days = group_days[spec.group]
+        for r in series:
+            days.setdefault(r.when, set()).add(analyte)
+    return Context(
+        record,
+        kb,
+        as_of,
+        dict(labs),
+        future,
+        course,
+        weight_series[-1] if weight_series else None,
+        dict(group_days),
+    )
 
 
 def derive_course(meds: tuple[d.MedicationEntry, ...], kb: Knowledge, as_of: date) -> Course:
     aza = [m for m in meds if m.drug == AZA]
     drafts = [m for m in aza if m.status in ("draft", "intended")]
     draft = max(drafts, key=lambda m: m.start or date.min) if drafts else None
-    taken = [m for m in aza if m.status in ("active", "stopped", "unknown") and (m.start is None or m.start <= as_of)]
+    taken = [
+        m
+        for m in aza
+        if m.status in ("active", "on-hold", "stopped", "unknown") and (m.start is None or m.start <= as_of)
+    ]
     # FHIR Period.end is inclusive; a completed entry was still being taken on dates inside its period.
     active = [
         m
         for m in taken
-        if (m.status in ("active", "unknown") and (m.end is None or m.end >= as_of))
+        if (m.status in ("active", "unknown", "on-hold") and (m.end is None or m.end >= as_of))
         or (m.status == "stopped" and m.end is not None and m.end >= as_of and m.start is not None)
     ]
     proposed = draft.daily_dose_mg if draft else None
@@ -150,10 +212,16 @@ def derive_course(meds: tuple[d.MedicationEntry, ...], kb: Knowledge, as_of: dat
         return Course(idle, None, True, (), None, proposed, stopped_on, None, draft, False)
 
     current = max(active, key=lambda m: m.start or date.min)
+    held = current.status == "on-hold"
     if current.start is None:
-        return Course("initiation", None, False, (), current.daily_dose_mg, proposed, None, current, draft, False)
+        phase0: d.Phase = "on-hold" if held else "initiation"
+        return Course(
+            phase0, None, False, (), None if held else current.daily_dose_mg, proposed, None, current, draft, False,
+            on_hold=held, hold_since=current.status_date, hold_reason=current.reason,
+            held_dose=current.daily_dose_mg if held else None, chain=(current,),
+        )  # fmt: skip
 
-    # Walk back through contiguous entries to find where this course began; note dose rises.
+    # Walk back through contiguous entries to find where this course began; note dose events.
     dated = sorted((m for m in taken if m.start is not None), key=lambda m: m.start or date.min)
     chain = [current]
     for m in reversed(dated):
@@ -163,14 +231,39 @@ def derive_course(meds: tuple[d.MedicationEntry, ...], kb: Knowledge, as_of: dat
             chain.insert(0, m)
     start = chain[0].start
     assert start is not None
+    restart_on = set(kb.schedule.restart_sequence_on)
     anchors = [start]
+    last_event: tuple[date, str] | None = None
     for prev, nxt in itertools.pairwise(chain):
-        if prev.daily_dose_mg is not None and nxt.daily_dose_mg is not None and nxt.daily_dose_mg > prev.daily_dose_mg:
-            assert nxt.start is not None
+        assert nxt.start is not None
+        event = _dose_event(prev, nxt)
+        if event is None:
+            continue
+        last_event = (nxt.start, event)
+        if event in restart_on:
             anchors.append(nxt.start)
     ever_stable = any(stable_from(kb, a) <= b for a, b in itertools.pairwise(anchors))
     phase: d.Phase
-    phase = "stable" if maintenance_from(kb, anchors[-1]) <= as_of else "dose-change" if ever_stable else "initiation"
+    if held:
+        phase = "on-hold"
+    else:
+        phase = (
+            "stable" if maintenance_from(kb, anchors[-1]) <= as_of else "dose-change" if ever_stable else "initiation"
+        )
+    hold_since = current.status_date or (current.start if held and len(chain) > 1 else None)
     return Course(
-        phase, start, True, tuple(anchors), current.daily_dose_mg, proposed, None, current, draft, ever_stable
-    )
+        phase, start, True, tuple(anchors), None if held else current.daily_dose_mg, proposed, None, current, draft,
+        ever_stable, on_hold=held, hold_since=hold_since if held else None, hold_reason=current.reason if held else "",
+        held_dose=current.daily_dose_mg if held else None, last_event=last_event, chain=tuple(chain),
+    )  # fmt: skip
+
+
+def _dose_event(prev: d.MedicationEntry, nxt: d.MedicationEntry) -> str | None:
+    """What changed between two consecutive entries of a course (None: same dose, or unknown)."""
+    if nxt.status == "on-hold":
+        return None if prev.status == "on-hold" else "hold"
+    if prev.status == "on-hold":
+        return "restart-after-hold"
+    if prev.daily_dose_mg is None or nxt.daily_dose_mg is None or nxt.daily_dose_mg == prev.daily_dose_mg:
+        return None
+    return "dose-increase" if nxt.daily_dose_mg > prev.daily_dose_mg else "dose-reduction"

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from datetime import date
 from typing import Any
 
 from azaguard import domain as d
 from azaguard.engine.context import Context
-from azaguard.engine.findings import from_catalogue
+from azaguard.engine.findings import from_catalogue, lab_evidence
 
 
 def check_screening(ctx: Context) -> list[d.Finding]:
@@ -142,7 +141,7 @@ def check_data_quality(ctx: Context) -> list[d.Finding]:
             out.append(from_catalogue(kb, "data-missing-value", ev, label=label, date=r.when, reason=r.detail))
     if ctx.future_count:
         out.append(from_catalogue(kb, "data-future-dated", count=ctx.future_count, as_of=ctx.as_of))
-    treating = ctx.course.phase in ("initiation", "dose-change", "stable") or ctx.course.draft_entry is not None
+    treating = ctx.course.treating or ctx.course.draft_entry is not None
     if treating or ctx.course.phase == "pre-treatment":
         if ctx.weight is None:
             out.append(from_catalogue(kb, "data-missing-weight"))
@@ -152,15 +151,33 @@ def check_data_quality(ctx: Context) -> list[d.Finding]:
         out.append(from_catalogue(kb, "data-missing-dose"))
     if ctx.course.active_entry is not None and not ctx.course.start_known:
         out.append(from_catalogue(kb, "data-missing-start-date"))
-    fbc_dates: dict[date, set[str]] = defaultdict(set)
-    for a in ("wbc", "neutrophils", "lymphocytes", "platelets"):
-        for lab in ctx.labs.get(a, []):
-            fbc_dates[lab.when].add(a)
-    if fbc_dates:
-        last = max(fbc_dates)
+    out.extend(_incomplete_panels(ctx))
+    return out
+
+
+def _incomplete_panels(ctx: Context) -> list[d.Finding]:
+    """One finding per group whose latest results do not make a complete panel: the schedule
+    does not count them, and the missing members need requesting (never one review per analyte)."""
+    kb = ctx.kb
+    out = []
+    for group, panel in kb.schedule.panels.items():
+        days = ctx.group_days.get(group)
+        if not days:
+            continue
+        latest = max(days)
+        if ctx.complete(group, latest):
+            continue
+        have = days[latest]
         missing = [
-            kb.analytes[a].label.lower() for a in ("wbc", "neutrophils", "platelets") if a not in fbc_dates[last]
+            " or ".join(kb.analytes[a].label for a in alt) for alt in panel.require if not any(a in have for a in alt)
         ]
-        if missing:
-            out.append(from_catalogue(kb, "data-incomplete-fbc", date=last, missing=", ".join(missing)))
+        complete = ctx.group_dates(group)
+        required = ", ".join(" or ".join(kb.analytes[a].label for a in alt) for alt in panel.require)
+        ev = tuple(lab_evidence(r) for a in sorted(have) for r in ctx.labs.get(a, ()) if r.when == latest)
+        out.append(
+            from_catalogue(
+                kb, "data-incomplete-panel", ev, group=group, date=latest, missing=", ".join(missing),
+                last=complete[-1].isoformat() if complete else "never", required=required,
+            )
+        )  # fmt: skip
     return out

@@ -18,6 +18,47 @@ def fmt_num(x: float) -> str:
     return f"{x:.2f}".rstrip("0").rstrip(".") if isinstance(x, float) else str(x)
 
 
+def fmt_date(day: date) -> str:
+    """A date as people read it on a results screen: 29 Sep 2026."""
+    return f"{day.day} {day.strftime('%b')} {day.year}"
+
+
+def age_text(as_of: date, day: date) -> str:
+    days = (as_of - day).days
+    if days == 0:
+        return "today"
+    if days == 1:
+        return "1 day ago"
+    return f"{days} days ago"
+
+
+def when_params(as_of: date, day: date) -> dict[str, Any]:
+    """The {date} and {age} placeholders of a lab finding ("on 29 Sep 2026 (63 days ago)")."""
+    return {"date": fmt_date(day), "age": age_text(as_of, day)}
+
+
+def spec_of(rule: Any) -> d.FollowUpSpec | None:
+    fu = getattr(rule, "follow_up", None)
+    if fu is None:
+        return None
+    return d.FollowUpSpec(fu.group, fu.days, tuple(fu.answered_by))
+
+
+def evidence_date(evidence: tuple[dict[str, Any], ...]) -> date | None:
+    """The newest dated fact a finding rests on (result date, report date, medicine start)."""
+    best: date | None = None
+    for e in evidence:
+        raw = e.get("date") or e.get("start")
+        if isinstance(raw, str):
+            try:
+                day = date.fromisoformat(raw)
+            except ValueError:
+                continue
+            if best is None or day > best:
+                best = day
+    return best
+
+
 def _fill(template: str, params: dict[str, Any]) -> str:
     shown = {
         k: (fmt_num(v) if isinstance(v, float) else v.isoformat() if isinstance(v, date) else v)
@@ -32,9 +73,11 @@ def from_catalogue(
     evidence: tuple[dict[str, Any], ...] = (),
     severity: d.Severity | None = None,
     as_code: str | None = None,
+    follow_up: d.FollowUpSpec | None = None,
     **params: Any,
 ) -> d.Finding:
-    """`as_code` reports a shared text under a more specific code (symptom-fever from symptom-marrow)."""
+    """`as_code` reports a shared text under a more specific code (symptom-fever from symptom-marrow);
+    `follow_up` overrides the catalogue's repeat test (a symptom's own test)."""
     text = kb.findings[code]
     return d.Finding(
         code=as_code or code,
@@ -45,6 +88,8 @@ def from_catalogue(
         sources=kb.cite(text.sources),
         evidence=evidence,
         patient_text=_fill(text.patient_text, params),
+        date=evidence_date(evidence),
+        follow_up=follow_up or spec_of(text),
     )
 
 
@@ -69,6 +114,8 @@ def from_rule(
         evidence=evidence,
         patient_text=_fill(rule.patient_text, params),
         ctcae=ctcae,
+        date=evidence_date(evidence),
+        follow_up=spec_of(rule),
     )
 
 

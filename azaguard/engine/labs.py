@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Any
 
 from azaguard import domain as d
 from azaguard.engine.context import Context
-from azaguard.engine.findings import fmt_num, from_rule, lab_evidence
+from azaguard.engine.findings import fmt_num, from_catalogue, from_rule, lab_evidence, when_params
 from azaguard.knowledge import Knowledge
 
 
@@ -58,6 +59,7 @@ def check_thresholds(ctx: Context) -> list[d.Finding]:
                 ctcae=ctcae_grade(kb, rule.ctcae, r) if rule.ctcae else None,
                 value=round(r.value, 2),
                 limit=rule.value,
+                **when_params(ctx.as_of, r.when),
             )
         )
     return out
@@ -89,6 +91,7 @@ def check_rises(ctx: Context) -> list[d.Finding]:
                     pct=round(rise * 100),
                     baseline=round(base.value, 1),
                     baseline_date=base.when,
+                    **when_params(ctx.as_of, latest.when),
                 )
             )
     return out
@@ -125,6 +128,64 @@ def check_trends(ctx: Context) -> list[d.Finding]:
                     label=label,
                     n=rule.successive_falls,
                     series=series_text,
+                    **when_params(ctx.as_of, window[-1].when),
                 )
             )
+    return out
+
+
+def uln_of(series: list[d.LabResult]) -> float | None:
+    """The laboratory's upper limit: the latest result's own, else the most recent one sent."""
+    for r in reversed(series):
+        if r.ref_high is not None and r.ref_high > 0:
+            return r.ref_high
+    return None
+
+
+def check_uln_rules(ctx: Context) -> list[d.Finding]:
+    """Results graded in multiples of the laboratory's upper limit (bilirubin, ALP)."""
+    kb = ctx.kb
+    out: list[d.Finding] = []
+    for rule in kb.uln_rules:
+        series = ctx.labs.get(rule.analyte, [])
+        if not series:
+            continue
+        r = series[-1]
+        uln = uln_of(series)
+        spec = kb.analytes[rule.analyte]
+        if uln is None:
+            out.append(
+                from_catalogue(
+                    kb, "data-missing-uln", (lab_evidence(r),), label=spec.label, value=round(r.value, 2),
+                    unit=r.unit, **when_params(ctx.as_of, r.when),
+                )
+            )  # fmt: skip
+            continue
+        graded = r if r.ref_high == uln else d.LabResult(r.analyte, r.value, r.unit, r.when, ref_high=uln)
+        ctcae = ctcae_grade(kb, rule.ctcae, graded)
+        if rule.analyte == "bilirubin" and r.value > uln:
+            jaundice = [s for s in ctx.record.symptoms if s.key == "jaundice" and s.when <= ctx.as_of]
+            previous = [x.when for x in series if x.when < r.when]
+            # The report belongs to the latest bilirubin if no earlier bilirubin came after it.
+            recent = [s for s in jaundice if not previous or s.when > previous[-1]]
+            if recent:
+                report = {"type": "symptom", "text": recent[-1].text, "date": recent[-1].when.isoformat()}
+                out.append(
+                    from_catalogue(
+                        kb, "lab-bilirubin-jaundice", (lab_evidence(r), report),
+                        value=round(r.value, 1), uln=fmt_num(uln), symptom_date=recent[-1].when,
+                        **when_params(ctx.as_of, r.when),
+                    )
+                )  # fmt: skip
+                continue
+        if ctcae is None or ctcae["grade"] < rule.min_grade:
+            continue
+        f = from_rule(
+            kb, f"lab-{rule.id}", "lab", rule, (lab_evidence(r),), ctcae=ctcae, value=round(r.value, 1),
+            uln=fmt_num(uln), ratio=fmt_num(round(r.value / uln, 1)), grade=ctcae["grade"],
+            **when_params(ctx.as_of, r.when),
+        )  # fmt: skip
+        if ctcae["grade"] >= 4 and rule.grade4_severity != f.severity:
+            f = dataclasses.replace(f, severity=rule.grade4_severity)
+        out.append(f)
     return out

@@ -79,14 +79,28 @@ def phenotype_from_diplotype(kb: Knowledge, gene: str, diplotype: str) -> str | 
     return "Indeterminate"
 
 
-def activity_band(kb: Knowledge, value: float, unit: str) -> tuple[str, str] | None:
+def activity_band(kb: Knowledge, value: float, unit: str, method: str = "") -> tuple[str, str] | str:
+    """(phenotype, label) from the bands of the reporting laboratory's assay, or why not.
+
+    Bands belong to one assay: a result is matched on the assay its method names *and* its unit,
+    never on the unit alone (two assays reporting U/mL disagree about what is deficient).
+    """
     unit_norm = unit.strip().lower()
-    for table in kb.pgx.activity_units:
-        if unit_norm in (u.lower() for u in table.unit):
+    method_norm = method.strip().lower()
+    same_unit = [t for t in kb.pgx.activity_units if unit_norm in (u.lower() for u in t.unit)]
+    if not same_unit:
+        return f"no laboratory assay in the knowledge base reports in '{unit}'"
+    if not method_norm:
+        labs = "; ".join(t.lab for t in same_unit)
+        why = "the result does not name its laboratory's assay, and bands differ between assays"
+        return f"{why} (known for {unit}: {labs})"
+    for table in same_unit:
+        if any(a.lower() in method_norm for a in table.assay):
             for band in table.bands:
                 if band.low <= value < band.high:
-                    return band.phenotype, band.label
-    return None
+                    return band.phenotype, f"{band.label}, {table.lab}"
+            return f"{value:g} {unit} is outside every band of {table.lab}"
+    return f"the assay '{method}' is not one whose bands the knowledge base holds"
 
 
 def call_gene(ctx: Context, gene: str, findings: list[d.Finding]) -> GeneCall:
@@ -110,9 +124,14 @@ def call_gene(ctx: Context, gene: str, findings: list[d.Finding]) -> GeneCall:
         acts = [a for a in ctx.record.tpmt_activity if a.when <= ctx.as_of]
         if acts:
             a = acts[-1]
-            band = activity_band(kb, a.value, a.unit)
-            if band is None:
-                findings.append(from_catalogue(kb, "data-unknown-activity-unit", value=a.value, unit=a.unit))
+            band = activity_band(kb, a.value, a.unit, a.method)
+            if isinstance(band, str):
+                ev = ({"type": "pgx-activity", "value": a.value, "unit": a.unit, "date": a.when.isoformat()},)
+                findings.append(
+                    from_catalogue(
+                        kb, "data-tpmt-activity-assay-unknown", ev, value=a.value, unit=a.unit, date=a.when, why=band
+                    )
+                )
             else:
                 act_call, label = band
                 act_detail = f"activity {a.value:g} {a.unit}, {label}"
@@ -145,6 +164,14 @@ def combined_category(tpmt: GeneCall, nudt15: GeneCall) -> Category | None:
     return "normal"
 
 
+def stable_on_treatment(ctx: Context) -> bool:
+    """Already taking a dose that has been stable into maintenance: CPIC's reduced doses are
+    starting doses, so a tolerated dose is not cut for the genotype alone (poor metabolisers
+    excepted: they are told to stop whatever the history)."""
+    c = ctx.course
+    return c.phase == "stable" and c.current_dose is not None
+
+
 def check_pgx(ctx: Context) -> list[d.Finding]:
     kb = ctx.kb
     findings: list[d.Finding] = []
@@ -169,6 +196,13 @@ def check_pgx(ctx: Context) -> list[d.Finding]:
         for call, code in ((tpmt, "pgx-indeterminate"), (nudt15, "pgx-nudt15-indeterminate")):
             if call.phenotype == "Indeterminate":
                 findings.append(from_catalogue(kb, code, evidence, label=LABEL["Indeterminate"], detail=call.detail))
+    elif stable_on_treatment(ctx) and category not in ("normal", "poor"):
+        findings.append(
+            from_catalogue(
+                kb, "pgx-reduced-on-treatment", evidence, tpmt=label(tpmt), nudt15=label(nudt15),
+                category=category.replace("-", " "), current=ctx.course.current_dose,
+            )
+        )  # fmt: skip
     else:
         code = f"pgx-{category}"
         sev = kb.pgx.combined[category].severity

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from azaguard import domain as d
 from azaguard.engine.context import Context
-from azaguard.engine.findings import from_catalogue, from_rule, lab_evidence, med_evidence
+from azaguard.engine.findings import fmt_num, from_catalogue, from_rule, lab_evidence, med_evidence
 
 
 def check_interactions(ctx: Context) -> list[d.Finding]:
@@ -23,17 +24,40 @@ def check_interactions(ctx: Context) -> list[d.Finding]:
             if med.drug not in ix.drugs:
                 continue
             prefix = "About to be prescribed: " if med.status in ("draft", "intended") else ""
-            out.append(
-                from_rule(
-                    kb, f"interaction-{ix.id}", "interaction", ix, (med_evidence(med),), prefix=prefix, drug=med.name
-                )
+            f = from_rule(
+                kb, f"interaction-{ix.id}", "interaction", ix, (med_evidence(med),), prefix=prefix, drug=med.name
             )
+            excess = ctx.dose_excess.get(med.name) if ix.dose_factor is not None else None
+            if excess is not None:
+                f = _with_dose_excess(ctx, f, excess)
+            out.append(f)
     if unknown:
         names = ", ".join(sorted({m.name for m in unknown}))
         out.append(
             from_catalogue(kb, "data-unrecognised-medicine", tuple(med_evidence(m) for m in unknown), name=names)
         )
     return out
+
+
+def _with_dose_excess(ctx: Context, f: d.Finding, excess: dict[str, Any]) -> d.Finding:
+    """Fold "the dose is above the interaction's limit" into the interaction finding itself."""
+    text = ctx.kb.findings["interaction-dose-excess"]
+    before = excess.get("before")
+    params = {
+        "current": fmt_num(float(excess["current"])),
+        "high": fmt_num(float(excess["high"])),
+        "factor": f"{excess['factor']:.0%}",
+        "before": fmt_num(float(before)) if before is not None else "unknown",
+        "drug": excess["drug"],
+    }
+    return dataclasses.replace(
+        f,
+        severity="critical",
+        message=f.message + " " + text.message.format_map(params),
+        action=text.action.format_map(params) + " " + f.action,
+        sources=tuple(dict.fromkeys(f.sources + ctx.kb.cite(text.sources))),
+        follow_up=f.follow_up,
+    )
 
 
 def check_contraindications(ctx: Context) -> list[d.Finding]:
@@ -44,6 +68,8 @@ def check_contraindications(ctx: Context) -> list[d.Finding]:
         for cond in ctx.active_conditions(key):
             if rule.finding in seen:
                 continue
+            if rule.finding == "caution-infection" and "contraindication-active-infection" in seen:
+                continue  # the serious-infection finding already covers it
             seen.add(rule.finding)
             ev: dict[str, Any] = {"type": "condition", "text": cond.text}
             if cond.code:
@@ -112,6 +138,8 @@ def _immunosuppressed_state(ctx: Context) -> str | None:
     washout = ctx.kb.vaccines.live_washout
     if course.phase in ("initiation", "dose-change", "stable"):
         return "taking azathioprine"
+    if course.phase == "on-hold":
+        return "azathioprine is on hold (withheld, to be resumed)"
     if course.stopped_on is not None and washout.add(course.stopped_on) > ctx.as_of:
         return f"within {washout.label()} of stopping azathioprine (stopped {course.stopped_on.isoformat()})"
     if course.phase == "stopped" and course.stopped_on is None:
@@ -126,6 +154,17 @@ def check_vaccines(ctx: Context) -> list[d.Finding]:
     out: list[d.Finding] = []
     state = _immunosuppressed_state(ctx)
     for v in ctx.record.vaccinations:
+        if v.live_unknown and (v.when is None or v.when <= ctx.as_of or v.status == "ordered"):
+            ev0: tuple[dict[str, Any], ...] = (
+                {"type": "vaccine", "name": v.name, "status": v.status, "date": v.when.isoformat() if v.when else None},
+            )
+            out.append(
+                from_catalogue(
+                    kb, "vaccine-formulation-unknown", ev0, vaccine=v.name, status=v.status,
+                    date=v.when.isoformat() if v.when else "undated",
+                )
+            )  # fmt: skip
+            continue
         if not v.live or (v.when is not None and v.when > ctx.as_of and v.status == "given"):
             continue
         ev: tuple[dict[str, Any], ...] = (
@@ -168,7 +207,7 @@ def check_vaccines(ctx: Context) -> list[d.Finding]:
 def _was_immunosuppressed_on(ctx: Context, when: object) -> bool:
     washout = ctx.kb.vaccines.live_washout
     for m in ctx.record.medications:
-        if m.drug != "azathioprine" or m.status not in ("active", "stopped", "unknown") or m.start is None:
+        if m.drug != "azathioprine" or m.status not in ("active", "on-hold", "stopped", "unknown") or m.start is None:
             continue
         end = m.end if m.end is not None else (ctx.as_of if m.status != "stopped" else None)
         if end is None:
@@ -186,8 +225,9 @@ def check_symptoms(ctx: Context) -> list[d.Finding]:
     for s in reversed([s for s in ctx.record.symptoms if s.when <= ctx.as_of]):
         spec = items.get(s.key) if s.key else None
         group = spec.group if spec else "FBC"
-        answered = any(when >= s.when for when in ctx.group_dates(group))
-        if answered:
+        answered_by = tuple(spec.answered_by) if spec else ()
+        # Only a result that answers the question counts (fever: neutrophils), on or after the report.
+        if ctx.answered_after(group, answered_by, s.when, same_day=True):
             continue
         name = (s.key or s.text).replace("-", " ")
         code_key = f"symptom-{s.key or 'unrecognised'}"
@@ -210,6 +250,7 @@ def check_symptoms(ctx: Context) -> list[d.Finding]:
                 symptom=name,
                 symptom_cap=name[:1].upper() + name[1:],
                 date=s.when,
+                follow_up=d.FollowUpSpec(group, spec.follow_up_days if spec else 0, answered_by),
             )
         )
 

@@ -1,8 +1,10 @@
 """Monitoring scheduler: phase, next due date and overdue status per test group.
 
 The interval that applies to a test depends on where its date falls relative to the latest
-"anchor" (treatment start or dose increase): initial interval until the dose has been stable
-for `stable_after`, the consolidation interval for `consolidation_duration`, then maintenance.
+"anchor" (treatment start, or a dose event the knowledge lists in `restart_sequence_on`):
+initial interval until the dose has been stable for `stable_after`, the consolidation interval
+for `consolidation_duration`, then maintenance. A group's "last" test is its last complete
+panel. A course on hold keeps its schedule: on hold is not stopped.
 """
 
 from __future__ import annotations
@@ -47,8 +49,11 @@ def plan_monitoring(ctx: Context) -> tuple[d.MonitoringPlan, list[d.Finding]]:
         last = dates[-1] if dates else None
         if course.phase in ("pre-treatment", "stopped"):
             due = ctx.as_of if (course.phase == "pre-treatment" and last is None) else None
+            baseline = course.phase == "pre-treatment"
             groups.append(
-                d.MonitoringGroup(name, last, due, False, "baseline" if course.phase == "pre-treatment" else "")
+                d.MonitoringGroup(
+                    name, last, due, False, "baseline" if baseline else "", due_reason="baseline" if due else ""
+                )
             )
             continue
         anchor = course.anchors[-1] if course.anchors else None
@@ -60,14 +65,17 @@ def plan_monitoring(ctx: Context) -> tuple[d.MonitoringPlan, list[d.Finding]]:
             interval = kb.schedule.initial_interval
             due = interval.add(course.start or anchor)
         elif last < anchor:
+            # A dose change restarts the 2-weekly sequence but never postpones a test that was
+            # already due under the schedule in force before it.
             interval = kb.schedule.initial_interval
-            due = interval.add(anchor)
+            before = max(a for a in course.anchors if a <= last)
+            due = min(interval.add(anchor), interval_at(ctx, last, before).add(last))
         else:
             interval = interval_at(ctx, last, anchor)
             due = interval.add(last)
         overdue = ctx.as_of > due
         current_interval = interval_at(ctx, ctx.as_of, anchor)
-        groups.append(d.MonitoringGroup(name, last, due, overdue, current_interval.label()))
+        groups.append(d.MonitoringGroup(name, last, due, overdue, current_interval.label(), due_reason="schedule"))
         if not overdue:
             continue
         missed = missed_count(ctx, due, anchor)

@@ -50,6 +50,7 @@ class Knowledge:
     thresholds: tuple[m.Threshold, ...]
     rises: tuple[m.Rise, ...]
     trends: tuple[m.Trend, ...]
+    uln_rules: tuple[m.UlnRule, ...]
     ctcae: dict[str, m.Ctcae]
     analytes: dict[str, m.Analyte]
     units: dict[str, dict[str, float]]
@@ -317,6 +318,7 @@ def _build(raw: dict[str, Any], protocol: dict[str, str]) -> Knowledge:
         thresholds=tuple(_validate(list[m.Threshold], labs["thresholds"], "labs.toml:thresholds")),
         rises=tuple(_validate(list[m.Rise], labs["rises"], "labs.toml:rises")),
         trends=tuple(_validate(list[m.Trend], labs["trends"], "labs.toml:trends")),
+        uln_rules=tuple(_validate(list[m.UlnRule], labs.get("uln_rules", []), "labs.toml:uln_rules")),
         ctcae=_validate(dict[str, m.Ctcae], labs["ctcae"], "labs.toml:ctcae"),
         analytes=_validate(dict[str, m.Analyte], codes["analytes"], "codes.toml:analytes"),
         units=_validate(dict[str, dict[str, float]], codes["units"], "codes.toml:units"),
@@ -421,6 +423,46 @@ def _check_references(kb: Knowledge) -> None:
             raise KnowledgeError(f"screening_results: unknown test {res.test} or finding {res.finding}")
     for section in kb.guide:
         need_sources(section.sources, f"guide.{section.id}")
+    _check_follow_ups(kb, need_sources)
+
+
+def _check_follow_ups(kb: Knowledge, need_sources: Any) -> None:
+    """Follow-ups, panels and ULN rules name real groups, analytes and sources."""
+    groups = set(kb.schedule.groups)
+    if set(kb.schedule.panels) != groups:
+        raise KnowledgeError(f"schedule.panels: need exactly one panel per group {sorted(groups)}")
+    for name, panel in kb.schedule.panels.items():
+        need_sources(panel.sources, f"schedule.panels.{name}")
+        for alt in panel.require:
+            for a in alt:
+                if a not in kb.analytes or kb.analytes[a].group != name:
+                    raise KnowledgeError(f"schedule.panels.{name}: {a} is not an analyte of group {name}")
+    need_sources(kb.schedule.restart_sequence_sources, "schedule.restart_sequence_on")
+    need_sources(kb.schedule.restart.sources, "schedule.restart")
+    lab_rules: list[m.Threshold | m.Rise | m.Trend | m.UlnRule] = [*kb.thresholds, *kb.rises, *kb.trends, *kb.uln_rules]
+    rules: list[tuple[str, m.FollowUpRule | None]] = [
+        *((f"labs.{r.id}", r.follow_up) for r in lab_rules),
+        *((f"interactions.{r.id}", r.follow_up) for r in kb.interactions),
+        *((f"findings.{code}", t.follow_up) for code, t in kb.findings.items()),
+    ]
+    for where, fu in rules:
+        if fu is None:
+            continue
+        if fu.group not in groups:
+            raise KnowledgeError(f"{where}.follow_up: unknown test group {fu.group}")
+        if fu.sources:
+            need_sources(fu.sources, f"{where}.follow_up")
+        for a in fu.answered_by:
+            if a not in kb.analytes:
+                raise KnowledgeError(f"{where}.follow_up: unknown analyte {a}")
+    for key, sym in kb.symptoms.items.items():
+        for a in sym.answered_by:
+            if a not in kb.analytes:
+                raise KnowledgeError(f"symptoms.{key}: unknown analyte {a} in answered_by")
+    for rule in kb.uln_rules:
+        need_sources(rule.sources, f"labs.{rule.id}")
+        if rule.analyte not in kb.analytes or rule.ctcae not in kb.ctcae:
+            raise KnowledgeError(f"labs.uln_rules.{rule.id}: unknown analyte or ctcae term")
     for group in kb.schedule.groups:
         if not any(a.group == group for a in kb.analytes.values()):
             raise KnowledgeError(f"schedule.groups: no analyte belongs to group {group}")

@@ -57,6 +57,24 @@ class Interval:
 
 
 @dataclass(frozen=True, kw_only=True)
+class FollowUpRule:
+    """The repeat test a finding's action asks for, as data: which test group, within how many
+    days of the finding's date, and which analytes answer it (empty = a complete panel).
+    `sources` says where the interval comes from when it is not the rule's own source."""
+
+    __pydantic_config__ = STRICT
+    group: str
+    days: int
+    answered_by: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if self.days < 0:
+            raise ValueError("follow_up.days must be 0 or more")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Range:
     __pydantic_config__ = STRICT
     low: float
@@ -101,6 +119,8 @@ class Indication:
 class RenalRule:
     __pydantic_config__ = STRICT
     egfr_below: float
+    # A single low eGFR asks for a repeat; this many successive results below the limit reduce the dose.
+    sustained_results: int
     sources: list[str]
 
 
@@ -174,7 +194,13 @@ class ActivityBand:
 
 @dataclass(frozen=True, kw_only=True)
 class ActivityUnit:
+    """Bands of one laboratory assay. An activity is interpreted only when its reported method
+    names this assay (`assay`, case-insensitive substring) and its unit is one of `unit`: two
+    assays with the same unit have different cut-offs and must never share bands."""
+
     __pydantic_config__ = STRICT
+    assay: list[str]
+    lab: str
     unit: list[str]
     sources: list[str]
     bands: list[ActivityBand]
@@ -196,6 +222,29 @@ class Pgx:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Panel:
+    """What makes one test group complete on one date: every entry of `require` must be met,
+    and an entry is met by any one of its analytes (["alt", "ast"] = ALT or AST)."""
+
+    __pydantic_config__ = STRICT
+    require: list[list[str]]
+    sources: list[str]
+
+    def __post_init__(self) -> None:
+        if not self.require or any(not alt for alt in self.require):
+            raise ValueError("a panel needs at least one required analyte")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Restart:
+    """What must be true before a withheld course restarts, shown instead of a titration plan."""
+
+    __pydantic_config__ = STRICT
+    criteria: list[str]
+    sources: list[str]
+
+
+@dataclass(frozen=True, kw_only=True)
 class Schedule:
     __pydantic_config__ = STRICT
     initial_interval: Interval
@@ -207,6 +256,11 @@ class Schedule:
     groups: list[str]
     sources: list[str]
     alternatives: str = ""
+    # Dose events that restart the 2-weekly sequence ("start" always does)
+    restart_sequence_on: list[Literal["dose-increase", "dose-reduction", "restart-after-hold"]]
+    restart_sequence_sources: list[str]
+    panels: dict[str, Panel]
+    restart: Restart
 
     def __post_init__(self) -> None:
         _positive("missed_visits_critical", self.missed_visits_critical)
@@ -226,6 +280,27 @@ class Threshold:
     patient_text: str
     sources: list[str]
     alternatives: str = ""
+    follow_up: FollowUpRule | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class UlnRule:
+    """A result graded in multiples of the laboratory's upper limit of normal (CTCAE v5):
+    `min_grade` and above raise a finding at `severity`, grade 4 at `grade4_severity`."""
+
+    __pydantic_config__ = STRICT
+    id: str
+    analyte: str
+    ctcae: str
+    min_grade: int
+    severity: SeverityName
+    grade4_severity: SeverityName
+    message: str
+    action: str
+    patient_text: str
+    sources: list[str]
+    alternatives: str = ""
+    follow_up: FollowUpRule | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -240,6 +315,7 @@ class Rise:
     action: str
     patient_text: str
     sources: list[str]
+    follow_up: FollowUpRule | None = None
 
     def __post_init__(self) -> None:
         _positive("rise_fraction", self.rise_fraction)
@@ -264,6 +340,7 @@ class Trend:
     patient_text: str
     sources: list[str]
     alternatives: str = ""
+    follow_up: FollowUpRule | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -339,12 +416,15 @@ class Interaction:
     severity: SeverityName
     dose_factor: float | None = None
     avoid: bool = False
+    # The factor applies to the patient's own dose before the combination started (SmPC: "a
+    # quarter of the original dose"), not to the weight-based target.
     mechanism: str
     message: str
     action: str
     patient_text: str
     sources: list[str]
     alternatives: str = ""
+    follow_up: FollowUpRule | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -394,6 +474,10 @@ class SymptomDef:
     marrow: bool = False
     group: str = "FBC"
     exclude: list[str] = field(default_factory=list)
+    # Results that answer the question the symptom raised (fever -> a count with neutrophils);
+    # any other result, however recent, leaves the report open.
+    answered_by: list[str] = field(default_factory=list)
+    follow_up_days: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -446,6 +530,7 @@ class FindingText:
     action: str
     patient_text: str
     sources: list[str]
+    follow_up: FollowUpRule | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
