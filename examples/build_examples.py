@@ -338,7 +338,7 @@ def _05() -> BundleBuilder:
     Until it is clarified she is dosed cautiously, like an intermediate metaboliser.""",
     {
         "findings": {"pgx-indeterminate": "warning", "dosing-start-plan": "info"},
-        "absent": ["pgx-normal", "pgx-intermediate", "pgx-poor", "data-unknown-activity-unit"],
+        "absent": ["pgx-normal", "pgx-intermediate", "pgx-poor", "data-tpmt-activity-assay-unknown"],
         "phase": "pre-treatment",
         # Dosed as intermediate: 66 kg: 132 x 30% = 39.6 -> 50 mg; 165 x 80% = 132 -> 125 mg.
         "recommended_mg_per_day": {"low": 50, "high": 125},
@@ -409,8 +409,9 @@ def _07() -> BundleBuilder:
     ago. Allopurinol blocks the breakdown of azathioprine and can cause fatal bone-marrow suppression: the
     azathioprine dose must be cut to a quarter, with close blood-count checks.""",
     {
-        "findings": {"interaction-allopurinol": "critical", "dosing-above-recommended": "critical"},
-        "absent": ["monitoring-overdue"],
+        # One problem, one finding: the interaction finding carries "cut to at most 25 mg/day".
+        "findings": {"interaction-allopurinol": "critical"},
+        "absent": ["monitoring-overdue", "dosing-above-recommended"],
         "phase": "stable",
         # Quarter of 140-175 mg = 35-43.75 mg -> 25 mg steps, rounded down at the top: 25 mg/day.
         "recommended_mg_per_day": {"low": 25, "high": 25},
@@ -617,18 +618,20 @@ def _14() -> BundleBuilder:
 
 @example(
     "15-renal-decline",
-    "Creatinine up 37% in a year and eGFR 55: kidney function and dose hold",
-    "Creatinine rise over 12 months; eGFR < 60 holds the dose at the low end",
+    "Creatinine up 37% in a year and eGFR 55: repeat within a week before any dose change",
+    "Creatinine rise over 12 months; a single eGFR < 60 asks for a repeat, not yet a dose cut",
     "2026-04-08",
     """Ivan, 75, on azathioprine 150 mg for myasthenia, has creatinine 110 umol/L, up from 80 six months ago,
-    and an eGFR of 55. Renal function should be repeated within a week and the specialist told; azaguard keeps
-    his recommended dose at the low end of the range.""",
+    and an eGFR of 55. Renal function should be repeated within a week (by 13 April) and the specialist told;
+    one low result does not yet lower his dose (BSR/SPS: repeat first; a confirmed fall holds the dose at the
+    low end of the range).""",
     {
-        "findings": {"lab-creatinine-rise": "warning", "lab-egfr-low": "warning", "dosing-renal": "warning"},
-        "absent": ["dosing-above-recommended", "caution-renal-impairment"],
+        "findings": {"lab-creatinine-rise": "warning", "lab-egfr-low": "warning"},
+        "absent": ["dosing-above-recommended", "caution-renal-impairment", "dosing-renal"],
         "phase": "stable",
-        # 75 kg: 150-187.5 mg; renal impairment holds the top at the low end -> 150 mg/day.
-        "recommended_mg_per_day": {"low": 150, "high": 150},
+        # 75 kg: 150-187.5 mg -> 150-175 mg/day; the repeat renal test is due 7 days after the result.
+        "recommended_mg_per_day": {"low": 150, "high": 175},
+        "next_due": {"renal": "2026-04-13"},
     },
 )
 def _15() -> BundleBuilder:
@@ -928,7 +931,8 @@ def _25() -> BundleBuilder:
         "absent": ["lab-alt-high", "monitoring-overdue"],
         "phase": "initiation",
         "overdue": {"LFT": False},
-        "next_due": {"LFT": "2026-09-28"},
+        # A red-flag symptom asks for liver tests the same day (answered only by bilirubin or ALT).
+        "next_due": {"LFT": "2026-09-22"},
     },
 )
 def _26() -> BundleBuilder:
@@ -1030,7 +1034,7 @@ def _28() -> BundleBuilder:
     back as 2.4 'lakh/cumm', a unit azaguard cannot safely convert, so the value is set aside (not misread as 2.4)
     and the team is asked to check it by hand.""",
     {
-        "findings": {"data-unknown-unit": "warning", "data-incomplete-fbc": "warning"},
+        "findings": {"data-unknown-unit": "warning", "data-incomplete-panel": "warning"},
         "absent": ["lab-platelets-low", "trend-platelets-falling"],
         "phase": "stable",
     },
@@ -1115,6 +1119,155 @@ def _31() -> BundleBuilder:
     b.lab("777-3", 230, "10*9/L", when, "Platelets", ref_low=150, ref_high=400)
     b.lab("731-0", 1.8, "10*9/L", when, "Lymphocytes", ref_low=1.0, ref_high=4.0)
     b.lft(when, 22, albumin=42).renal(when, 78, egfr=90)
+    return b
+
+
+# ================================================================ the monitoring loop
+def course_with_hold(b: BundleBuilder, start: str, dose: float, hold: str, reason: str) -> BundleBuilder:
+    """A course withheld by the clinic on `hold`: the active entry ends the day before and an
+    on-hold entry (FHIR MedicationStatement status on-hold, with statusReason) starts that day."""
+    end = date.fromisoformat(hold).toordinal() - 1
+    b.azathioprine(start, dose, end=date.fromordinal(end).isoformat())
+    b.statement("Azathioprine 50 mg tablet", hold, dose, 1, "1256", "on-hold")
+    b.entries[-1]["statusReason"] = [{"text": reason}]
+    return b
+
+
+@example(
+    "32-on-hold-after-neutropenia",
+    "Azathioprine withheld after neutrophils 1.3: on hold is not stopped",
+    "Treatment on hold: repeat count due from the finding, restart criteria, monitoring continues",
+    "2026-06-10",
+    """Helen, 58, has taken azathioprine 150 mg for myasthenia since March 2025. On 1 June her neutrophils were
+    1.3 x10^9/L and the team withheld azathioprine the next day. On hold is not stopped: her repeat blood count
+    is due within two weeks of the low result (15 June), red-flag advice and interaction checks continue, and the
+    dose section lists what must be true before she restarts instead of a titration plan.""",
+    {
+        "findings": {"treatment-on-hold": "warning", "lab-neutrophils-low": "critical", "symptom-guidance": "info"},
+        "absent": ["dosing-below-target", "dosing-start-plan"],
+        "phase": "on-hold",
+        "next_due": {"FBC": "2026-06-15"},
+        "overdue": {"FBC": False},
+        "plan": [],
+    },
+)
+def _32() -> BundleBuilder:
+    b = patient("ex32", "Helen Carter", "1968-02-11", "female", MG, "2024-11-04")
+    normal_pgx(b, "2025-02-10")
+    b.weight(70, "2026-06-01")
+    b.bloods("2025-02-24")
+    b.bloods("2026-03-09")
+    b.fbc("2026-06-01", 3.6, 1.3, 210, lymph=1.4, mcv=95).lft("2026-06-01", 24, albumin=41)
+    b.renal("2026-06-01", 70, egfr=90)
+    course_with_hold(b, "2025-03-03", 150, "2026-06-02", "Neutrophils 1.3 x10^9/L on 1 Jun 2026")
+    return b
+
+
+@example(
+    "33-follow-up-overdue",
+    "Critical ALT asked for a repeat LFT that never came",
+    "A follow-up pulls the LFT forward and is overdue when its result does not arrive",
+    "2026-07-20",
+    """Ian, 49, is stable on azathioprine 125 mg for myasthenia. On 29 June his ALT was 168 U/L. The clinic
+    recorded "repeat test booked", but no repeat LFT has arrived. The repeat was due by 13 July, two weeks after
+    the result, not at the next 12-weekly visit in September: it is now overdue, and because it answers a critical
+    result, the missed repeat is critical too.""",
+    {
+        "findings": {"lab-alt-high": "critical", "monitoring-follow-up-overdue": "critical"},
+        "absent": ["monitoring-overdue"],
+        "phase": "stable",
+        "next_due": {"LFT": "2026-07-13", "FBC": "2026-09-21"},
+        "overdue": {"LFT": True, "FBC": False, "renal": False},
+    },
+)
+def _33() -> BundleBuilder:
+    b = stable_mg("ex33", "Ian Porter", "1977-05-02", "male", 60, "2025-03-03", 125, ["2025-02-24", "2026-04-06"])
+    when = "2026-06-29"
+    b.fbc(when, 6.1, 3.8, 240, lymph=1.6, mcv=93)
+    b.lab("1742-6", 168, "U/L", when, "ALT", ref_low=7, ref_high=41)
+    b.lab("1751-7", 40, "g/L", when, "Albumin")
+    b.renal(when, 76, egfr=90)
+    return b
+
+
+@example(
+    "34-partial-panel",
+    "Only neutrophils came back: not a full blood count",
+    "A lone analyte feeds the thresholds but does not satisfy the FBC; one data-quality finding",
+    "2026-07-13",
+    """Joan, 66, is stable on azathioprine 100 mg. Her 12-weekly bloods on 29 June came back with liver and kidney
+    tests but, from the blood count, only neutrophils (3.1). One analyte is not a full blood count: her FBC (last
+    complete on 6 April) is still due, now two weeks overdue, and the missing white cells and platelets are one
+    data-quality finding rather than three separate reviews.""",
+    {
+        "findings": {"monitoring-overdue": "warning", "data-incomplete-panel": "warning"},
+        "absent": ["lab-neutrophils-low"],
+        "phase": "stable",
+        "next_due": {"FBC": "2026-06-29", "LFT": "2026-09-21", "renal": "2026-09-21"},
+        "overdue": {"FBC": True, "LFT": False, "renal": False},
+    },
+)
+def _34() -> BundleBuilder:
+    b = stable_mg("ex34", "Joan Whitley", "1960-01-30", "female", 52, "2025-03-03", 100, ["2025-02-24", "2026-04-06"])
+    when = "2026-06-29"
+    b.lab("751-8", 3.1, "10*9/L", when, "Neutrophils")
+    b.lft(when, 21, albumin=40).renal(when, 68, egfr=88)
+    return b
+
+
+@example(
+    "35-allopurinol-existing-dose",
+    "Cut from 100 to 25 mg when allopurinol started: no titration back up",
+    "Allopurinol factor on the patient's own dose; no re-escalation; one finding",
+    "2026-06-08",
+    """Keith, 70, has taken azathioprine 100 mg for myasthenia since 2025. When gout needed allopurinol on 4 May,
+    his azathioprine was correctly cut to a quarter, 25 mg. The quarter applies to the dose he took, not to the
+    weight-based target: 25 mg is right, he is not "below target", and the plan does not climb back up while
+    allopurinol continues. The dose change restarted 2-weekly blood counts.""",
+    {
+        "findings": {"interaction-allopurinol": "critical"},
+        "absent": ["dosing-below-target", "dosing-above-recommended", "monitoring-follow-up-overdue"],
+        "phase": "dose-change",
+        "recommended_mg_per_day": {"low": 25, "high": 25},
+        "plan": [["2026-06-08", 25]],
+        "next_due": {"FBC": "2026-06-15"},
+    },
+)
+def _35() -> BundleBuilder:
+    b = patient("ex35", "Keith Brennan", "1956-07-19", "male", MG, "2024-10-01")
+    normal_pgx(b, "2025-02-10")
+    b.weight(80, "2026-06-01")
+    for when in ("2025-02-24", "2026-02-16", "2026-05-18", "2026-06-01"):
+        b.bloods(when)
+    b.azathioprine("2025-03-03", 100, end="2026-05-03")
+    b.azathioprine("2026-05-04", 25)
+    b.statement("Allopurinol 100 mg tablet", "2026-05-04", 100, rxnorm="519")
+    return b
+
+
+@example(
+    "36-bilirubin-alp",
+    "Bilirubin 92 umol/L with ALP 410 U/L",
+    "Bilirubin and ALP graded by CTCAE v5 from the laboratory's upper limit",
+    "2026-07-01",
+    """Lena, 54, is stable on azathioprine 125 mg. Her LFT on 29 June shows bilirubin 92 umol/L (upper limit 21:
+    4.4 times, CTCAE grade 3) and ALP 410 U/L (upper limit 130: 3.2 times, grade 2), with a normal ALT. ALP rises
+    are often not drug-related, but a grade 3 bilirubin on a thiopurine needs review, and the repeat LFT is due
+    within two weeks.""",
+    {
+        "findings": {"lab-bilirubin-high": "warning"},
+        "absent": ["lab-alp-high", "lab-alt-high", "lab-bilirubin-jaundice"],
+        "phase": "stable",
+        "ctcae": {"lab-bilirubin-high": 3},
+        "next_due": {"LFT": "2026-07-13"},
+    },
+)
+def _36() -> BundleBuilder:
+    b = stable_mg("ex36", "Lena Okafor", "1972-09-08", "female", 64, "2025-03-03", 125, ["2025-02-24", "2026-04-06"])
+    when = "2026-06-29"
+    b.fbc(when, 6.0, 3.7, 250, lymph=1.7, mcv=92).lft(when, 28, albumin=40).renal(when, 70, egfr=90)
+    b.lab("1975-2", 92, "umol/L", when, "Bilirubin", ref_high=21)
+    b.lab("6768-6", 410, "U/L", when, "Alkaline phosphatase", ref_high=130)
     return b
 
 

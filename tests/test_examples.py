@@ -190,7 +190,7 @@ def known_codes() -> set[str]:
     """Every finding code the knowledge base can produce (catalogue texts plus rule-generated codes)."""
     k = kb()
     codes = set(k.findings)
-    codes |= {f"lab-{rule.id}" for rule in (*k.thresholds, *k.rises)}
+    codes |= {f"lab-{rule.id}" for rule in (*k.thresholds, *k.rises, *k.uln_rules)}
     codes |= {f"trend-{analyte}-{rule.id}" for rule in k.trends for analyte in rule.analytes}
     codes |= {f"interaction-{ix.id}" for ix in k.interactions}
     codes |= {f"symptom-{key}" for key in k.symptoms.items}

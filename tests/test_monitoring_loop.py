@@ -391,3 +391,42 @@ def test_allopurinol_with_too_much_azathioprine_is_one_finding() -> None:
     critical = [f for f in a.findings if f.severity == "critical"]
     assert [f.code for f in critical] == ["interaction-allopurinol"]
     assert "at most 25 mg/day" in critical[0].action  # a quarter of the 150 mg taken before it
+
+
+# ---------------------------------------------------------------- local protocol: the clinic's own lab and repeats
+LOCAL = """
+[protocol]
+name = "Test Trust neurology"
+version = "1"
+[thresholds.alt-high]
+follow_up = { group = "LFT", days = 7 }
+[schedule.panels.LFT]
+require = [["alt", "ast"]]
+[[tpmt_activity]]
+assay = ["test trust lab"]
+lab = "Test Trust biochemistry"
+unit = ["U/mL"]
+bands = [{ low = 0, high = 17, phenotype = "PM", label = "low: avoid" }, { low = 17, high = 1e9, phenotype = "NM", label = "normal" }]
+"""
+
+
+def test_a_local_protocol_sets_its_lab_bands_repeat_interval_and_panels(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "local.toml"
+    path.write_text(LOCAL, encoding="utf-8")
+    local = load_knowledge(path)
+    # the clinic's own assay: 10 U/mL is "low: avoid" -> poor metaboliser, no dose
+    b = on_treatment(tpmt=None)
+    b.tpmt_activity(10, "U/mL", "2025-08-01", "Test Trust Lab TPMT")
+    a = run(b, AS_OF, local)
+    assert a.pgx["tpmt"] == "Poor Metabolizer" and a.dose.recommended is None
+    # a repeat LFT within 7 days (the default is 14) ...
+    a = run(critical_alt(), AS_OF, local)
+    assert groups(a)["LFT"].next_due == date(2025, 9, 8)
+    assert groups(run(critical_alt(), AS_OF, KB))["LFT"].next_due == date(2025, 9, 15)
+    # ... and ALT alone is this clinic's LFT panel (no albumin)
+    b = critical_alt()
+    b.lab("1742-6", 40, "U/L", "2025-09-08", "ALT")
+    a = run(b, AS_OF, local)
+    assert groups(a)["LFT"].last == date(2025, 9, 8) and "data-incomplete-panel" not in codes(a)
+    a = run(b, AS_OF, KB)  # the default panel asks for albumin too
+    assert groups(a)["LFT"].last == date(2025, 9, 1) and "data-incomplete-panel" in codes(a)

@@ -19,6 +19,7 @@ import pytest
 
 from azaguard import domain as d
 from azaguard.fhirbuild import BundleBuilder
+from azaguard.ingest.fhir import parse_bundle_text
 from azaguard.knowledge import load_knowledge
 from azaguard.readers.fhir import CVX, LOINC, RXNORM, SNOMED, UCUM, ReaderError, read_bundle, read_bundle_file
 
@@ -509,6 +510,149 @@ def test_ignored_status_skips_the_rest_of_the_resource():
     assert rec.labs == ()
 
 
+# ---------------------------------------------------------------- result versions (same Observation id)
+def neut_version(
+    value: float, status: str = "final", vid: Any = None, updated: Any = None, rid: str = "neut"
+) -> Resource:
+    """One version of a neutrophil count: same id, its own meta.versionId / meta.lastUpdated."""
+    meta: Resource = {}
+    if vid is not None:
+        meta["versionId"] = vid
+    if updated is not None:
+        meta["lastUpdated"] = updated
+    extra: Resource = {"meta": meta} if meta else {}
+    return lab("751-8", value, "10*9/L", ucum_code="10*9/L", rid=rid, status=status, **extra)
+
+
+def neut_values(*resources: Resource) -> list[float]:
+    rec = read(*resources)
+    assert rec.rejected == (), rec.rejected
+    return [r.value for r in rec.labs if r.analyte == "neutrophils"]
+
+
+@pytest.mark.parametrize("corrected_first", [True, False], ids=["corrected-first", "original-first"])
+@pytest.mark.parametrize(
+    ("original_meta", "corrected_meta"),
+    [
+        ({"vid": "1"}, {"vid": "2"}),
+        ({"updated": "2025-03-04T09:00:00Z"}, {"updated": "2025-03-05T10:30:00Z"}),
+    ],
+    ids=["versionId", "lastUpdated"],
+)
+def test_corrected_result_wins_whatever_the_bundle_order(original_meta, corrected_meta, corrected_first):
+    original = neut_version(3.6, **original_meta)
+    corrected = neut_version(1.2, "corrected", **corrected_meta)
+    pair = (corrected, original) if corrected_first else (original, corrected)
+    assert neut_values(*pair) == [1.2]
+
+
+@pytest.mark.parametrize("status", ["amended", "corrected", "final"])
+def test_newer_version_replaces_the_older_whatever_its_status_word(status):
+    assert neut_values(neut_version(1.2, status, vid="3"), neut_version(3.6, vid="2")) == [1.2]
+
+
+@pytest.mark.parametrize("newer_first", [True, False])
+def test_version_id_decides_before_last_updated(newer_first):
+    # version 2 was written with an older timestamp (clock skew): the version number still decides
+    newer = neut_version(1.2, "corrected", vid="2", updated="2025-03-04T08:00:00Z")
+    older = neut_version(3.6, vid="1", updated="2025-03-05T08:00:00Z")
+    assert neut_values(*((newer, older) if newer_first else (older, newer))) == [1.2]
+
+
+@pytest.mark.parametrize("later_first", [True, False])
+def test_last_updated_breaks_a_version_id_tie(later_first):
+    later = neut_version(1.2, "amended", vid="1", updated="2025-03-05T08:00:00Z")
+    earlier = neut_version(3.6, vid="1", updated="2025-03-04T08:00:00Z")
+    assert neut_values(*((later, earlier) if later_first else (earlier, later))) == [1.2]
+
+
+def test_last_updated_compares_the_moment_not_the_text():
+    # 10:00+02:00 is 08:00Z, earlier than 09:00Z although its text sorts later
+    east = neut_version(3.6, updated="2025-03-04T10:00:00+02:00")
+    utc = neut_version(1.2, "corrected", updated="2025-03-04T09:00:00Z")
+    assert neut_values(east, utc) == neut_values(utc, east) == [1.2]
+
+
+def test_a_version_with_meta_outranks_one_without():
+    bare = neut_version(3.6)
+    versioned = neut_version(1.2, "corrected", vid="2")
+    assert neut_values(bare, versioned) == neut_values(versioned, bare) == [1.2]
+
+
+@pytest.mark.parametrize(
+    ("newer", "older"),
+    [
+        ("10", "9"),  # digit strings compare as whole numbers: "10" is newer although "9" > "10" as text
+        ("b", "a"),  # non-numeric version ids compare as text
+        ("9a", "10"),  # one non-numeric id: the whole group compares as text
+    ],
+)
+def test_non_numeric_version_ids_compare_as_text(newer, older):
+    new, old = neut_version(1.2, "corrected", vid=newer), neut_version(3.6, vid=older)
+    assert neut_values(new, old) == neut_values(old, new) == [1.2]
+
+
+@pytest.mark.parametrize("withdrawal", ["entered-in-error", "cancelled"])
+@pytest.mark.parametrize("withdrawal_first", [True, False])
+def test_newest_version_withdrawn_removes_the_result(withdrawal, withdrawal_first):
+    withdrawn = neut_version(3.6, withdrawal, vid="2")
+    original = neut_version(3.6, vid="1")
+    rec = read(*((withdrawn, original) if withdrawal_first else (original, withdrawn)))
+    assert rec.labs == rec.rejected == ()  # the older version does not come back
+
+
+def test_withdrawn_older_version_does_not_remove_the_newer():
+    withdrawn = neut_version(3.6, "entered-in-error", vid="1")
+    current = neut_version(1.2, "corrected", vid="2")
+    assert neut_values(current, withdrawn) == neut_values(withdrawn, current) == [1.2]
+
+
+def test_versions_of_different_ids_and_without_id_are_independent():
+    no_id = [neut_version(3.6, vid="1"), neut_version(1.2, vid="2")]
+    for res in no_id:
+        del res["id"]
+    assert sorted(neut_values(*no_id)) == [1.2, 3.6]
+    assert sorted(neut_values(neut_version(3.6, vid="1", rid="a"), neut_version(1.2, vid="2", rid="b"))) == [1.2, 3.6]
+
+
+def test_identical_copies_are_read_once():
+    assert neut_values(neut_version(1.2, vid="2"), neut_version(1.2, vid="2")) == [1.2]
+
+
+def test_superseded_version_is_not_read():
+    # only the current version is read: a defect its correction fixed does not stop the bundle
+    broken = neut_version(3.6, vid="1")
+    broken["effectiveDateTime"] = "yesterday"
+    assert neut_values(broken, neut_version(1.2, "corrected", vid="2")) == [1.2]
+
+
+@pytest.mark.parametrize(("first", "second"), [({}, {}), ({"vid": "2"}, {"vid": "02"})])
+def test_versions_that_cannot_be_ordered_are_a_reader_error(first, second):
+    # different content, same (or no) version: guessing could pick the superseded value
+    err = reader_error(neut_version(3.6, **first), neut_version(1.2, "corrected", **second))
+    assert err.field == "meta.versionId"
+    assert "(Observation/neut)" in err.where
+    assert "Bundle.entry[2]" in err.problem
+
+
+@pytest.mark.parametrize(
+    ("meta", "field"),
+    [
+        ([], "meta"),
+        ({"versionId": 2}, "meta.versionId"),
+        ({"lastUpdated": "yesterday"}, "meta.lastUpdated"),
+        ({"lastUpdated": "2025-02-30T10:00:00Z"}, "meta.lastUpdated"),
+        ({"lastUpdated": 20250304}, "meta.lastUpdated"),
+    ],
+)
+def test_malformed_version_meta_is_a_reader_error(meta, field):
+    bad = neut_version(3.6)
+    bad["meta"] = meta
+    err = reader_error(neut_version(1.2, "corrected", vid="2"), bad)
+    assert err.field == field
+    assert "(Observation/neut)" in err.where
+
+
 @pytest.mark.parametrize("status", ["done", "FINAL", "", 1, None])
 def test_invalid_or_missing_observation_status_is_a_reader_error(status):
     res = lab("6690-2", 6, "10*9/L", rid="w1")
@@ -707,6 +851,41 @@ def test_tpmt_activity_unit_from_code_and_missing_value():
     assert [(a.value, a.unit) for a in rec.tpmt_activity] == [(12, "U/mL")]
     rec = read(observation(concept("21563-2")))
     assert [(r.analyte, r.reason) for r in rec.rejected] == [("tpmt-activity", "missing-value")]
+
+
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [
+        (
+            {"text": "Red cell TPMT activity (HPLC)", "coding": [{"code": "x", "display": "ignored"}]},
+            "Red cell TPMT activity (HPLC)",
+        ),
+        ({"coding": [{"system": "urn:lab", "code": "TPMT-A", "display": "St Thomas' assay"}]}, "St Thomas' assay"),
+        ({"coding": [{"system": "urn:lab", "code": "TPMT-A"}, {"code": "B", "display": "second"}]}, "second"),
+        ({"coding": [{"system": "urn:lab", "code": "TPMT-A"}]}, "TPMT-A"),
+        (None, ""),
+    ],
+)
+def test_tpmt_activity_method_is_read(method, expected):
+    extra = {"method": method} if method is not None else {}
+    res = observation(concept("21563-2"), rid="t1", valueQuantity={"value": 35.5, "unit": "nmol/h/g Hb"}, **extra)
+    assert read(res).tpmt_activity == (d.ActivityResult(35.5, "nmol/h/g Hb", DAY, "t1", expected),)
+
+
+@pytest.mark.parametrize(
+    ("method", "field"),
+    [
+        ("HPLC", "method"),
+        ({"text": 5}, "method.text"),
+        ({"coding": {"code": "x"}}, "method.coding"),
+        ({"coding": [{"display": ["a"]}]}, "method.coding[0].display"),
+    ],
+)
+def test_malformed_tpmt_activity_method_is_a_reader_error(method, field):
+    res = observation(concept("21563-2"), rid="t1", valueQuantity={"value": 35.5, "unit": "nmol/h/g Hb"}, method=method)
+    err = reader_error(res)
+    assert err.field == field
+    assert "(Observation/t1)" in err.where
 
 
 # ---------------------------------------------------------------- pregnancy / breastfeeding status
@@ -938,7 +1117,8 @@ def dose(value: Any, unit: str = "mg", freq: Any = None, period: Any = None, per
         ("active", "active"),
         ("completed", "stopped"),
         ("stopped", "stopped"),
-        ("on-hold", "stopped"),
+        ("on-hold", "on-hold"),
+        ("suspended", "on-hold"),
         ("intended", "intended"),
         ("unknown", "unknown"),
     ],
@@ -960,7 +1140,8 @@ def test_medication_statement_statuses_that_are_ignored(status):
         ("active", "active"),
         ("completed", "stopped"),
         ("stopped", "stopped"),
-        ("on-hold", "stopped"),
+        ("on-hold", "on-hold"),
+        ("suspended", "on-hold"),
         ("unknown", "unknown"),
     ],
 )
@@ -1007,6 +1188,122 @@ def test_request_validity_end_is_the_end_only_when_stopped():
     stopped = read(med_request(aza(), status="stopped", dispenseRequest=vp)).medications[0]
     active = read(med_request(aza(), status="active", dispenseRequest=vp)).medications[0]
     assert (stopped.end, active.end) == (date(2025, 3, 1), None)
+
+
+# ---------------------------------------------------------------- treatment on hold
+@pytest.mark.parametrize("status", ["on-hold", "suspended"])
+def test_statement_on_hold_keeps_reason_and_date_asserted(status):
+    res = med_statement(
+        aza(),
+        status=status,
+        effectivePeriod={"start": "2025-01-06"},
+        dateAsserted="2025-03-04T09:15:00Z",
+        statusReason=[{"text": "Neutrophils 1.2"}],
+        dosage=[dose(50, freq=2, period=1, period_unit="d")],
+    )
+    (m,) = read(res).medications
+    assert (m.drug, m.status, m.reason, m.status_date, m.start, m.end) == (
+        "azathioprine",
+        "on-hold",
+        "Neutrophils 1.2",
+        DAY,
+        date(2025, 1, 6),
+        None,
+    )
+    assert m.daily_dose_mg == 100  # the dose that is withheld, still known for the restart
+
+
+@pytest.mark.parametrize(
+    ("reasons", "expected"),
+    [
+        ([{"text": "Neutropenia", "coding": [{"system": SNOMED, "code": "165517008", "display": "x"}]}], "Neutropenia"),
+        ([concept("165517008", system=SNOMED, display="Neutropenia")], "Neutropenia"),
+        ([concept("165517008", system=SNOMED)], "165517008"),
+        ([{"text": "Infection"}, {"text": "Surgery"}, {"text": "Infection"}], "Infection; Surgery"),
+        ([{}], ""),
+        ([], ""),
+    ],
+)
+def test_statement_status_reason_text_then_display_then_code(reasons, expected):
+    m = read(med_statement(aza(), status="on-hold", statusReason=reasons)).medications[0]
+    assert m.reason == expected
+
+
+@pytest.mark.parametrize(
+    ("status", "status_date"),
+    [("on-hold", DAY), ("completed", DAY), ("stopped", DAY), ("active", None), ("intended", None)],
+)
+def test_statement_status_date_only_for_hold_and_stop(status, status_date):
+    m = read(med_statement(aza(), status=status, dateAsserted=WHEN)).medications[0]
+    assert m.status_date == status_date
+
+
+def test_statement_on_hold_without_date_asserted_has_no_status_date():
+    m = read(med_statement(aza(), status="on-hold")).medications[0]
+    assert (m.status, m.status_date, m.reason) == ("on-hold", None, "")
+
+
+@pytest.mark.parametrize("status", ["on-hold", "suspended"])
+@pytest.mark.parametrize(
+    ("reason", "expected"),
+    [
+        ({"text": "Withheld: ALT 3x ULN"}, "Withheld: ALT 3x ULN"),
+        (concept("165517008", system=SNOMED, display="Neutropenia"), "Neutropenia"),
+        (concept("165517008", system=SNOMED), "165517008"),
+        (None, ""),
+    ],
+)
+def test_request_on_hold_keeps_reason_without_status_date(status, reason, expected):
+    extra = {"statusReason": reason} if reason is not None else {}
+    vp = {"validityPeriod": {"start": "2025-01-01", "end": "2025-03-01"}}
+    res = med_request(aza(), status=status, authoredOn="2025-01-02", dispenseRequest=vp, **extra)
+    (m,) = read(res).medications
+    assert (m.status, m.reason, m.status_date, m.start, m.end) == ("on-hold", expected, None, date(2025, 1, 2), None)
+
+
+def test_stopped_is_still_stopped_and_keeps_its_reason():
+    ms = med_statement(aza(), status="stopped", statusReason=[{"text": "Rash"}], dateAsserted=WHEN)
+    mr = med_request(aza(), status="stopped", rid="mr1", statusReason={"text": "Rash"})
+    meds = read(ms, mr).medications
+    assert [(m.status, m.reason, m.status_date) for m in meds] == [("stopped", "Rash", DAY), ("stopped", "Rash", None)]
+
+
+@pytest.mark.parametrize(
+    ("make", "extra", "field"),
+    [
+        (med_statement, {"statusReason": {"text": "x"}}, "statusReason"),
+        (med_statement, {"statusReason": ["x"]}, "statusReason[0]"),
+        (med_statement, {"statusReason": [{"text": 1}]}, "statusReason[0].text"),
+        (med_statement, {"statusReason": [{}, {"coding": [{"code": 7}]}]}, "statusReason[1].coding[0].code"),
+        (med_statement, {"dateAsserted": "last week"}, "dateAsserted"),
+        (med_statement, {"dateAsserted": 20250304}, "dateAsserted"),
+        (med_request, {"statusReason": [{"text": "x"}]}, "statusReason"),
+        (med_request, {"statusReason": {"coding": "x"}}, "statusReason.coding"),
+    ],
+)
+def test_malformed_status_reason_or_date_asserted_is_a_reader_error(make, extra, field):
+    err = reader_error(make(aza(), status="on-hold", rid="m9", **extra))
+    assert err.field == field
+    assert "/m9)" in err.where
+
+
+def test_on_hold_and_reason_reach_the_import_item():
+    ms = med_statement(
+        aza(),
+        status="on-hold",
+        dateAsserted=WHEN,
+        statusReason=[{"text": "Neutropenia"}],
+        subject={"reference": "Patient/p"},
+    )
+    mr = med_request(aza(), status="suspended", statusReason={"text": "Infection"}, subject={"reference": "Patient/p"})
+    parsed = parse_bundle_text(json.dumps(bundle(ms, mr)), KB)
+    assert parsed.rejects == []
+    meds = [
+        (i.kind, i.payload.status, i.payload.reason, i.payload.status_date)
+        for i in parsed.items
+        if i.kind == "medication"
+    ]
+    assert meds == [("medication", "on-hold", "Neutropenia", DAY), ("medication", "on-hold", "Infection", None)]
 
 
 RXNORM_CASES = [(key, code) for key, drug in KB.drugs.items() for code in drug.rxnorm]
@@ -1185,8 +1482,12 @@ CVX_CASES = [
 ]
 
 
+UNCERTAIN_CVX = [(key, code) for key, v in KB.vaccines.uncertain.items() for code in v.cvx]
+
+
 def test_cvx_codes_are_unambiguous():
-    assert len({c for _, _, c in CVX_CASES}) == len(CVX_CASES)
+    codes = [c for _, _, c in CVX_CASES] + [c for _, c in UNCERTAIN_CVX]
+    assert len(set(codes)) == len(codes)
 
 
 def immunization(cc: Resource, status: str = "completed", rid: str = "i1", **extra: Any) -> Resource:
@@ -1223,6 +1524,54 @@ def test_each_cvx_code_as_a_draft_order(key, live, code):
 def test_vaccine_by_name(text, key, live):
     rec = read(immunization({"text": text}))
     assert [(v.vaccine, v.live) for v in rec.vaccinations] == [(key, live)]
+
+
+@pytest.mark.parametrize(("key", "code"), UNCERTAIN_CVX)
+def test_each_uncertain_cvx_code_is_live_unknown(key, code):
+    given = read(immunization(concept(code, system=CVX, text="Vaccination"))).vaccinations
+    ordered = read(med_request(concept(code, system=CVX, text="Vaccine"), status="draft", authoredOn=WHEN))
+    assert given == (d.Vaccination(key, False, "Vaccination", DAY, "given", "i1", live_unknown=True),)
+    assert ordered.vaccinations == (d.Vaccination(key, False, "Vaccine", DAY, "ordered", "mr1", live_unknown=True),)
+    assert ordered.medications == ()
+
+
+@pytest.mark.parametrize(
+    ("code", "key", "live", "live_unknown"),
+    [
+        ("187", "zoster-recombinant", False, False),  # Shingrix: inactivated
+        ("121", "zoster-live", True, False),  # Zostavax: live
+        ("188", "zoster-unspecified", False, True),  # formulation not stated: may be live
+    ],
+)
+def test_zoster_cvx_codes(code, key, live, live_unknown):
+    given = read(immunization(concept(code, system=CVX, text="Zoster vaccine"))).vaccinations
+    ordered = read(med_request(concept(code, system=CVX, text="Zoster vaccine"), status="draft")).vaccinations
+    assert [(v.vaccine, v.live, v.live_unknown, v.status) for v in (*given, *ordered)] == [
+        (key, live, live_unknown, "given"),
+        (key, live, live_unknown, "ordered"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "live", "live_unknown"),
+    [
+        ("Zoster vaccine", "zoster-unspecified", False, True),
+        ("Shingles vaccine", "zoster-unspecified", False, True),
+        ("Zoster vaccine, unspecified formulation", "zoster-unspecified", False, True),
+        # a specific live or recombinant name wins over the generic uncertain one it contains
+        ("Zostavax", "zoster-live", True, False),
+        ("Zoster vaccine live", "zoster-live", True, False),
+        ("Zostavax (zoster vaccine live)", "zoster-live", True, False),
+        ("Shingrix", "zoster-recombinant", False, False),
+        ("Recombinant zoster vaccine", "zoster-recombinant", False, False),
+        ("Shingrix (recombinant zoster vaccine)", "zoster-recombinant", False, False),
+        ("Shingles vaccine (Shingrix)", "zoster-recombinant", False, False),
+    ],
+)
+def test_zoster_vaccine_by_name(text, key, live, live_unknown):
+    given = read(immunization({"text": text})).vaccinations
+    ordered = read(med_request({"text": text}, status="draft")).vaccinations
+    assert [(v.vaccine, v.live, v.live_unknown) for v in (*given, *ordered)] == [(key, live, live_unknown)] * 2
 
 
 def test_unknown_vaccine_is_kept_unclassified():
@@ -1263,7 +1612,15 @@ def test_malformed_immunization_is_a_reader_error(res, field):
 
 @pytest.mark.parametrize(
     ("status", "ordered"),
-    [("draft", True), ("active", True), ("completed", False), ("stopped", False), ("cancelled", False)],
+    [
+        ("draft", True),
+        ("active", True),
+        ("on-hold", False),
+        ("suspended", False),
+        ("completed", False),
+        ("stopped", False),
+        ("cancelled", False),
+    ],
 )
 def test_vaccine_order_status(status, ordered):
     rec = read(med_request(concept("03", system=CVX, text="MMR"), status=status, authoredOn=WHEN))

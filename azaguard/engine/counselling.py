@@ -147,7 +147,8 @@ def check_data_quality(ctx: Context) -> list[d.Finding]:
             out.append(from_catalogue(kb, "data-missing-weight"))
         if ctx.indication() is None:
             out.append(from_catalogue(kb, "data-missing-indication"))
-    if ctx.course.active_entry is not None and ctx.course.current_dose is None:
+    dose = ctx.course.held_dose if ctx.course.on_hold else ctx.course.current_dose
+    if ctx.course.active_entry is not None and dose is None:
         out.append(from_catalogue(kb, "data-missing-dose"))
     if ctx.course.active_entry is not None and not ctx.course.start_known:
         out.append(from_catalogue(kb, "data-missing-start-date"))

@@ -469,6 +469,8 @@ def _apply_other(
             "start": p.start,
             "end": p.end,
             "daily_dose_mg": p.daily_dose_mg,
+            "reason": p.reason or None,
+            "status_date": p.status_date,
             "created_at": stamp,
         }
     elif it.kind == "genotype":

@@ -145,7 +145,7 @@ def _load_cpic() -> dict[str, CpicGene]:
 
 # Keys a local protocol may change, by section. Anything else is refused: a clinic tunes
 # thresholds and intervals, it does not silently rewrite pharmacology.
-_LOCAL_THRESHOLD_KEYS = {"value", "severity", "action", "message", "patient_text"}
+_LOCAL_THRESHOLD_KEYS = {"value", "severity", "action", "message", "patient_text", "follow_up"}
 _LOCAL_TREND_KEYS = {"fall_fraction", "successive_falls", "severity", "action"}
 _LOCAL_RISE_KEYS = {"rise_fraction", "window", "severity", "action"}
 _LOCAL_SCHEDULE_KEYS = {
@@ -155,6 +155,7 @@ _LOCAL_SCHEDULE_KEYS = {
     "consolidation_duration",
     "maintenance_interval",
     "missed_visits_critical",
+    "panels",
 }
 _LOCAL_DOSING_KEYS = {"target_mg_per_kg", "max_mg_per_kg", "max_mg_per_day", "start_mg_per_day", "step_mg"}
 
@@ -168,7 +169,7 @@ def _apply_local(raw: dict[str, Any], local: dict[str, Any], path: str) -> dict[
         "citation": f"Local protocol '{head['name']}' v{head['version']}"
         + (f" - {head['source']}" if "source" in head else "")
     }
-    allowed_sections = {"protocol", "thresholds", "trends", "rises", "schedule", "dosing", "vaccines"}
+    allowed_sections = {"protocol", "thresholds", "trends", "rises", "schedule", "dosing", "vaccines", "tpmt_activity"}
     for section in local:
         if section not in allowed_sections:
             raise KnowledgeError(
@@ -176,8 +177,17 @@ def _apply_local(raw: dict[str, Any], local: dict[str, Any], path: str) -> dict[
             )
 
     for section, value in local.items():
+        if section == "tpmt_activity":
+            continue  # an array of tables, checked below
         if not isinstance(value, dict):
             raise KnowledgeError(f"{path}: [{section}] must be a table, got {type(value).__name__}")
+    assays = local.get("tpmt_activity", [])
+    if not isinstance(assays, list) or not all(isinstance(a, dict) for a in assays):
+        raise KnowledgeError(f"{path}: [[tpmt_activity]] must be an array of tables (assay, lab, unit, bands)")
+    # The clinic's own laboratory bands come first: a result naming that assay uses them.
+    raw["protocol"]["pgx"]["activity_units"] = [
+        {**a, "sources": [LOCAL_SOURCE_KEY, *a.get("sources", [])]} for a in assays
+    ] + raw["protocol"]["pgx"]["activity_units"]
 
     def check_values(where: str, change: dict[str, Any]) -> None:
         for key, value in change.items():
@@ -213,6 +223,12 @@ def _apply_local(raw: dict[str, Any], local: dict[str, Any], path: str) -> dict[
         bad = set(change) - keys
         if bad:
             raise KnowledgeError(f"{path}: [{section}] cannot set {sorted(bad)} (allowed: {sorted(keys)})")
+        if section == "schedule" and isinstance(change.get("panels"), dict):
+            # A clinic names only the panels it changes (e.g. LFT without albumin); the rest stay.
+            panels = {
+                k: {"sources": [LOCAL_SOURCE_KEY], **v} for k, v in change["panels"].items() if isinstance(v, dict)
+            }
+            change = {**change, "panels": {**target["panels"], **panels}}
         if change:
             target.update(change)
             src_key = "live_washout_sources" if section == "vaccines" else "sources"

@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import math
 import re
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from azaguard import domain as d
 from azaguard.knowledge import Knowledge
@@ -28,21 +28,27 @@ UCUM = "http://unitsofmeasure.org"
 _DATE = re.compile(r"^(\d{4})(-(\d{2})(-(\d{2}))?)?(T[0-9:.]+(Z|[+-]\d{2}:\d{2})?)?$")
 _OBS_STATUS_USED = {"final", "amended", "corrected", "preliminary"}
 _OBS_STATUS_IGNORED = {"registered", "cancelled", "entered-in-error", "unknown"}
-MedStatus = Literal["active", "draft", "intended", "stopped", "unknown"]
-_MS_STATUS: dict[str, MedStatus | None] = {
+# The newest version of a result with one of these statuses withdraws the result altogether.
+_OBS_STATUS_WITHDRAWN = {"entered-in-error", "cancelled"}
+# A course on hold is withheld for now and will be resumed: it must not be read as stopped, or a
+# withheld azathioprine loses its monitoring, interaction checks and red-flag guidance. R4 calls it
+# `on-hold`; `suspended` (R5 MedicationRequest, some other systems) is the same state.
+_MS_STATUS: dict[str, d.MedStatus | None] = {
     "active": "active",
     "completed": "stopped",
     "stopped": "stopped",
-    "on-hold": "stopped",
+    "on-hold": "on-hold",
+    "suspended": "on-hold",
     "intended": "intended",
     "unknown": "unknown",
     "not-taken": None,
     "entered-in-error": None,
 }
-_MR_STATUS: dict[str, MedStatus | None] = {
+_MR_STATUS: dict[str, d.MedStatus | None] = {
     "active": "active",
     "draft": "draft",
-    "on-hold": "stopped",
+    "on-hold": "on-hold",
+    "suspended": "on-hold",
     "completed": "stopped",
     "stopped": "stopped",
     "cancelled": None,
@@ -68,6 +74,10 @@ def _per_day_from_text(text: str) -> float | None:
         if pattern.search(low):
             return n
     return None
+
+
+# (vaccine key, live, live_unknown): live_unknown = the code or name may be a live vaccine.
+_Vaccine = tuple[str, bool, bool]
 
 
 class ReaderError(Exception):
@@ -212,6 +222,133 @@ def _text_match(text: str, needles: list[str]) -> bool:
     return any(re.search(r"(?<![a-z0-9])" + re.escape(n), low) for n in needles)
 
 
+def _cc_label(cc: Any, where: str, field: str) -> str:
+    """One short label for a CodeableConcept: its text, else the first coding display, else the
+    first code.
+
+    For values a person reads back (why a course is on hold, which assay measured an activity):
+    one label, not every synonym a system sent. Wrong JSON types are ReaderErrors naming the full
+    field path (`statusReason[1].coding[0].display`), like every other structural defect.
+    """
+    if cc is None:
+        return ""
+    if not isinstance(cc, dict):
+        raise ReaderError(where, field, f"must be an object, got {_type_name(cc)}")
+    text = cc.get("text")
+    if text is not None and not isinstance(text, str):
+        raise ReaderError(where, f"{field}.text", f"must be a string, got {_type_name(text)}")
+    if text and text.strip():
+        return text.strip()
+    codings = cc.get("coding")
+    if codings is None:
+        codings = []
+    if not isinstance(codings, list):
+        raise ReaderError(where, f"{field}.coding", f"must be an array, got {_type_name(codings)}")
+    displays: list[str] = []
+    codes: list[str] = []
+    for i, c in enumerate(codings):
+        if not isinstance(c, dict):
+            raise ReaderError(where, f"{field}.coding[{i}]", f"must be an object, got {_type_name(c)}")
+        for key, found in (("display", displays), ("code", codes)):
+            v = c.get(key)
+            if v is None:
+                continue
+            if not isinstance(v, str):
+                raise ReaderError(where, f"{field}.coding[{i}].{key}", f"must be a string, got {_type_name(v)}")
+            if v.strip():
+                found.append(v.strip())
+    return (displays or codes or [""])[0]
+
+
+_INSTANT = re.compile(r"^(\d{4}-\d{2}-\d{2})(T\d{2}:\d{2}(:\d{2})?(\.\d+)?(Z|[+-]\d{2}:\d{2})?)?$")
+
+
+def _instant(value: Any, where: str, field: str) -> datetime:
+    """FHIR instant (meta.lastUpdated) -> aware datetime, so versions sent from different time zones
+    compare by the moment they were written, not by their text. A missing zone is read as UTC and a
+    bare date as its midnight (lenient: only the order between versions matters)."""
+    if not isinstance(value, str):
+        raise ReaderError(where, field, f"must be a FHIR instant string, got {_type_name(value)}")
+    v = value.strip()
+    m = _INSTANT.match(v)
+    if not m:
+        raise ReaderError(where, field, f"is not a FHIR instant: '{v[:40]}'")
+    # Python reads at most 6 fractional digits; more precision cannot change the order of real writes.
+    fraction = m.group(4) or ""
+    normalised = v.replace(fraction, fraction[:7], 1) if fraction else v
+    try:
+        dt = datetime.fromisoformat(normalised.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ReaderError(where, field, f"is not a real date and time: '{v[:40]}'") from exc
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+
+
+_OLDEST = datetime.min.replace(tzinfo=UTC)
+
+
+def _version_rank(vid: str | None, updated: datetime | None, numeric: bool) -> tuple[Any, ...]:
+    """Sort key of one version: versionId first (a missing one lowest), then lastUpdated."""
+    version: int | str = (int(vid) if numeric else vid) if vid is not None else (0 if numeric else "")
+    return (vid is not None, version, updated is not None, updated or _OLDEST)
+
+
+def _current_observations(resources: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """Keep only the current version of each result; drop withdrawn ones.
+
+    A bundle may carry several versions of one Observation (same `id`): the original and its
+    correction, or a result and its retraction. Reading them all would put a superseded value (a
+    neutrophil count of 3.6 corrected to 1.2) next to the real one, and which one the engine then
+    trusted would depend on bundle order. So, per id: the highest `meta.versionId` wins (as whole
+    numbers when every version of that id is a digit string, else as text), then the latest
+    `meta.lastUpdated`; a version without either ranks below one that has it. Only the winner is
+    read; if its status is `entered-in-error` or `cancelled` the result is gone (an older version
+    never comes back). Identical copies are read once. Versions that still tie but differ cannot
+    be put in order: that is a ReaderError, because guessing could pick the superseded value.
+    Observations without an id are independent results. Superseded versions are not read at all,
+    so a defect that a correction fixed does not stop the bundle.
+    """
+    groups: dict[str, list[int]] = {}
+    for i, (_, res) in enumerate(resources):
+        rid = res.get("id")
+        if res.get("resourceType") == "Observation" and isinstance(rid, str) and rid:
+            groups.setdefault(rid, []).append(i)
+    drop: set[int] = set()
+    for rid, members in groups.items():
+        if len(members) < 2:
+            continue
+        metas: list[tuple[str | None, datetime | None]] = []
+        for i in members:
+            where, res = resources[i]
+            meta = _obj(res, "meta", where)
+            vid: str | None = None
+            updated: datetime | None = None
+            if meta is not None:
+                raw = meta.get("versionId")
+                if raw is not None and not isinstance(raw, str):
+                    raise ReaderError(where, "meta.versionId", f"must be a string, got {_type_name(raw)}")
+                vid = raw.strip() if isinstance(raw, str) and raw.strip() else None
+                if meta.get("lastUpdated") is not None:
+                    updated = _instant(meta["lastUpdated"], where, "meta.lastUpdated")
+            metas.append((vid, updated))
+        numeric = all(v is None or re.fullmatch(r"[0-9]+", v) for v, _ in metas)
+        ranks = [_version_rank(vid, updated, numeric) for vid, updated in metas]
+        best = max(ranks)
+        top = [i for i, r in zip(members, ranks, strict=True) if r == best]
+        if len({json.dumps(resources[i][1], sort_keys=True) for i in top}) > 1:
+            others = ", ".join(resources[i][0].split(" ")[0] for i in top[1:])
+            raise ReaderError(
+                resources[top[0]][0],
+                "meta.versionId",
+                f"does not say which version of Observation/{rid} is current (same version and "
+                f"lastUpdated as {others}, different content): give each version its own meta.versionId",
+            )
+        winner = top[0]
+        drop.update(i for i in members if i != winner)
+        if resources[winner][1].get("status") in _OBS_STATUS_WITHDRAWN:
+            drop.add(winner)
+    return [r for i, r in enumerate(resources) if i not in drop]
+
+
 class _BundleReader:
     def __init__(self, kb: Knowledge) -> None:
         self.kb = kb
@@ -229,14 +366,25 @@ class _BundleReader:
         self.screening_results: list[tuple[str, date, bool]] = []
         self.medications_by_id: dict[str, dict[str, Any]] = {}
         self._screening_index = {code: key for key, codes in kb.screening_codes.items() for code in codes}
-        self._vaccine_cvx: dict[str, tuple[str, bool]] = {}
-        self._vaccine_names: list[tuple[str, str, bool]] = []
-        for live, group in ((True, kb.vaccines.live), (False, kb.vaccines.inactivated)):
+        # Vaccine lookup: key -> (key, live, live_unknown). Names are searched in order: live,
+        # inactivated, then uncertain (a formulation that may be live, e.g. CVX 188 zoster
+        # unspecified). Uncertain names are generic ("zoster vaccine"), so they only decide when no
+        # live or inactivated name matched: "zoster vaccine live" stays live, "recombinant zoster
+        # vaccine" stays inactivated, and a bare "zoster vaccine" is never read as either.
+        self._vaccine_cvx: dict[str, _Vaccine] = {}
+        self._vaccine_names: list[tuple[str, _Vaccine]] = []
+        self._uncertain_names: list[tuple[str, _Vaccine]] = []
+        groups = (
+            (kb.vaccines.live, (True, False), self._vaccine_names),
+            (kb.vaccines.inactivated, (False, False), self._vaccine_names),
+            (kb.vaccines.uncertain, (False, True), self._uncertain_names),
+        )
+        for group, (live, unknown), names in groups:
             for key, v in group.items():
                 for c in v.cvx:
-                    self._vaccine_cvx[c] = (key, live)
+                    self._vaccine_cvx[c] = (key, live, unknown)
                 for n in v.names:
-                    self._vaccine_names.append((n.lower(), key, live))
+                    names.append((n.lower(), (key, live, unknown)))
 
     # ------------------------------------------------------------ bundle
     def read(self, data: Any) -> d.PatientRecord:
@@ -284,7 +432,7 @@ class _BundleReader:
             "Condition": self._condition,
             "AllergyIntolerance": self._allergy,
         }
-        for where, res in resources:
+        for where, res in _current_observations(resources):
             handler = handlers.get(res["resourceType"])
             if handler is not None:
                 handler(res, where)
@@ -547,7 +695,10 @@ class _BundleReader:
         if value is None:
             self.rejected.append(d.RejectedResult("tpmt-activity", when, "missing-value", detail="no value"))
             return
-        self.activity.append(d.ActivityResult(value, unit, when, str(res.get("id", ""))))
+        # Activity bands belong to one laboratory assay: the assay name travels with the value so
+        # the engine interprets it only against that assay's bands (never another lab's cut-offs).
+        method = _cc_label(res.get("method"), where, "method")
+        self.activity.append(d.ActivityResult(value, unit, when, str(res.get("id", "")), method))
 
     def _polarity(self, res: dict[str, Any], where: str) -> bool | None:
         """Positive/negative of a qualitative screening result; None when it cannot be read."""
@@ -745,17 +896,22 @@ class _BundleReader:
         """The text names a vaccine only by a disease word, which medicines mention too."""
         low = text.lower()
         specific = [
-            n for n, _, _ in self._vaccine_names if re.search(r"(?<![a-z0-9])" + re.escape(n) + r"(?![a-z0-9])", low)
+            n
+            for n, _ in (*self._vaccine_names, *self._uncertain_names)
+            if re.search(r"(?<![a-z0-9])" + re.escape(n) + r"(?![a-z0-9])", low)
         ]
         return bool(specific) and all(n in self.kb.vaccines.generic_words for n in specific)
 
-    def _vaccine_of(self, codings: list[tuple[str, str, str]], text: str) -> tuple[str, bool] | None:
+    def _vaccine_of(self, codings: list[tuple[str, str, str]], text: str) -> _Vaccine | None:
+        """(key, live, live_unknown) from a CVX code, else from a whole-word name in the text."""
         for s, c, _ in codings:
             if s == CVX and c in self._vaccine_cvx:
                 return self._vaccine_cvx[c]
-        for name, key, live in self._vaccine_names:
-            if re.search(r"(?<![a-z0-9])" + re.escape(name) + r"(?![a-z0-9])", text.lower()):
-                return key, live
+        low = text.lower()
+        for names in (self._vaccine_names, self._uncertain_names):
+            for name, vaccine in names:
+                if re.search(r"(?<![a-z0-9])" + re.escape(name) + r"(?![a-z0-9])", low):
+                    return vaccine
         return None
 
     def _drug_of(self, codings: list[tuple[str, str, str]], text: str) -> tuple[str | None, str | None]:
@@ -786,6 +942,17 @@ class _BundleReader:
             raise ReaderError(where, "effectivePeriod", "ends before it starts")
         drug, rx = self._drug_of(codings, search)
         dose = self._daily_dose(_list(res, "dosage", where), where, "dosage")
+        reasons = []
+        for i, cc in enumerate(_list(res, "statusReason", where)):
+            if not isinstance(cc, dict):
+                raise ReaderError(where, f"statusReason[{i}]", f"must be an object, got {_type_name(cc)}")
+            reasons.append(_cc_label(cc, where, f"statusReason[{i}]"))
+        # dateAsserted is when the statement was made: for a hold or a stop it is the first date the
+        # record knows that state (when the engine counts a hold from). It is checked whatever the
+        # status, as every date is, but only used for on-hold and stopped.
+        asserted = (
+            parse_date(res["dateAsserted"], where, "dateAsserted") if res.get("dateAsserted") is not None else None
+        )
         self.meds.append(
             d.MedicationEntry(
                 drug,
@@ -797,6 +964,8 @@ class _BundleReader:
                 "statement",
                 rx,
                 str(res.get("id", "")),
+                reason="; ".join(dict.fromkeys(r for r in reasons if r)),
+                status_date=asserted if norm in ("on-hold", "stopped") else None,
             )
         )
 
@@ -816,9 +985,10 @@ class _BundleReader:
             vaccine = None  # "Paxlovid for COVID-19" is a medicine that names a disease, not a vaccine order
         if vaccine is not None:
             if norm in ("draft", "active"):
+                key, live, live_unknown = vaccine
                 self.vaccinations.append(
                     d.Vaccination(
-                        vaccine[0], vaccine[1], text or vaccine[0], authored, "ordered", str(res.get("id", ""))
+                        key, live, text or key, authored, "ordered", str(res.get("id", "")), live_unknown=live_unknown
                     )
                 )
             return
@@ -830,6 +1000,9 @@ class _BundleReader:
                 end = parse_date(vp["end"], where, "dispenseRequest.validityPeriod.end")
         drug, rx = self._drug_of(codings, search)
         dose = self._daily_dose(_list(res, "dosageInstruction", where), where, "dosageInstruction")
+        # R4 MedicationRequest.statusReason is one CodeableConcept. A request has no date for its
+        # status (authoredOn is when it was written), so status_date stays unknown.
+        reason = _cc_label(res.get("statusReason"), where, "statusReason")
         self.meds.append(
             d.MedicationEntry(
                 drug,
@@ -841,6 +1014,7 @@ class _BundleReader:
                 "request",
                 rx,
                 str(res.get("id", "")),
+                reason=reason,
             )
         )
 
@@ -869,6 +1043,7 @@ class _BundleReader:
                 when,
                 "given",
                 str(res.get("id", "")),
+                live_unknown=vaccine[2] if vaccine else False,
             )
         )
 
