@@ -406,7 +406,10 @@ require = [["alt", "ast"]]
 assay = ["test trust lab"]
 lab = "Test Trust biochemistry"
 unit = ["U/mL"]
-bands = [{ low = 0, high = 17, phenotype = "PM", label = "low: avoid" }, { low = 17, high = 1e9, phenotype = "NM", label = "normal" }]
+bands = [
+  { low = 0, high = 17, phenotype = "PM", label = "low: avoid" },
+  { low = 17, high = 1e9, phenotype = "NM", label = "normal" },
+]
 """
 
 
