@@ -924,7 +924,7 @@ def test_pregnancy_status(code, value, expected):
     [
         (answer("LA33-6", "Yes"), True),
         (answer("413712001", system=SNOMED), True),
-        (answer("169741004", system=SNOMED), True),
+        (answer("169741004", system=SNOMED), None),  # "Breast fed" is the infant's finding: never read
         (answer("LA32-8", "No"), False),
         ({"valueCodeableConcept": {"text": "Breastfeeding"}}, True),
         ({"valueBoolean": False}, False),
@@ -933,6 +933,39 @@ def test_pregnancy_status(code, value, expected):
 def test_breastfeeding_status(value, expected):
     rec = read(status_obs("63895-7", **value))
     assert [(s.kind, s.value) for s in rec.statuses] == [("breastfeeding", expected)]
+
+
+def test_breastfeeding_snomed_question_code_is_a_status_not_a_symptom():
+    """SNOMED 413712001 "Breastfeeding (mother)" is an observable entity IGs send as the code."""
+    res = observation(concept("413712001", system=SNOMED), rid="s1", valueBoolean=True)
+    res["category"] = [concept("survey", system="http://terminology.hl7.org/CodeSystem/observation-category")]
+    rec = read(res)
+    assert [(s.kind, s.value) for s in rec.statuses] == [("breastfeeding", True)] and rec.symptoms == ()
+
+
+@pytest.mark.parametrize(
+    ("interpretation", "expected"),
+    [("POS", True), ("DET", True), ("NEG", False), ("ND", False), (None, None), ("H", None)],
+)
+def test_quantitative_vzv_igg_is_read_only_by_its_interpretation(interpretation, expected):
+    """5403-1 is VZV IgG in units/volume: the number is never compared with a cut-off."""
+    res = observation(concept("5403-1"), rid="v1", valueQuantity={"value": 50, "unit": "[IU]/mL"})
+    if interpretation:
+        res["interpretation"] = [
+            concept(interpretation, system="http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation")
+        ]
+    rec = read(res)
+    assert [k for k, _ in rec.screening_done] == ["vzv_igg"]
+    assert [(k, p) for k, _, p in rec.screening_results] == ([("vzv_igg", expected)] if expected is not None else [])
+
+
+def test_vzv_igg_presence_code_is_the_valid_loinc():
+    """19162-6 failed the LOINC check digit; 19162-7 is VZV IgG Ab [Presence]."""
+    rec = read(observation(concept("19162-7"), rid="v2", valueCodeableConcept=concept("LA6577-6", display="Negative")))
+    assert rec.screening_results[0][0] == "vzv_igg" and rec.screening_results[0][2] is False
+    assert (
+        read(observation(concept("19162-6"), rid="v3", valueCodeableConcept={"text": "Negative"})).screening_done == ()
+    )
 
 
 @pytest.mark.parametrize(

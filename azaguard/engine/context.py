@@ -165,6 +165,12 @@ def build_context(record: d.PatientRecord, kb: Knowledge, as_of: date) -> Contex
             continue
         labs[r.analyte].append(r)
     future += sum(1 for s in record.symptoms if s.when > as_of)
+    for analyte, series in labs.items():
+        drop = kb.analytes[analyte].drop_if_other_same_day if analyte in kb.analytes else []
+        if drop and any(r.code in drop for r in series):
+            # A race-coefficient variant is ignored when the same day has another result of the analyte.
+            days_other = {r.when for r in series if r.code not in drop}
+            labs[analyte] = [r for r in series if not (r.code in drop and r.when in days_other)]
     weight_series = labs.pop("weight", [])
     course = derive_course(record.medications, kb, as_of)
     group_days: dict[str, dict[date, set[str]]] = defaultdict(dict)

@@ -153,6 +153,24 @@ def check_data_quality(ctx: Context) -> list[d.Finding]:
     if ctx.course.active_entry is not None and not ctx.course.start_known:
         out.append(from_catalogue(kb, "data-missing-start-date"))
     out.extend(_incomplete_panels(ctx))
+    out.extend(_deprecated_codes(ctx))
+    return out
+
+
+def _deprecated_codes(ctx: Context) -> list[d.Finding]:
+    """A latest result sent with a superseded code (race-based eGFR equations) is still used, and said."""
+    out = []
+    for analyte, spec in ctx.kb.analytes.items():
+        if not spec.deprecated_loinc:
+            continue
+        latest = ctx.latest(analyte)
+        if latest is not None and latest.code in spec.deprecated_loinc:
+            out.append(
+                from_catalogue(
+                    ctx.kb, "data-deprecated-code", (lab_evidence(latest),), label=spec.label, loinc=latest.code,
+                    date=latest.when,
+                )
+            )  # fmt: skip
     return out
 
 

@@ -368,6 +368,8 @@ class Analyte:
     loinc: list[str]
     local: list[str] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
+    deprecated_loinc: list[str] = field(default_factory=list)
+    drop_if_other_same_day: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -393,6 +395,9 @@ class StatusCodes:
     positive_answers: list[str]
     negative_answers: list[str]
     no_answers: list[str]
+    # HL7 v3 ObservationInterpretation codes that say positive / negative (quantitative serology)
+    interpretation_positive: list[str] = field(default_factory=list)
+    interpretation_negative: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, kw_only=True)

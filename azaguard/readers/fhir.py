@@ -568,6 +568,13 @@ class _BundleReader:
             for _, c, _ in _codings(cat, where, "category")
         ]
 
+        if any(c in kb.status_codes.breastfeeding_loinc for c in snomeds):
+            # SNOMED 413712001 "Breastfeeding (mother)" as the question (IGs send it as the code)
+            self._status(
+                res, where, "breastfeeding", kb.status_codes.breastfeeding_answers,
+                kb.status_codes.not_breastfeeding_answers,
+            )  # fmt: skip
+            return
         if "survey" in categories and (snomeds or text):
             self._symptom(res, where, snomeds, text)
             return
@@ -701,9 +708,21 @@ class _BundleReader:
         self.activity.append(d.ActivityResult(value, unit, when, str(res.get("id", "")), method))
 
     def _polarity(self, res: dict[str, Any], where: str) -> bool | None:
-        """Positive/negative of a qualitative screening result; None when it cannot be read."""
+        """Positive/negative of a qualitative screening result; None when it cannot be read.
+
+        A quantitative result (VZV IgG 5403-1, hCG 19080-1 in units/volume) is read only through
+        the laboratory's own interpretation (POS/NEG): its number is never compared with a cut-off
+        the knowledge base does not hold."""
         if isinstance(res.get("valueBoolean"), bool):
             return bool(res["valueBoolean"])
+        interp = {c for cc in _list(res, "interpretation", where) if isinstance(cc, dict)
+                  for _, c, _ in _codings(cc, where, "interpretation")}  # fmt: skip
+        if interp & set(self.kb.status_codes.interpretation_positive):
+            return True
+        if interp & set(self.kb.status_codes.interpretation_negative):
+            return False
+        if res.get("valueQuantity") is not None:
+            return None
         cc = _obj(res, "valueCodeableConcept", where)
         codes = {c for _, c, _ in _codings(cc, where, "valueCodeableConcept")}
         if codes & set(self.kb.status_codes.positive_answers):
