@@ -7,6 +7,7 @@ record; clinicians and admins see every patient; only admins see quarantine and 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -19,6 +20,7 @@ from azaguard.audit import audit
 from azaguard.ingest.items import Parsed
 from azaguard.ingest.pipeline import ImportSummary, apply
 from azaguard.knowledge import Knowledge
+from azaguard.render.json import SCHEMA_VERSION
 from azaguard.store import models as m
 from azaguard.store import writes
 from azaguard.store.records import now
@@ -37,7 +39,7 @@ def can_read_patient(user: m.User, patient_id: int) -> bool:
 
 
 def authorise_patient(
-    s: Session, user: m.User, patient_id: int, action: str, channel: str, write: bool = False
+    s: Session, user: m.User, patient_id: int, action: str, channel: str, write: bool = False, detail: str = ""
 ) -> m.Patient:
     """Check access, audit the attempt (allowed or denied), return the patient."""
     if not can_read_patient(user, patient_id) or (write and user.role == "patient" and action != "report-symptom"):
@@ -47,7 +49,7 @@ def authorise_patient(
     p = s.get(m.Patient, patient_id)
     if p is None:
         raise NotFound(f"patient {patient_id} does not exist")
-    audit(s, user, "write" if write else "read", action, patient_id, channel=channel)
+    audit(s, user, "write" if write else "read", action, patient_id, detail, channel)
     return p
 
 
@@ -74,11 +76,7 @@ class PatientView:
 
 def patient_view(s: Session, kb: Knowledge, user: m.User, patient_id: int, channel: str = "web") -> PatientView:
     p = authorise_patient(s, user, patient_id, "view-patient", channel)
-    row = s.get(m.AssessmentRow, patient_id)
-    if row is None or row.as_of < date.today():
-        wl.refresh_patient(s, kb, patient_id)
-        row = s.get(m.AssessmentRow, patient_id)
-    assert row is not None
+    row = _fresh_assessment(s, kb, patient_id)
     labs = list(
         s.scalars(
             select(m.Observation)
@@ -92,7 +90,18 @@ def patient_view(s: Session, kb: Knowledge, user: m.User, patient_id: int, chann
     imms = list(s.scalars(select(m.Immunization).where(m.Immunization.patient_id == patient_id)))
     syms = list(s.scalars(select(m.Symptom).where(m.Symptom.patient_id == patient_id).order_by(m.Symptom.when)))
     reviews = list(s.scalars(select(m.Review).where(m.Review.patient_id == patient_id).order_by(m.Review.created_at)))
-    return PatientView(p, row.result, wl.open_findings(s, patient_id), labs, meds, imms, syms, reviews)
+    findings = wl.order_findings(wl.open_findings(s, patient_id), row.result)
+    return PatientView(p, row.result, findings, labs, meds, imms, syms, reviews)
+
+
+def _fresh_assessment(s: Session, kb: Knowledge, patient_id: int) -> m.AssessmentRow:
+    """The stored assessment, re-assessed first if it is older than today or in an older JSON schema."""
+    row = s.get(m.AssessmentRow, patient_id)
+    if row is None or row.as_of < date.today() or row.result.get("schema_version") != SCHEMA_VERSION:
+        wl.refresh_patient(s, kb, patient_id)
+        row = s.get(m.AssessmentRow, patient_id)
+    assert row is not None
+    return row
 
 
 def assessment(s: Session, kb: Knowledge, user: m.User, patient_id: int, channel: str = "api") -> dict[str, Any]:
@@ -139,7 +148,36 @@ def report_symptom(
     return write_and_refresh(s, kb, user, pid, "report-symptom", channel, writes.add_symptom, symptom, when, by)
 
 
-def review(s: Session, user: m.User, finding_id: int, outcome: str, note: str, channel: str) -> m.Review:
+def hold_azathioprine(
+    s: Session, kb: Knowledge, user: m.User, pid: int, reason: str, start: Any, channel: str
+) -> m.Medication:
+    """Withhold azathioprine (on hold, not stopped); a dose change restarts it."""
+    authorise_patient(s, user, pid, "hold-azathioprine", channel, write=True, detail=(reason or "").strip())
+    row = writes.hold_azathioprine(s, kb, pid, reason, start)
+    wl.refresh_patient(s, kb, pid)
+    return row
+
+
+def dismiss_follow_up(
+    s: Session, kb: Knowledge, user: m.User, pid: int, key: str, reason: str, channel: str
+) -> m.FollowUpDismissal:
+    """Drop an open follow-up with a reason (clinicians and admins). Only a follow-up the current
+    assessment has open can be dropped; the engine then shows it as dismissed."""
+    detail = f"{(key or '').strip()[:120]}: {(reason or '').strip()}"
+    authorise_patient(s, user, pid, "dismiss-follow-up", channel, write=True, detail=detail)
+    row_a = _fresh_assessment(s, kb, pid)
+    open_keys = {
+        u["key"] for u in row_a.result["monitoring"].get("follow_ups", []) if u["state"] in ("open", "overdue")
+    }
+    row = writes.dismiss_follow_up(s, kb, pid, key, reason, user.id, open_keys)
+    wl.refresh_patient(s, kb, pid)
+    return row
+
+
+def review(s: Session, kb: Knowledge, user: m.User, finding_id: int, outcome: str, note: str, channel: str) -> m.Review:
+    """Record what was done about a finding. "Azathioprine withheld" also puts the drug on hold
+    from today (the finding's message is the reason), unless it is already on hold or not being
+    taken, and re-assesses the patient."""
     f = s.get(m.FindingRow, finding_id)
     if f is None:
         raise NotFound(f"finding {finding_id} does not exist")
@@ -147,7 +185,36 @@ def review(s: Session, user: m.User, finding_id: int, outcome: str, note: str, c
     authorise_patient(s, user, f.patient_id, "review", channel, write=True)
     r = wl.record_review(s, finding_id, user.id, outcome, note)
     audit(s, user, "review", f"finding {f.code}: {outcome}", f.patient_id, note, channel)
+    if outcome == "withheld" and _takes_azathioprine(s, f.patient_id):
+        try:
+            writes.hold_azathioprine(s, kb, f.patient_id, _AGE.sub("", f.message))
+        except writes.FormError as exc:
+            raise wl.ReviewError(f"azathioprine could not be recorded as withheld: {exc.message}") from None
+        audit(s, user, "write", "hold-azathioprine", f.patient_id, f"review of finding {f.code}", channel)
+        wl.refresh_patient(s, kb, f.patient_id)
     return r
+
+
+# "(63 days ago)" in a finding message is true on the day it is shown, not in a stored reason.
+_AGE = re.compile(r" \((?:today|1 day ago|\d+ days ago)\)")
+
+
+def _takes_azathioprine(s: Session, patient_id: int) -> bool:
+    """An active azathioprine entry still running today (not on hold, not ended)."""
+    today = date.today()
+    q = select(m.Medication.id).where(
+        m.Medication.patient_id == patient_id,
+        m.Medication.drug == "azathioprine",
+        m.Medication.status == "active",
+        (m.Medication.end.is_(None)) | (m.Medication.end >= today),
+    )
+    held = select(m.Medication.id).where(
+        m.Medication.patient_id == patient_id,
+        m.Medication.drug == "azathioprine",
+        m.Medication.status == "on-hold",
+        m.Medication.end.is_(None),
+    )
+    return s.scalar(q.limit(1)) is not None and s.scalar(held.limit(1)) is None
 
 
 def list_patients(

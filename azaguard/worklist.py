@@ -128,6 +128,7 @@ def _refresh_chunk(s: Session, kb: Knowledge, ids: list[int], as_of: date) -> di
             (flagged if str(oid) in flagged_ids else auto).append(oid)
         dues = [g.next_due for g in a.monitoring.groups if g.next_due is not None]
         cats = sorted({c for _, c in open_sev})
+        waiting = awaiting_groups(a)
         values = {
             "as_of": as_of,
             "knowledge_version": a.knowledge_version,
@@ -137,6 +138,8 @@ def _refresh_chunk(s: Session, kb: Knowledge, ids: list[int], as_of: date) -> di
             "next_due": min(dues) if dues else None,
             "indication": next((c.key for c in record.conditions if c.key in kb.indications), None),
             "categories": f" {' '.join(cats)} " if cats else "",
+            "awaiting": f" {' '.join(waiting)} " if waiting else "",
+            "treatment": a.treatment.state,
             "result": assessment_to_dict(a),
             "computed_at": stamp,
         }
@@ -156,6 +159,12 @@ def _refresh_chunk(s: Session, kb: Knowledge, ids: list[int], as_of: date) -> di
                 update(m.Observation).where(m.Observation.id.in_(chunk_ids[j : j + 500])).values(review_state=state)
             )
     return results
+
+
+def awaiting_groups(a: d.Assessment) -> list[str]:
+    """Test groups with a follow-up still open (or overdue). Only the engine closes one - when a
+    result that answers it arrives, or a clinician dismisses it - so a review leaves it in place."""
+    return sorted({u.group for u in a.monitoring.follow_ups if u.state in ("open", "overdue")})
 
 
 def refresh_stale(s: Session, kb: Knowledge, as_of: date | None = None, limit: int | None = None) -> int:
@@ -198,24 +207,24 @@ class WorklistEntry:
     next_due: date | None
     overdue: bool
     phase: str
+    awaiting: list[str]  # test groups with an open follow-up ("awaiting FBC result")
+    treatment: str  # not-started | active | on-hold | stopped ("" before the first assessment with it)
 
 
 def worklist(s: Session, flt: WorklistFilter, today: date | None = None) -> tuple[list[WorklistEntry], int]:
-    """Patients who need action: open critical first, then warning, then overdue, then due soon."""
+    """Patients who need action: open critical first, then warning, then overdue, then due soon.
+    A patient awaiting a follow-up result stays on the list until the result (or a dismissal)."""
     today = today or date.today()
     due_limit = today + timedelta(days=flt.include_due_days)
     a, p = m.AssessmentRow, m.Patient
     # Only the columns the list shows: the stored assessment JSON (kilobytes per row) stays on disk.
     cols = (
         p.id, p.identifier, p.name, p.monitoring_team, a.indication, a.worst_open, a.open_count,
-        a.categories, a.next_due, a.phase,
+        a.categories, a.next_due, a.phase, a.awaiting, a.treatment,
     )  # fmt: skip
-    q = select(*cols).join(p, p.id == a.patient_id).where(or_(a.open_count > 0, a.next_due <= due_limit))
-    count_q = (
-        select(func.count(a.patient_id))
-        .join(p, p.id == a.patient_id)
-        .where(or_(a.open_count > 0, a.next_due <= due_limit))
-    )
+    needs_action = or_(a.open_count > 0, a.next_due <= due_limit, a.awaiting != "")
+    q = select(*cols).join(p, p.id == a.patient_id).where(needs_action)
+    count_q = select(func.count(a.patient_id)).join(p, p.id == a.patient_id).where(needs_action)
     conditions = []
     if flt.severity in ("critical", "warning"):
         conditions += [a.worst_open <= d.SEVERITY_RANK[flt.severity], a.open_count > 0]
@@ -246,6 +255,8 @@ def worklist(s: Session, flt: WorklistFilter, today: date | None = None) -> tupl
             next_due=r.next_due,
             overdue=r.next_due is not None and r.next_due < today,
             phase=r.phase,
+            awaiting=r.awaiting.split(),
+            treatment=r.treatment,
         )
         for r in s.execute(q)
     ]
@@ -301,6 +312,21 @@ def open_findings(s: Session, patient_id: int) -> list[m.FindingRow]:
             .order_by(m.FindingRow.id)
         )
     )
+
+
+def order_findings(rows: Sequence[m.FindingRow], result: dict[str, Any] | None) -> list[m.FindingRow]:
+    """Most serious first (critical, warning, info), then newest first: the date is the finding's
+    own date from the stored assessment (the newest fact it rests on), else when it was first seen."""
+    dates: dict[tuple[str, str], date] = {}
+    for f in (result or {}).get("findings", []):
+        if f.get("date"):
+            dates.setdefault((f["code"], f["message"]), date.fromisoformat(f["date"]))
+
+    def key(r: m.FindingRow) -> tuple[int, int, int]:
+        when = dates.get((r.code, r.message)) or r.first_seen.date()
+        return d.SEVERITY_RANK.get(r.severity, 3), -when.toordinal(), -r.id
+
+    return sorted(rows, key=key)
 
 
 def stored_assessment(s: Session, patient_id: int) -> dict[str, Any] | None:

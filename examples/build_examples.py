@@ -110,7 +110,7 @@ def full_screening(b: BundleBuilder, when: str, female: bool = False) -> BundleB
     b.screening("16933-4", "Hepatitis B core antibody", when)
     b.screening("16128-1", "Hepatitis C antibody", when)
     b.screening("75622-1", "HIV 1+2 antibody and p24 antigen", when)
-    b.screening("19162-6", "Varicella zoster virus IgG", when, result="Positive (immune)")
+    b.screening("19162-7", "Varicella zoster virus IgG", when, result="Positive (immune)")
     if female:
         b.screening("2106-3", "Choriogonadotropin (pregnancy test)", when)
     return b
@@ -337,8 +337,10 @@ def _05() -> BundleBuilder:
     ranges leave 10-20 mU/L unassigned (between deficient and carrier), so her metabolism cannot be predicted.
     Until it is clarified she is dosed cautiously, like an intermediate metaboliser.""",
     {
-        "findings": {"pgx-indeterminate": "warning", "dosing-start-plan": "info"},
-        "absent": ["pgx-normal", "pgx-intermediate", "pgx-poor", "data-tpmt-activity-assay-unknown"],
+        # The laboratory's wording is kept (Indeterminate, with the advice to resolve it); the unassigned
+        # band is below the carrier band, so it is dosed as intermediate (protocol.toml: dose_as).
+        "findings": {"pgx-indeterminate": "warning", "pgx-intermediate": "warning", "dosing-start-plan": "info"},
+        "absent": ["pgx-normal", "pgx-poor", "data-tpmt-activity-assay-unknown"],
         "phase": "pre-treatment",
         # Dosed as intermediate: 66 kg: 132 x 30% = 39.6 -> 50 mg; 165 x 80% = 132 -> 125 mg.
         "recommended_mg_per_day": {"low": 50, "high": 125},
@@ -1268,6 +1270,66 @@ def _36() -> BundleBuilder:
     b.fbc(when, 6.0, 3.7, 250, lymph=1.7, mcv=92).lft(when, 28, albumin=40).renal(when, 70, egfr=90)
     b.lab("1975-2", 92, "umol/L", when, "Bilirubin", ref_high=21)
     b.lab("6768-6", 410, "U/L", when, "Alkaline phosphatase", ref_high=130)
+    return b
+
+
+# ================================================================ CPIC 2026 tables
+@example(
+    "37-tpmt-poor-cpic-2026",
+    "TPMT *3A/*5: a poor metaboliser by the 2026 CPIC tables (possible intermediate before)",
+    "CPIC data 2026-02-05: TPMT *5 is now no function, so *3A/*5 is Poor: no azathioprine",
+    "2026-03-09",
+    """Rhys, 52, with myasthenia, has TPMT *3A/*5. By the CPIC tables azaguard shipped until early 2026, *5
+    had uncertain function and he was a "possible intermediate metaboliser", started at 30-80% of the dose.
+    CPIC's 2025 guideline update (loaded Jan-Feb 2026) calls *5 non-functional: with two non-working copies he is
+    a poor metaboliser, normal doses can cause life-threatening marrow failure, and a non-thiopurine should be
+    chosen. The drafted order is not given a dose.""",
+    {
+        "findings": {"pgx-poor": "critical"},
+        "absent": ["pgx-intermediate", "pgx-indeterminate", "dosing-start-plan", "data-unknown-allele"],
+        "phase": "pre-treatment",
+        "recommended_mg_per_day": None,
+    },
+)
+def _37() -> BundleBuilder:
+    b = patient("ex37", "Rhys Llewellyn", "1973-08-21", "male", MG, "2025-11-17")
+    b.weight(78, "2026-03-02")
+    b.bloods("2026-03-02")
+    b.genotype("TPMT", "*3A/*5", "2026-03-02").genotype("NUDT15", "*1/*1", "2026-03-02")
+    full_screening(b, "2026-03-02")
+    vaccinated(b, flu="2025-10-14", pneumo="2026-01-26", shingrix="2026-01-26")
+    prednisolone(b, "2025-11-17", 20)
+    draft_azathioprine(b, "2026-03-09", 50)
+    return b
+
+
+@example(
+    "38-nudt15-star2-laboratory",
+    "NUDT15 *1/*2 from the laboratory: read as *1/*3, an intermediate metaboliser",
+    "Retired allele name: NUDT15 *2 is now part of *3, so *1/*2 is Intermediate (30-80%), not Indeterminate",
+    "2026-03-23",
+    """Hana, 38, has dermatomyositis and is about to start azathioprine. Her NUDT15 report, written with the
+    laboratory's older allele names, says *1/*2. CPIC has since folded *2 into *3 (both non-working), so her
+    result is *1/*3: one non-working NUDT15 copy, an intermediate metaboliser who starts at 30-80% of the usual
+    dose. Read literally against the new tables, "*2" would be an unknown allele.""",
+    {
+        "findings": {"pgx-intermediate": "warning", "dosing-start-plan": "info"},
+        "absent": ["data-unknown-allele", "pgx-nudt15-indeterminate", "pgx-normal", "dosing-above-recommended"],
+        "phase": "pre-treatment",
+        # 70 kg: 140 x 30% = 42 -> 50 mg; 175 x 80% = 140 -> rounded down to 125 mg.
+        "recommended_mg_per_day": {"low": 50, "high": 125},
+        "plan": [["2026-03-23", 50]],
+    },
+)
+def _38() -> BundleBuilder:
+    b = patient("ex38", "Hana Sato", "1987-12-04", "female", DERMATOMYOSITIS, "2025-12-15")
+    b.weight(70, "2026-03-16")
+    b.bloods("2026-03-16")
+    b.genotype("TPMT", "*1/*1", "2026-03-16").genotype("NUDT15", "*1/*2", "2026-03-16")
+    full_screening(b, "2026-03-16", female=True)
+    vaccinated(b, flu="2025-10-20", pneumo="2026-02-09", shingrix="2026-02-09")
+    prednisolone(b, "2025-12-15", 30)
+    draft_azathioprine(b, "2026-03-23", 50)
     return b
 
 

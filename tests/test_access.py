@@ -34,7 +34,7 @@ from azaguard.service import import_parsed
 from azaguard.store import models as m
 from azaguard.store.db import Database
 from azaguard.store.records import now
-from azaguard.store.writes import add_lab, add_patient
+from azaguard.store.writes import add_lab, add_patient, change_dose
 from azaguard.web.views import COOKIE, FORMS
 
 TODAY = date.today()
@@ -73,6 +73,8 @@ KIND: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/patients/{patient_id}/medicines"): "read",
     ("POST", "/api/v1/patients/{patient_id}/medicines"): "write",
     ("POST", "/api/v1/patients/{patient_id}/dose"): "write",
+    ("POST", "/api/v1/patients/{patient_id}/hold"): "write",
+    ("POST", "/api/v1/patients/{patient_id}/follow-ups/dismiss"): "write",
     ("POST", "/api/v1/patients/{patient_id}/vaccines"): "write",
     ("POST", "/api/v1/patients/{patient_id}/symptoms"): "symptom",
     ("GET", "/api/v1/patients/{patient_id}/assessment"): "read",
@@ -90,12 +92,17 @@ BODY: dict[str, dict[str, Any]] = {
     "/api/v1/patients/{patient_id}/observations": {"analyte": "wbc", "value": 5.1, "unit": "10*9/L", "date": WHEN},
     "/api/v1/patients/{patient_id}/medicines": {"name": "Prednisolone 5 mg", "status": "active", "start": WHEN},
     "/api/v1/patients/{patient_id}/dose": {"mg_per_day": 75, "start": WHEN},
+    "/api/v1/patients/{patient_id}/hold": {"reason": "neutropenia", "start": WHEN},
+    # The follow-up FBC that Clinic.new_patient's low neutrophil count (3 days ago) opens
+    "/api/v1/patients/{patient_id}/follow-ups/dismiss": {"key": f"FBC|{days_ago(3)}", "reason": "repeated elsewhere"},
     "/api/v1/patients/{patient_id}/vaccines": {"name": "Influenza vaccine", "status": "given", "date": WHEN},
     "/api/v1/patients/{patient_id}/symptoms": {"symptom": "sore-throat", "date": WHEN},
     "/api/v1/findings/{finding_id}/reviews": {"outcome": "patient-contacted", "note": "phoned"},
     "/findings/{finding_id}/review": {"outcome": "patient-contacted", "note": "phoned"},
     "lab": {"analyte": "wbc", "value": "5.1", "unit": "10*9/L", "date": WHEN},
     "dose": {"mg_per_day": "75", "start": WHEN},
+    "hold": {"reason": "neutropenia", "start": WHEN},
+    "follow-up": {"key": f"FBC|{days_ago(3)}", "reason": "repeated elsewhere"},
     "medicine": {"name": "Prednisolone 5 mg", "status": "active", "start": WHEN},
     "vaccine": {"name": "Influenza vaccine", "status": "given", "date": WHEN},
     "symptom": {"symptom": "sore-throat", "date": WHEN},
@@ -185,7 +192,15 @@ class Clinic:
         with self.db.session() as s:
             counts = tuple(
                 s.scalar(select(func.count()).select_from(t)) or 0
-                for t in (m.Observation, m.Medication, m.Immunization, m.Symptom, m.Review, m.Patient)
+                for t in (
+                    m.Observation,
+                    m.Medication,
+                    m.Immunization,
+                    m.Symptom,
+                    m.Review,
+                    m.Patient,
+                    m.FollowUpDismissal,
+                )
             )
             teams = tuple(s.scalars(select(m.Patient.monitoring_team).order_by(m.Patient.id)))
             states = tuple(s.scalars(select(m.FindingRow.state).order_by(m.FindingRow.id)))
@@ -195,6 +210,7 @@ class Clinic:
         """A patient with an open critical finding, for the clinician's allowed writes."""
         with self.db.session() as s:
             p = add_patient(s, ident, "Clara Clinicwrite", "1960-01-01", "female")
+            change_dose(s, kb, p.id, 100, days_ago(100))  # on azathioprine, so it can be withheld
             add_lab(s, kb, p.id, "neutrophils", 0.5, "10*9/L", days_ago(3))
             wl.refresh_patient(s, kb, p.id)
             fid = next(f.id for f in wl.open_findings(s, p.id) if f.code == "lab-neutrophils-low")

@@ -188,6 +188,19 @@ def test_every_endpoint_happy_path(clinic: Clinic, kb: Knowledge) -> None:
     listed = call("clin", "GET", "/api/v1/patients", params={"search": "happypath", "limit": 5})
     assert listed["total"] == 1 and listed["patients"] == [p]
     assert call("clin", "GET", "/api/v1/patients/{patient_id}", path=pid) == p
+    low = {"analyte": "neutrophils", "value": 1.2, "unit": "10*9/L", "date": days_ago(3)}
+    call("clin", "POST", "/api/v1/patients/{patient_id}/observations", 201, path=pid, json=low)
+    ups = call("clin", "GET", "/api/v1/patients/{patient_id}/assessment", path=pid)["monitoring"]["follow_ups"]
+    key = next(u["key"] for u in ups if u["group"] == "FBC")
+    dis = call(
+        "clin",
+        "POST",
+        "/api/v1/patients/{patient_id}/follow-ups/dismiss",
+        201,
+        path=pid,
+        json={"key": key, "reason": "repeated elsewhere"},
+    )
+    assert dis["key"] == key and dis["reason"] == "repeated elsewhere"
 
     o = call(
         "clin",
@@ -230,8 +243,10 @@ def test_every_endpoint_happy_path(clinic: Clinic, kb: Knowledge) -> None:
         json={"mg_per_day": 100, "start": days_ago(30)},
     )
     assert dose["drug"] == "azathioprine" and dose["mg_per_day"] == 100 and dose["status"] == "active"
+    held = call("clin", "POST", "/api/v1/patients/{patient_id}/hold", 201, path=pid, json={"reason": "infection"})
+    assert held["status"] == "on-hold" and held["reason"] == "infection" and held["mg_per_day"] == 100
     meds = call("clin", "GET", "/api/v1/patients/{patient_id}/medicines", path=pid)
-    assert {x["id"] for x in meds["medicines"]} == {med["id"], dose["id"]}
+    assert {x["id"] for x in meds["medicines"]} == {med["id"], dose["id"], held["id"]}
     vac = call(
         "clin",
         "POST",
@@ -245,7 +260,7 @@ def test_every_endpoint_happy_path(clinic: Clinic, kb: Knowledge) -> None:
     assert sym["symptom"] == "fever" and sym["reported_by"] == "clinician" and sym["date"] == TODAY.isoformat()
 
     a = call("clin", "GET", "/api/v1/patients/{patient_id}/assessment", path=pid)
-    assert a["schema_version"] == "1" and a["patient_id"] == f"HP-{tag}" and a["as_of"] == TODAY.isoformat()
+    assert a["schema_version"] == "2" and a["patient_id"] == f"HP-{tag}" and a["as_of"] == TODAY.isoformat()
     assert a["knowledge_version"] == kb.version
     codes = {f["code"]: f["severity"] for f in a["findings"]}
     assert codes.get("interaction-allopurinol") == "critical" and "vaccine-live" in " ".join(codes), codes
@@ -316,6 +331,8 @@ def test_every_endpoint_happy_path(clinic: Clinic, kb: Knowledge) -> None:
         ("clin", "read", "list-observations"),
         ("clin", "write", "add-medicine"),
         ("clin", "write", "change-dose"),
+        ("clin", "write", "hold-azathioprine"),
+        ("clin", "write", "dismiss-follow-up"),
         ("clin", "write", "add-vaccine"),
         ("clin", "write", "report-symptom"),
         ("clin", "read", "view-assessment"),
@@ -354,6 +371,8 @@ R = {
     "obs": "/api/v1/patients/{patient_id}/observations",
     "meds": "/api/v1/patients/{patient_id}/medicines",
     "dose": "/api/v1/patients/{patient_id}/dose",
+    "hold": "/api/v1/patients/{patient_id}/hold",
+    "dismiss": "/api/v1/patients/{patient_id}/follow-ups/dismiss",
     "vaccines": "/api/v1/patients/{patient_id}/vaccines",
     "symptoms": "/api/v1/patients/{patient_id}/symptoms",
     "assessment": "/api/v1/patients/{patient_id}/assessment",
@@ -385,6 +404,12 @@ BAD: dict[str, Bad] = {
     "obs-not-json": Bad("clin", "POST", R["obs"], 422, "", P, content="value=1"),
     "meds-id-too-big": Bad("clin", "GET", R["meds"], 422, "patient_id", path=(("patient_id", 2**31),)),
     "meds-bad-status": Bad("clin", "POST", R["meds"], 422, "status", P, json={"name": "x", "status": "stopped"}),
+    "hold-no-reason": Bad("clin", "POST", R["hold"], 422, "reason", P, json={}),
+    "hold-missing": Bad("clin", "POST", R["hold"], 404, "does not exist", NOBODY, json={"reason": "x"}),
+    "dismiss-no-key": Bad("clin", "POST", R["dismiss"], 422, "key", P, json={"reason": "x"}),
+    "dismiss-missing": Bad(
+        "clin", "POST", R["dismiss"], 404, "does not exist", NOBODY, json={"key": "k", "reason": "x"}
+    ),
     "dose-zero": Bad("clin", "POST", R["dose"], 422, "mg_per_day", P, json={"mg_per_day": 0, "start": "2025-01-01"}),
     "vaccine-bad-status": Bad("clin", "POST", R["vaccines"], 422, "status", P, json={"name": "x", "status": "maybe"}),
     "symptom-empty": Bad("clin", "POST", R["symptoms"], 422, "symptom", P, json={"symptom": ""}),
@@ -598,10 +623,11 @@ def test_critical_result_review_and_reopen(clinic: Clinic, kb: Knowledge) -> Non
         "clin", "POST", f"/api/v1/findings/{finding['id']}/reviews", json={"outcome": "withheld", "note": "held"}
     )
     assert r.status_code == 201, r.text
-    assert open_critical() == [] and worklist() == []  # closed: off the worklist
+    # Closed, and azathioprine on hold; the repeat FBC the finding asked for is still awaited.
+    assert open_critical() == [] and [(e["awaiting"], e["treatment"]) for e in worklist()] == [(["FBC"], "on-hold")]
     # Re-assessing the same evidence does not re-open it.
     c.call("clin", "GET", f"/api/v1/patients/{pid}/assessment")
-    assert open_critical() == [] and worklist() == []
+    assert open_critical() == [] and [e["awaiting"] for e in worklist()] == [["FBC"]]
 
     fbc(0.7, days_ago(3))  # a later low result is new evidence
     (again,) = open_critical()

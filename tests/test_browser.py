@@ -3,7 +3,9 @@
 Clinician: worklist -> patient -> record a critical result -> the finding appears -> review it ->
 it leaves the open findings and the critical worklist. A bad form is marked and saves nothing.
 Patient: report a fever -> the clinic sees it; another patient's page is refused; the calendar
-file is valid. Screenshots of every step go to test-artifacts/screenshots/ (git-ignored).
+file is valid. Monitoring loop: a "withheld" review puts azathioprine on hold, the follow-up FBC
+stays awaited on the worklist until dropped with a reason, the patient sees the pause.
+Screenshots of every step go to test-artifacts/screenshots/ (git-ignored).
 PostgreSQL is covered by the API tests; this module runs on SQLite only.
 """
 
@@ -13,6 +15,7 @@ import re
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -317,3 +320,78 @@ def test_charts_svg_loads_on_patient_page(open_page: Callable[..., Any], clinic:
     assert img.get_attribute("alt")
     img.scroll_into_view_if_needed()
     screenshot(page, "e1-charts")
+
+
+# ---------------------------------------------------------------- (f) the monitoring loop: hold, awaiting, drop
+def test_withheld_review_holds_azathioprine_and_follow_up_stays_until_dropped(
+    open_page: Callable[..., Any], clinic: Clinic
+) -> None:
+    pid = clinic.pid("titrating")  # patient2, on azathioprine; test (d) has already used their calendar
+    ident = clinic.identifier(pid)
+    today = date.today().isoformat()
+    nurse = open_page()
+    login(nurse, *NURSE)
+    nurse.goto(f"/patients/{pid}")
+    assert nurse.locator("#treatment").get_attribute("data-state") == "active"
+    form = nurse.locator("form#form-lab")
+    form.locator("select[name=analyte]").select_option("neutrophils")
+    form.locator("input[name=value]").fill("1.2")
+    form.locator("input[name=unit]").fill("10*9/L")
+    with nurse.expect_navigation():
+        nurse.click("#submit-lab")
+    card = finding(nurse, "lab-neutrophils-low")
+    assert card.count() == 1
+    follow_up = nurse.locator(f"#follow-ups tr.follow-up[data-key^='FBC|{today}']")
+    assert follow_up.count() == 1
+    assert "lab-neutrophils-low" in follow_up.inner_text()
+    screenshot(nurse, "f1-follow-up-open")
+
+    card.locator("select[name=outcome]").select_option("withheld")
+    card.locator("input[name=note]").fill("held, repeat FBC booked")
+    with nurse.expect_navigation():
+        card.locator("button.review-button").click()
+    treatment = nurse.locator("#treatment")
+    assert treatment.get_attribute("data-state") == "on-hold"
+    assert f"ON HOLD since {today}" in treatment.inner_text()
+    assert nurse.locator("#restart-criteria li").count() >= 1
+    assert nurse.locator("#medicines tr.on-hold").count() == 1
+    assert nurse.locator(f"#follow-ups tr.follow-up[data-key^='FBC|{today}']").count() == 1  # a review is no answer
+    screenshot(nurse, "f2-on-hold")
+
+    nurse.goto(f"/worklist?q={ident}")
+    row = nurse.locator(f"#worklist tr[data-patient='{ident}']")
+    assert row.count() == 1
+    assert row.locator(".tag.hold").inner_text() == "on hold"
+    assert row.locator(".tag.awaiting[data-awaiting='FBC']").inner_text() == "awaiting FBC result"
+    screenshot(nurse, "f3-worklist-on-hold-awaiting")
+
+    patient = open_page()
+    login(patient, *PATIENT2)
+    assert patient.locator("#paused").is_visible()
+    assert "Your azathioprine is paused" in patient.locator("#paused").inner_text()
+    screenshot(patient, "f4-patient-paused")
+
+    nurse.goto(f"/patients/{pid}")
+    row = nurse.locator(f"#follow-ups tr.follow-up[data-key^='FBC|{today}']")
+    with nurse.expect_navigation():
+        row.locator("input[name=reason]").fill("FBC taken at the GP surgery; result to follow by letter")
+        row.locator("button.dismiss-button").click()
+    assert nurse.url.endswith("#follow-ups")
+    assert nurse.locator(f"#follow-ups tr.follow-up[data-key^='FBC|{today}']").count() == 0
+    dropped = nurse.locator("#follow-ups details")
+    dropped.locator("summary").click()
+    assert "taken at the GP surgery" in dropped.inner_text()
+    screenshot(nurse, "f5-follow-up-dropped")
+    nurse.goto(f"/worklist?q={ident}")
+    assert nurse.locator(f"#worklist tr[data-patient='{ident}'] .tag.awaiting[data-awaiting='FBC']").count() == 0
+
+    nurse.goto(f"/patients/{pid}")  # a restart is a dose change after the hold began (not the same day)
+    form = nurse.locator("form#form-dose")
+    assert "Restart" in form.locator("h3").inner_text()
+    form.locator("input[name=mg_per_day]").fill("50")
+    with nurse.expect_navigation() as nav:
+        form.locator("button[type=submit]").click()
+    assert nav.value.status == 400
+    assert "the hold" in nurse.locator("form#form-dose .field-error").inner_text()
+    assert nurse.locator("#treatment").get_attribute("data-state") == "on-hold"
+    screenshot(nurse, "f6-same-day-restart-refused")

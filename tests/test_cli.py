@@ -404,9 +404,14 @@ TOP_KEYS = {
     "dose",
     "monitoring",
     "pgx",
+    "treatment",
 }
-FINDING_KEYS = {"code", "category", "severity", "message", "action", "sources", "evidence", "patient_text"}
-DOSE_KEYS = {"current_mg_per_day", "current_mg_per_kg_per_day", "recommended_mg_per_day", "plan", "basis"}
+FINDING_KEYS = {
+    "code", "category", "severity", "message", "action", "sources", "evidence", "patient_text", "date", "follow_up",
+}  # fmt: skip
+DOSE_KEYS = {
+    "current_mg_per_day", "current_mg_per_kg_per_day", "recommended_mg_per_day", "plan", "basis", "restart_criteria",
+}  # fmt: skip
 
 
 def strict_json(text: str) -> Any:
@@ -422,7 +427,7 @@ def test_json_output_parses_and_has_the_contract_keys(results):
     assert proc.stderr == ""
     out = strict_json(proc.stdout)
     assert set(out) == TOP_KEYS
-    assert out["schema_version"] == "1"
+    assert out["schema_version"] == "2"
     assert (out["patient_id"], out["as_of"], out["knowledge_version"]) == ("cli-1", AS_OF, KB.version)
     assert set(out["protocol"]) == {"name", "version"}
     assert out["findings"], "the allopurinol draft order must produce findings"
@@ -441,12 +446,12 @@ def test_json_output_parses_and_has_the_contract_keys(results):
     assert rec is None or set(rec) == {"low", "high"}
     assert all(set(step) == {"from", "mg_per_day"} for step in out["dose"]["plan"])
     mon = out["monitoring"]
-    assert set(mon) == {"phase", "treatment_start", "groups"}
+    assert set(mon) == {"phase", "treatment_start", "groups", "follow_ups"}
     assert mon["phase"] in ("pre-treatment", "initiation", "dose-change", "stable", "stopped")
     assert mon["treatment_start"] == "2025-01-06"
     assert [g["name"] for g in mon["groups"]] == ["FBC", "LFT", "renal"]
     for g in mon["groups"]:
-        assert set(g) == {"name", "last", "next_due", "overdue", "interval"}
+        assert set(g) == {"name", "last", "next_due", "overdue", "interval", "follow_up_due", "due_reason"}
         assert isinstance(g["overdue"], bool)
     assert out["pgx"] == {"tpmt": "Normal Metabolizer", "nudt15": "Normal Metabolizer", "category": "normal"}
 

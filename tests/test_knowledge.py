@@ -41,8 +41,9 @@ def test_issue_defaults_are_the_shipped_defaults(kb):
     (rise,) = kb.rises
     assert (rise.analyte, rise.rise_fraction, rise.window.months) == ("creatinine", 0.30, 12)
     (trend,) = kb.trends
+    # DTB 2002 names WCC, neutrophils and platelets; haemoglobin is added (issue 11: anaemia cases)
     assert (set(trend.analytes), trend.fall_fraction, trend.successive_falls) == (
-        {"wbc", "neutrophils", "platelets"},
+        {"wbc", "neutrophils", "platelets", "haemoglobin"},
         0.10,
         3,
     )
@@ -87,8 +88,8 @@ def _derive_without_table(kb, gene, diplotype):
 
 
 def test_unknown_allele_is_never_called_normal(kb):
-    assert phenotype_from_diplotype(kb, "TPMT", "*1/*42") == "Indeterminate"
-    assert phenotype_from_diplotype(kb, "TPMT", "*3A/*42") == "IM"
+    assert phenotype_from_diplotype(kb, "TPMT", "*1/*48") == "Indeterminate"  # *48: not in CPIC's table
+    assert phenotype_from_diplotype(kb, "TPMT", "*3A/*48") == "IM"
     assert phenotype_from_diplotype(kb, "NUDT15", "*1/*99") == "Indeterminate"
     assert phenotype_from_diplotype(kb, "TPMT", "garbage") is None
 

@@ -198,7 +198,9 @@ def test_moving_as_of_later_never_clears_an_overdue_group(case: tuple[BundleBuil
 UNITS = ["10*9/L", "/uL", "g/dL", "mg/dL", "U/L", "umol/L", "fL", "bananas", "", "mL/min/1.73m2", "kg", "lb"]
 LOINCS = [code for a in KB.analytes.values() for code in a.loinc[:1]]
 DRUG_NAMES = [n for drug in KB.drugs.values() for n in drug.names[:1]] + ["Unknownium", "Paracetamol"]
-SYMPTOMS = [(s.snomed[0], s.text[0]) for s in KB.symptoms.items.values()] + [("000000", "Odd feeling")]
+SYMPTOMS = [(s.snomed[0] if s.snomed else "000000", s.text[0]) for s in KB.symptoms.items.values()] + [
+    ("000000", "Odd feeling")
+]
 VACCINES = [(v.cvx[0], v.names[0]) for v in (*KB.vaccines.live.values(), *KB.vaccines.inactivated.values()) if v.cvx]
 CONDITIONS = [(r.snomed[0] if r.snomed else None, r.text[0]) for r in KB.conditions.values()] + [
     ("91637004", "Myasthenia gravis"),

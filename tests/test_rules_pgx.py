@@ -57,17 +57,31 @@ def expected_range(weight: float, frac: tuple[float, float]) -> tuple[float, flo
     return float(low_r), float(high_r)
 
 
-# ---------------------------------------------------------------- CPIC diplotypes
+# ---------------------------------------------------------------- CPIC diplotypes (data 2026-02-05)
 DIPLOTYPES = [
     ("TPMT", "*1/*1", "NM"),
     ("TPMT", "*1/*3A", "IM"),
     ("TPMT", "*3A/*1", "IM"),
     ("TPMT", "*3A/*3C", "PM"),
-    ("TPMT", "*1/*5", "Indeterminate"),
-    ("TPMT", "*2/*5", "IM"),  # CPIC "Possible Intermediate Metabolizer" is dosed as IM
+    ("TPMT", "*1/*5", "IM"),  # *5 uncertain -> no function in 2026 (was Indeterminate)
+    ("TPMT", "*3A/*5", "PM"),  # was Possible Intermediate: now Poor
+    ("TPMT", "*2/*6", "PM"),  # was Possible Intermediate: now Poor
+    ("TPMT", "*5/*5", "PM"),  # was Indeterminate: now Poor
+    ("TPMT", "*1/*8", "NM"),  # normal + decreased = Normal
+    ("TPMT", "*8/*8", "IM"),  # decreased + decreased = Intermediate
+    ("TPMT", "*2/*8", "IM"),  # decreased + no function = Possible Intermediate for TPMT, dosed as IM
+    ("TPMT", "*1/*9", "Indeterminate"),  # *9 still uncertain
+    ("TPMT", "*3A/*9", "IM"),  # no function + uncertain = Possible Intermediate
     ("NUDT15", "*1/*1", "NM"),
     ("NUDT15", "*1/*3", "IM"),
     ("NUDT15", "*3/*3", "PM"),
+    ("NUDT15", "*1/*2", "IM"),  # *2 is now part of *3: read as *1/*3, never Indeterminate
+    ("NUDT15", "*2/*2", "PM"),  # read as *3/*3
+    ("NUDT15", "*3/*4", "PM"),  # was Possible Intermediate: now Poor
+    ("NUDT15", "*3/*5", "PM"),  # decreased + no function = Poor for NUDT15 (unlike TPMT)
+    ("NUDT15", "*1/*5", "NM"),
+    ("NUDT15", "*5/*8", "IM"),
+    ("NUDT15", "*1/*11", "Indeterminate"),
 ]
 
 
@@ -103,13 +117,27 @@ def test_every_shipped_cpic_diplotype_is_called_as_cpic_says(gene: str) -> None:
 
 @pytest.mark.parametrize(
     ("diplotype", "phenotype"),
-    [("*1/*99", "Indeterminate"), ("*99/*98", "Indeterminate"), ("*3A/*99", "IM")],
+    [("*1/*99", "Indeterminate"), ("*99/*98", "Indeterminate"), ("*3A/*99", "IM"), ("*8/*99", "Indeterminate")],
 )
 def test_unlisted_diplotype_never_called_normal(diplotype: str, phenotype: str) -> None:
-    """An allele CPIC does not list has unknown function: the call is never Normal."""
+    """An allele CPIC does not list has unknown function: the call is never Normal, and an
+    Indeterminate call asks for TPMT activity."""
     a = run(patient(tpmt=diplotype), AS_OF, KB)
     assert a.pgx["tpmt"] == LABEL[phenotype]
     assert a.pgx["category"] != "normal"
+    if phenotype == "Indeterminate":
+        assert "TPMT activity" in finding(a, "pgx-indeterminate").action
+
+
+def test_nudt15_star2_from_a_laboratory_is_read_as_star3() -> None:
+    """A laboratory's legacy NUDT15 *1/*2 is *1/*3 (Intermediate), and the report says so."""
+    a = run(patient(nudt15="*1/*2"), AS_OF, KB)
+    assert a.pgx["nudt15"] == LABEL["IM"]
+    assert a.pgx["category"] == "intermediate"
+    assert "data-unknown-allele" not in codes(a) and "pgx-nudt15-indeterminate" not in codes(a)
+    f = finding(a, "pgx-intermediate")
+    assert "*1/*2, read as *1/*3" in f.message
+    assert (a.dose.recommended.low, a.dose.recommended.high) == expected_range(WEIGHT, (0.3, 0.8))
 
 
 def test_uninterpretable_genotype_is_a_data_quality_finding_and_tpmt_unknown() -> None:
@@ -332,11 +360,23 @@ def test_nudt15_unknown_is_info_only() -> None:
 
 # ---------------------------------------------------------------- combined categories
 def test_knowledge_fractions_are_cpic_defaults() -> None:
+    """CPIC 2025 update (guideline v59): standard dose, 30-80% (strong), 20-50% (moderate), avoid;
+    an Indeterminate result with the other gene normal gets the standard dose, and the stricter
+    reading (dose as intermediate) stays recorded as the alternative."""
     c = KB.pgx.combined
     assert (c["normal"].fraction.low, c["normal"].fraction.high) == (1.0, 1.0)
     assert (c["intermediate"].fraction.low, c["intermediate"].fraction.high) == (0.3, 0.8)
     assert (c["compound-intermediate"].fraction.low, c["compound-intermediate"].fraction.high) == (0.2, 0.5)
     assert c["poor"].avoid and c["poor"].fraction is None
+    assert (c["indeterminate"].fraction.low, c["indeterminate"].fraction.high) == (1.0, 1.0)
+    assert "30-80%" in c["indeterminate"].alternatives
+    assert [c[k].strength for k in ("normal", "intermediate", "compound-intermediate", "poor")] == [
+        "Strong",
+        "Strong",
+        "Moderate",
+        "Strong",
+    ]
+    assert all("CPIC2025" in c[k].sources for k in c)
 
 
 @pytest.mark.parametrize(
@@ -346,7 +386,11 @@ def test_knowledge_fractions_are_cpic_defaults() -> None:
         ("*1/*3A", "*1/*1", "intermediate", (0.3, 0.8), "warning"),
         ("*1/*1", "*1/*3", "intermediate", (0.3, 0.8), "warning"),
         ("*1/*3A", "*1/*3", "compound-intermediate", (0.2, 0.5), "warning"),
-        ("*1/*5", "*1/*1", "indeterminate", (0.3, 0.8), "warning"),
+        ("*2/*8", "*1/*1", "intermediate", (0.3, 0.8), "warning"),  # possible IM
+        ("*8/*8", "*5/*8", "compound-intermediate", (0.2, 0.5), "warning"),
+        ("*1/*8", "*1/*5", "normal", (1.0, 1.0), "info"),  # one decreased-function allele each
+        ("*1/*9", "*1/*1", "indeterminate", (1.0, 1.0), "warning"),  # CPIC 2026: standard dose
+        ("*1/*1", "*1/*11", "indeterminate", (1.0, 1.0), "warning"),
     ],
 )
 def test_combined_category_and_dose_fraction(
@@ -354,7 +398,10 @@ def test_combined_category_and_dose_fraction(
 ) -> None:
     a = run(patient(tpmt=tpmt, nudt15=nudt15), AS_OF, KB)
     assert a.pgx["category"] == category
-    f = finding(a, f"pgx-{category}")
+    code = f"pgx-{category}"
+    if category == "indeterminate":  # the Indeterminate gene's own finding carries the advice
+        code = "pgx-indeterminate" if a.pgx["tpmt"] == LABEL["Indeterminate"] else "pgx-nudt15-indeterminate"
+    f = finding(a, code)
     assert f.severity == severity and f.category == "pgx"
     assert f.action and f.sources
     assert a.dose.recommended is not None
@@ -365,7 +412,16 @@ def test_combined_category_and_dose_fraction(
 
 @pytest.mark.parametrize(
     ("tpmt", "nudt15"),
-    [("*3A/*3C", "*1/*1"), ("*1/*1", "*3/*3"), ("*3A/*3C", "*3/*3"), ("*1/*3A", "*3/*3"), (None, "*3/*3")],
+    [
+        ("*3A/*3C", "*1/*1"),
+        ("*1/*1", "*3/*3"),
+        ("*3A/*3C", "*3/*3"),
+        ("*1/*3A", "*3/*3"),
+        (None, "*3/*3"),
+        ("*3A/*5", "*1/*1"),  # Possible Intermediate by the 2025-11-05 tables
+        ("*1/*1", "*3/*4"),  # Possible Intermediate by the 2025-11-05 tables
+        ("*1/*9", "*3/*5"),  # TPMT Indeterminate, NUDT15 decreased + no function
+    ],
 )
 @pytest.mark.parametrize("on_treatment", [False, True])
 def test_poor_metaboliser_in_either_gene_gets_no_dose(tpmt: str | None, nudt15: str, on_treatment: bool) -> None:
@@ -377,11 +433,60 @@ def test_poor_metaboliser_in_either_gene_gets_no_dose(tpmt: str | None, nudt15: 
     assert a.dose.plan == ()
 
 
-def test_indeterminate_nudt15_is_dosed_as_intermediate() -> None:
-    a = run(patient(nudt15="*1/*4"), AS_OF, KB)
+def test_indeterminate_nudt15_with_normal_tpmt_gets_the_standard_dose() -> None:
+    """CPIC 2026: TPMT normal + NUDT15 Indeterminate -> "Based on TPMT, ... standard starting dose"."""
+    a = run(patient(nudt15="*1/*11"), AS_OF, KB)
     assert a.pgx["nudt15"] == LABEL["Indeterminate"]
     assert a.pgx["category"] == "indeterminate"
     f = finding(a, "pgx-nudt15-indeterminate")
     assert f.severity == "warning" and f.category == "pgx"
-    assert (a.dose.recommended.low, a.dose.recommended.high) == expected_range(WEIGHT, (0.3, 0.8))
+    assert "monitor closely" in f.action and "CPIC2025" in " ".join(f.sources)
+    assert (a.dose.recommended.low, a.dose.recommended.high) == expected_range(WEIGHT, (1.0, 1.0))
     assert "pgx-indeterminate" not in codes(a)  # that one is about TPMT
+
+
+@pytest.mark.parametrize("nudt15", ["*1/*1", "*1/*11", None])
+def test_indeterminate_tpmt_gets_the_standard_dose_and_is_asked_to_measure_activity(nudt15: str | None) -> None:
+    """CPIC 2026: TPMT Indeterminate + NUDT15 normal -> standard dose (based on NUDT15); neither gene
+    informative -> measure TPMT activity and monitor closely, no reduction. The finding always asks
+    for TPMT activity: an uncertain-function allele may have no function."""
+    a = run(patient(tpmt="*1/*9", nudt15=nudt15), AS_OF, KB)
+    assert a.pgx["tpmt"] == LABEL["Indeterminate"]
+    assert a.pgx["category"] == "indeterminate"
+    f = finding(a, "pgx-indeterminate")
+    assert f.severity == "warning"
+    assert "measure red-cell TPMT activity" in f.action and "monitor closely" in f.action
+    assert (a.dose.recommended.low, a.dose.recommended.high) == expected_range(WEIGHT, (1.0, 1.0))
+    assert not {"pgx-normal", "pgx-intermediate"} & codes(a)
+
+
+def test_indeterminate_tpmt_with_intermediate_nudt15_is_dosed_by_nudt15() -> None:
+    """CPIC 2026: TPMT Indeterminate + NUDT15 IM -> "Based on NUDT15", 30-80%; TPMT activity still asked."""
+    a = run(patient(tpmt="*1/*9", nudt15="*1/*3"), AS_OF, KB)
+    assert a.pgx["category"] == "intermediate"
+    assert {"pgx-intermediate", "pgx-indeterminate"} <= codes(a)
+    assert (a.dose.recommended.low, a.dose.recommended.high) == expected_range(WEIGHT, (0.3, 0.8))
+
+
+def test_activity_in_an_unassigned_band_is_reported_indeterminate_but_dosed_as_intermediate() -> None:
+    """A measured activity below the laboratory's carrier band is not CPIC's Indeterminate genotype:
+    it keeps the laboratory's wording and the advice to resolve it, and is dosed as intermediate
+    (the band's `dose_as`), not at the standard dose."""
+    band = next(b for t in KB.pgx.activity_units for b in t.bands if b.phenotype == "Indeterminate")
+    assert band.dose_as == "IM"
+    a = run(activity_only(15, "mU/L"), AS_OF, KB)
+    assert a.pgx["tpmt"] == LABEL["Indeterminate"]
+    assert a.pgx["category"] == "intermediate"
+    assert {"pgx-indeterminate", "pgx-intermediate"} <= codes(a)
+    assert (a.dose.recommended.low, a.dose.recommended.high) == expected_range(WEIGHT, (0.3, 0.8))
+    # the other side of the band: 20 mU/L is the laboratory's carrier band, 9.9 deficient
+    assert "pgx-indeterminate" not in codes(run(activity_only(20, "mU/L"), AS_OF, KB))
+    assert run(activity_only(9.9, "mU/L"), AS_OF, KB).dose.recommended is None
+
+
+def test_activity_resolves_an_indeterminate_genotype() -> None:
+    b = patient(tpmt="*1/*9")
+    b.tpmt_activity(30, "nmol/h/g Hb", "2025-08-01", "GSTT")
+    a = run(b, AS_OF, KB)
+    assert a.pgx["tpmt"] == LABEL["NM"] and a.pgx["category"] == "normal"
+    assert "pgx-indeterminate" not in codes(a) and "pgx-discordant" not in codes(a)

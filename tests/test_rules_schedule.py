@@ -75,7 +75,11 @@ def groups(a: d.Assessment) -> dict[str, d.MonitoringGroup]:
 
 
 def monitoring(a: d.Assessment) -> list[d.Finding]:
-    return [f for f in a.findings if f.category == "monitoring" and f.code != "monitoring-metabolites-due"]
+    return [
+        f
+        for f in a.findings
+        if f.category == "monitoring" and f.code not in ("monitoring-metabolites-due", "monitoring-risk-review")
+    ]
 
 
 def test_knowledge_schedule_is_bsr_2017() -> None:

@@ -36,7 +36,7 @@ from azaguard.knowledge import Knowledge
 from azaguard.service import import_parsed
 from azaguard.store import models as m
 from azaguard.store.db import Database
-from azaguard.store.writes import add_lab, add_patient
+from azaguard.store.writes import add_lab, add_patient, change_dose
 from azaguard.web.views import COOKIE, FORMS, LOGIN_CSRF
 
 TODAY = date.today()
@@ -64,7 +64,10 @@ class Site:
     def snapshot(self) -> tuple[Any, ...]:
         """Everything a refused form could have changed."""
         with self.db.session() as s:
-            tables = (m.Observation, m.Medication, m.Immunization, m.Symptom, m.Review, m.ImportBatch, m.Patient)
+            tables = (
+                m.Observation, m.Medication, m.Immunization, m.Symptom, m.Review, m.ImportBatch, m.Patient,
+                m.FollowUpDismissal,
+            )  # fmt: skip
             counts = tuple(s.scalar(select(func.count()).select_from(t)) or 0 for t in tables)
             teams = tuple(s.scalars(select(m.Patient.monitoring_team).order_by(m.Patient.id)))
             findings = tuple(s.scalars(select(m.FindingRow.state).order_by(m.FindingRow.id)))
@@ -92,6 +95,7 @@ def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     db = next(gen)
     with db.session() as s:
         p = add_patient(s, IDENT, NAME, BIRTH, "male")
+        change_dose(s, kb, p.id, 100, days_ago(100))  # on azathioprine, so the hold form can withhold it
         add_lab(s, kb, p.id, "neutrophils", 0.8, "10*9/L", days_ago(4))
         wl.refresh_patient(s, kb, p.id)
         # A second patient whose open finding only the review form touches (the other forms change the first).
@@ -240,6 +244,9 @@ CSRF_FORMS: dict[str, tuple[str, str, dict[str, str]]] = {
             "vaccine": {"name": "Influenza", "status": "given", "date": WHEN},
             "symptom": {"symptom": "fever", "date": WHEN},
             "team": {"team": "gp"},
+            "hold": {"reason": "infection"},
+            # the follow-up FBC the fixture's low neutrophil count (4 days ago) opens
+            "follow-up": {"key": f"FBC|{days_ago(4)}", "reason": "repeated elsewhere"},
         }.items()
     },
     "review": ("clin", "/findings/{f}/review", {"outcome": "withheld", "note": "held"}),

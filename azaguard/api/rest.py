@@ -141,6 +141,41 @@ class DiscardIn(Body):
     reason: str = Field(min_length=1, max_length=500)
 
 
+class HoldIn(Body):
+    reason: str = Field(min_length=1, max_length=2000, description="why azathioprine is withheld (required)")
+    start: dt.date | None = Field(default=None, description="the first day off azathioprine; default today")
+
+
+class FollowUpDismissIn(Body):
+    key: str = Field(
+        min_length=1, max_length=200, description="the follow-up's key from the assessment's monitoring.follow_ups"
+    )
+    reason: str = Field(min_length=1, max_length=2000, description="why the repeat test is not needed (required)")
+
+
+class MedicineOut(BaseModel):
+    """A medicine row; azathioprine rows are the dose history (status on-hold while withheld)."""
+
+    id: int
+    drug: str | None
+    name: str
+    status: str = Field(description="active, on-hold, draft, intended, stopped or unknown")
+    kind: str
+    start: dt.date | None
+    end: dt.date | None
+    mg_per_day: float | None
+    reason: str | None = Field(description="why it is on hold or stopped")
+    status_date: dt.date | None = Field(description="when the hold or stop took effect")
+
+
+class FollowUpDismissalOut(BaseModel):
+    id: int
+    patient_id: int
+    key: str
+    reason: str
+    created_at: dt.datetime
+
+
 def _run(fn: Any, *args: Any) -> Any:
     """Map domain errors to HTTP errors in one place."""
     try:
@@ -191,6 +226,8 @@ def medicine_json(x: m.Medication) -> dict[str, Any]:
         "start": x.start.isoformat() if x.start else None,
         "end": x.end.isoformat() if x.end else None,
         "mg_per_day": x.daily_dose_mg,
+        "reason": x.reason or None,
+        "status_date": x.status_date.isoformat() if x.status_date else None,
     }
 
 
@@ -297,6 +334,32 @@ def change_dose(patient_id: PatientId, body: DoseIn, s: SessionDep, kb: KbDep, u
     return medicine_json(x)
 
 
+@router.post(
+    "/patients/{patient_id}/hold",
+    tags=["medicines"],
+    status_code=201,
+    summary="Withhold azathioprine (on hold, not stopped)",
+    response_model=MedicineOut,
+)
+def hold(patient_id: PatientId, body: HoldIn, s: SessionDep, kb: KbDep, user: UserDep) -> MedicineOut:
+    x = _run(service.hold_azathioprine, s, kb, user, patient_id, body.reason, body.start, "api")
+    return MedicineOut(**medicine_json(x))
+
+
+@router.post(
+    "/patients/{patient_id}/follow-ups/dismiss",
+    tags=["reviews"],
+    status_code=201,
+    summary="Drop an open follow-up (repeat test) with a reason",
+    response_model=FollowUpDismissalOut,
+)
+def dismiss_follow_up(
+    patient_id: PatientId, body: FollowUpDismissIn, s: SessionDep, kb: KbDep, user: UserDep
+) -> FollowUpDismissalOut:
+    x = _run(service.dismiss_follow_up, s, kb, user, patient_id, body.key, body.reason, "api")
+    return FollowUpDismissalOut(id=x.id, patient_id=x.patient_id, key=x.key, reason=x.reason, created_at=x.created_at)
+
+
 @router.post("/patients/{patient_id}/vaccines", tags=["medicines"], status_code=201)
 def add_vaccine(patient_id: PatientId, body: VaccineIn, s: SessionDep, kb: KbDep, user: UserDep) -> dict[str, Any]:
     v = _run(service.add_vaccine, s, kb, user, patient_id, body.name, body.status, body.date, "api")
@@ -325,12 +388,13 @@ def get_assessment(patient_id: PatientId, s: SessionDep, kb: KbDep, user: UserDe
 @router.get("/patients/{patient_id}/findings", tags=["reviews"])
 def list_findings(patient_id: PatientId, s: SessionDep, user: UserDep) -> dict[str, Any]:
     _run(service.authorise_patient, s, user, patient_id, "list-findings", "api")
-    return {"findings": [finding_json(f) for f in wl.open_findings(s, patient_id)]}
+    rows = wl.order_findings(wl.open_findings(s, patient_id), wl.stored_assessment(s, patient_id))
+    return {"findings": [finding_json(f) for f in rows]}
 
 
 @router.post("/findings/{finding_id}/reviews", tags=["reviews"], status_code=201)
-def review_finding(finding_id: FindingId, body: ReviewIn, s: SessionDep, user: UserDep) -> dict[str, Any]:
-    r = _run(service.review, s, user, finding_id, body.outcome, body.note, "api")
+def review_finding(finding_id: FindingId, body: ReviewIn, s: SessionDep, kb: KbDep, user: UserDep) -> dict[str, Any]:
+    r = _run(service.review, s, kb, user, finding_id, body.outcome, body.note, "api")
     return {
         "id": r.id,
         "finding_id": r.finding_id,

@@ -9,6 +9,7 @@ was knowable then, which is what makes it reproducible.
 from __future__ import annotations
 
 import itertools
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -141,6 +142,16 @@ class Context:
                 return c.key
         return None
 
+    def other_indication(self) -> str | None:
+        """An indication outside neuromuscular disease (Crohn's, lupus, transplant...), by code or word."""
+        for c in self.record.conditions:
+            if c.onset is not None and c.onset > self.as_of:
+                continue
+            for key, other in self.kb.other_indications.items():
+                if (c.code and c.code in other.snomed) or _word_match(c.text, other.text):
+                    return key
+        return None
+
     def current_medicines(self) -> list[d.MedicationEntry]:
         """Medicines being taken now, or about to be prescribed (draft/intended), other than azathioprine."""
         out = []
@@ -154,6 +165,12 @@ class Context:
             ):
                 out.append(med)
         return out
+
+
+def _word_match(text: str, needles: list[str]) -> bool:
+    """A needle at the start of a word ("sle" in "SLE flare", not in "measles")."""
+    low = text.lower()
+    return any(re.search(r"(?<![a-z0-9])" + re.escape(n), low) for n in needles)
 
 
 def build_context(record: d.PatientRecord, kb: Knowledge, as_of: date) -> Context:

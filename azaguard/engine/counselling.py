@@ -96,11 +96,13 @@ def check_metabolites(ctx: Context) -> list[d.Finding]:
     kb = ctx.kb
     m = kb.metabolites
     tgns, mmps = ctx.labs.get("tgn", []), ctx.labs.get("mmp", [])
-    if not tgns or not mmps:
+    if not tgns and not mmps:
         return []
+    if not tgns or not mmps or tgns[-1].when != mmps[-1].when:
+        # Patterns (shunting, non-adherence) need a pair measured together; each metabolite alone
+        # is still read against its own range (a lone high 6-TGN is a myelotoxicity risk).
+        return _lone_metabolites(ctx, tgns[-1] if tgns else None, mmps[-1] if mmps else None)
     tgn, mmp = tgns[-1], mmps[-1]
-    if tgn.when != mmp.when:
-        return []  # interpret only a pair measured together
     ev: tuple[dict[str, Any], ...] = (
         {"type": "lab", "analyte": "tgn", "value": tgn.value, "date": tgn.when.isoformat()},
         {"type": "lab", "analyte": "mmp", "value": mmp.value, "date": mmp.when.isoformat()},
@@ -119,6 +121,24 @@ def check_metabolites(ctx: Context) -> list[d.Finding]:
     else:
         code = "metabolite-therapeutic"
     return [from_catalogue(kb, code, ev, ratio=round(ratio, 1) if ratio != float("inf") else "n/a", **params)]
+
+
+def _lone_metabolites(ctx: Context, tgn: d.LabResult | None, mmp: d.LabResult | None) -> list[d.Finding]:
+    kb, m = ctx.kb, ctx.kb.metabolites
+    out = []
+    if tgn is not None and not tgn.below_detection:
+        ev = (lab_evidence(tgn),)
+        params: dict[str, Any] = {"tgn": round(tgn.value), "date": tgn.when, "low": m.tgn_low, "high": m.tgn_high}
+        if tgn.value > m.tgn_high:
+            out.append(from_catalogue(kb, "metabolite-tgn-high", ev, **params))
+        elif tgn.value < m.tgn_low:
+            out.append(from_catalogue(kb, "metabolite-tgn-low", ev, **params))
+        else:
+            out.append(from_catalogue(kb, "metabolite-tgn-in-range", ev, **params))
+    if mmp is not None and mmp.value > m.mmp_high:
+        params = {"mmp": round(mmp.value), "date": mmp.when, "high": m.mmp_high}
+        out.append(from_catalogue(kb, "metabolite-mmp-high", (lab_evidence(mmp),), **params))
+    return out
 
 
 def check_data_quality(ctx: Context) -> list[d.Finding]:
@@ -146,7 +166,13 @@ def check_data_quality(ctx: Context) -> list[d.Finding]:
         if ctx.weight is None:
             out.append(from_catalogue(kb, "data-missing-weight"))
         if ctx.indication() is None:
-            out.append(from_catalogue(kb, "data-missing-indication"))
+            other = ctx.other_indication()
+            if other is None:
+                out.append(from_catalogue(kb, "data-missing-indication"))
+            else:
+                out.append(
+                    from_catalogue(kb, "indication-outside-protocol", indication=kb.other_indications[other].label)
+                )
     dose = ctx.course.held_dose if ctx.course.on_hold else ctx.course.current_dose
     if ctx.course.active_entry is not None and dose is None:
         out.append(from_catalogue(kb, "data-missing-dose"))

@@ -292,9 +292,21 @@ def _escalation_block(ctx: Context, rng: _Range) -> str | None:
     ]
     if critical:
         return "a critical result is open (" + ", ".join(ctx.kb.analytes[a].label for a in critical) + ")"
-    if ctx.active_conditions("active-infection"):
-        return "a serious infection is recorded"
+    if ctx.active_conditions("active-infection") or ctx.active_conditions("infection"):
+        return "an infection is recorded"
+    if _shunting_with_liver_injury(ctx):
+        return "metabolite shunting with raised liver tests"
     return None
+
+
+def _shunting_with_liver_injury(ctx: Context) -> bool:
+    """High 6-MMP with a transaminase beyond its threshold: a higher dose makes it worse."""
+    m = ctx.kb.metabolites
+    mmp = ctx.latest("mmp")
+    if mmp is None or mmp.value <= m.mmp_high:
+        return False
+    liver = [t for t in ctx.kb.thresholds if t.analyte in ("alt", "ast")]
+    return any((r := ctx.latest(t.analyte)) is not None and breaches(t.comparator, r.value, t.value) for t in liver)
 
 
 def _below_target(ctx: Context, rec: d.DoseRange, category: str) -> d.Finding:

@@ -17,10 +17,40 @@ from typing import Literal
 
 from azaguard import domain as d
 from azaguard.engine.context import Context
-from azaguard.engine.findings import from_catalogue
+from azaguard.engine.findings import from_catalogue, from_rule, lab_evidence, when_params
+from azaguard.engine.labs import breaches
 
 _RANK = d.SEVERITY_RANK
 State = Literal["open", "overdue", "dismissed"]
+
+
+def _past_breaches(ctx: Context, findings: list[d.Finding]) -> list[d.Finding]:
+    """A threshold result that asked for a repeat keeps asking after a later *partial* panel.
+
+    A lone normal neutrophil count clears the current finding (thresholds read the latest value)
+    but is not the full blood count the action asked for: the repeat stays open until a result that
+    answers it. Only the newest breach of each rule counts, and only when no current finding
+    already carries that rule's follow-up.
+    """
+    current = {f.code for f in findings}
+    out = []
+    for rule in ctx.kb.thresholds:
+        code = f"lab-{rule.id}"
+        if rule.follow_up is None or code in current:
+            continue
+        breach = next(
+            (r for r in reversed(ctx.labs.get(rule.analyte, [])) if breaches(rule.comparator, r.value, rule.value)),
+            None,
+        )
+        if breach is None:
+            continue
+        out.append(
+            from_rule(
+                ctx.kb, code, "lab", rule, (lab_evidence(breach),), value=round(breach.value, 2), limit=rule.value,
+                **when_params(ctx.as_of, breach.when),
+            )
+        )  # fmt: skip
+    return out
 
 
 def follow_ups(ctx: Context, findings: list[d.Finding]) -> list[d.FollowUp]:
@@ -29,7 +59,7 @@ def follow_ups(ctx: Context, findings: list[d.Finding]) -> list[d.FollowUp]:
         return []  # no monitoring after stopping (knowledge: "no monitoring needed" rules)
     dismissed = {key: reason for key, reason, when in ctx.record.dismissed_follow_ups if when <= ctx.as_of}
     merged: dict[str, d.FollowUp] = {}
-    for f in findings:
+    for f in [*findings, *_past_breaches(ctx, findings)]:
         spec, since = f.follow_up, f.date
         if spec is None or since is None:
             continue

@@ -49,19 +49,23 @@ def check_thresholds(ctx: Context) -> list[d.Finding]:
         r = ctx.latest(rule.analyte)
         if r is None or not breaches(rule.comparator, r.value, rule.value):
             continue
-        out.append(
-            from_rule(
-                kb,
-                f"lab-{rule.id}",
-                "lab",
-                rule,
-                (lab_evidence(r),),
-                ctcae=ctcae_grade(kb, rule.ctcae, r) if rule.ctcae else None,
-                value=round(r.value, 2),
-                limit=rule.value,
-                **when_params(ctx.as_of, r.when),
-            )
+        grade = ctcae_grade(kb, rule.ctcae, r) if rule.ctcae else None
+        f = from_rule(
+            kb,
+            f"lab-{rule.id}",
+            "lab",
+            rule,
+            (lab_evidence(r),),
+            ctcae=grade,
+            value=round(r.value, 2),
+            limit=rule.value,
+            **when_params(ctx.as_of, r.when),
         )
+        if grade is not None:
+            worse = [sev for g, sev in rule.grade_severity.items() if grade["grade"] >= g]
+            if worse:
+                f = dataclasses.replace(f, severity=min([f.severity, *worse], key=lambda x: d.SEVERITY_RANK[x]))
+        out.append(f)
     return out
 
 

@@ -255,9 +255,43 @@ def check_symptoms(ctx: Context) -> list[d.Finding]:
         )
 
     out.extend(_neutropenic_fever(ctx))
+    out.extend(_hypersensitivity(ctx))
     if ctx.course.phase != "stopped":
         out.append(from_catalogue(kb, "symptom-guidance"))
     return out
+
+
+def _hypersensitivity(ctx: Context) -> list[d.Finding]:
+    """Reaction symptoms in the first weeks after starting or restarting: possible hypersensitivity.
+
+    Raised from the reports themselves, so a normal blood count never closes it; only a
+    clinician's review does (the worklist keeps it until then).
+    """
+    kb, course = ctx.kb, ctx.course
+    if course.start is None or course.phase in ("stopped", "pre-treatment"):
+        return []
+    events = [(course.start, "starting azathioprine")]
+    if course.last_event is not None and course.last_event[1] == "restart-after-hold":
+        events.append((course.last_event[0], "restarting azathioprine"))
+    keys = set(kb.symptoms.hypersensitivity_symptoms)
+    window = kb.symptoms.hypersensitivity_within
+    for start, event in reversed(events):
+        reports = [
+            s
+            for s in ctx.record.symptoms
+            if s.key in keys and start <= s.when <= window.add(start) and s.when <= ctx.as_of
+        ]
+        if reports:
+            names = ", ".join(sorted({(s.key or s.text).replace("-", " ") for s in reports}))
+            last = max(s.when for s in reports)
+            ev = tuple({"type": "symptom", "text": s.text, "date": s.when.isoformat()} for s in reports)
+            return [
+                from_catalogue(
+                    kb, "symptom-hypersensitivity", ev, symptoms=names, date=last, days=(last - start).days,
+                    event=event, start=start,
+                )
+            ]  # fmt: skip
+    return []
 
 
 def _neutropenic_fever(ctx: Context) -> list[d.Finding]:

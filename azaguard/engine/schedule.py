@@ -14,6 +14,7 @@ from datetime import date
 from azaguard import domain as d
 from azaguard.engine.context import Context, maintenance_from, stable_from
 from azaguard.engine.findings import from_catalogue
+from azaguard.engine.labs import breaches
 from azaguard.knowledge.model import Interval
 
 
@@ -23,7 +24,26 @@ def interval_at(ctx: Context, when: date, anchor: date | None) -> Interval:
         return s.initial_interval
     if when < maintenance_from(ctx.kb, anchor):
         return s.consolidation_interval
+    if low_risk(ctx, anchor) and when >= s.low_risk.stable_for.add(maintenance_from(ctx.kb, anchor)):
+        return s.low_risk.interval
     return s.maintenance_interval
+
+
+def low_risk(ctx: Context, anchor: date) -> bool:
+    """The protocol's extended interval applies (only when a protocol enables it): stable for
+    `stable_for` in maintenance, no result beyond a threshold in that time, no renal impairment."""
+    lr = ctx.kb.schedule.low_risk
+    if not lr.enabled or ctx.course.phase != "stable":
+        return False
+    since = lr.stable_for.sub(ctx.as_of)
+    if since < maintenance_from(ctx.kb, anchor):
+        return False
+    for rule in ctx.kb.thresholds:
+        if any(
+            r.when >= since and breaches(rule.comparator, r.value, rule.value) for r in ctx.labs.get(rule.analyte, ())
+        ):
+            return False
+    return not ctx.active_conditions("renal-impairment")
 
 
 def missed_count(ctx: Context, due: date, anchor: date | None) -> int:
@@ -108,6 +128,7 @@ def plan_monitoring(ctx: Context) -> tuple[d.MonitoringPlan, list[d.Finding]]:
         )
     if course.phase != "stopped" and course.phase != "pre-treatment":
         findings.extend(_metabolites_due(ctx))
+        findings.extend(_risk_review(ctx))
     return d.MonitoringPlan(course.phase, tuple(groups), course.start), findings
 
 
@@ -137,3 +158,20 @@ def _metabolites_due(ctx: Context) -> list[d.Finding]:
     elif ctx.as_of >= m.check_every.add(last_test):
         reason = f"last measured {last_test.isoformat()}, a year or more ago"
     return [from_catalogue(kb, "monitoring-metabolites-due", reason=reason)] if reason else []
+
+
+def _risk_review(ctx: Context) -> list[d.Finding]:
+    """BSR 2025: toxicity risk factors reviewed at least yearly (from the course start)."""
+    start = ctx.course.start
+    if start is None:
+        return []
+    every = ctx.kb.schedule.risk_review.every
+    due, n = every.add(start), 1
+    while due < ctx.as_of:  # Interval.add ends at date.max, so this always stops
+        n += 1
+        due = every.add(start, n)
+    lr = ctx.kb.schedule.low_risk
+    extended = (
+        f" The protocol's extended interval ({lr.interval.label()}) is on for low-risk patients." if lr.enabled else ""
+    )
+    return [from_catalogue(ctx.kb, "monitoring-risk-review", due=due, extended=extended)]

@@ -71,6 +71,7 @@ def _obs_fields(item: Item) -> dict[str, Any]:
             "analyte": "tpmt-activity",
             "value": p.value,
             "unit": p.unit,
+            "value_text": (p.method or "")[:200] or None,  # the laboratory's assay decides the bands
             "effective": p.when,
         }
     if item.kind == "status":
@@ -484,7 +485,10 @@ def _apply_other(
         values = {"drug": p.drug, "text": p.text[:200]}
     elif it.kind == "immunization":
         model = m.Immunization
-        values = {"vaccine": p.vaccine, "live": p.live, "name": p.name[:200], "when": p.when, "status": p.status}
+        values = {
+            "vaccine": p.vaccine, "live": p.live, "live_unknown": p.live_unknown, "name": p.name[:200],
+            "when": p.when, "status": p.status,
+        }  # fmt: skip
     elif it.kind == "symptom":
         model = m.Symptom
         values = {"key": p.key, "text": p.text[:200], "when": p.when, "reported_by": "import"}

@@ -44,6 +44,7 @@ class Knowledge:
     protocol: dict[str, str]
     sources: dict[str, m.Source]
     indications: dict[str, m.Indication]
+    other_indications: dict[str, m.OtherIndication]
     dosing: m.Dosing
     pgx: m.Pgx
     schedule: m.Schedule
@@ -156,6 +157,7 @@ _LOCAL_SCHEDULE_KEYS = {
     "maintenance_interval",
     "missed_visits_critical",
     "panels",
+    "low_risk",
 }
 _LOCAL_DOSING_KEYS = {"target_mg_per_kg", "max_mg_per_kg", "max_mg_per_day", "start_mg_per_day", "step_mg"}
 
@@ -223,6 +225,11 @@ def _apply_local(raw: dict[str, Any], local: dict[str, Any], path: str) -> dict[
         bad = set(change) - keys
         if bad:
             raise KnowledgeError(f"{path}: [{section}] cannot set {sorted(bad)} (allowed: {sorted(keys)})")
+        if section == "schedule" and isinstance(change.get("low_risk"), dict):
+            # Enabling the extended interval is the clinic's decision: it cites the local protocol.
+            merged = {**target["low_risk"], **change["low_risk"]}
+            merged["sources"] = [LOCAL_SOURCE_KEY, *target["low_risk"]["sources"]]
+            change = {**change, "low_risk": merged}
         if section == "schedule" and isinstance(change.get("panels"), dict):
             # A clinic names only the panels it changes (e.g. LFT without albumin); the rest stay.
             panels = {
@@ -328,6 +335,9 @@ def _build(raw: dict[str, Any], protocol: dict[str, str]) -> Knowledge:
         protocol=protocol,
         sources=sources,
         indications=_validate(dict[str, m.Indication], p["indications"], "protocol.toml:indications"),
+        other_indications=_validate(
+            dict[str, m.OtherIndication], p.get("other_indications", {}), "protocol.toml:other_indications"
+        ),
         dosing=_validate(m.Dosing, p["dosing"], "protocol.toml:dosing"),
         pgx=_validate(m.Pgx, p["pgx"], "protocol.toml:pgx"),
         schedule=_validate(m.Schedule, p["schedule"], "protocol.toml:schedule"),
@@ -384,6 +394,7 @@ def _check_references(kb: Knowledge) -> None:
         need_sources(comb.sources, f"pgx.combined.{key}")
     for unit in kb.pgx.activity_units:
         need_sources(unit.sources, f"pgx.activity_units[{unit.unit[0]}]")
+    _check_cpic(kb, need_sources)
     need_sources(kb.schedule.sources, "schedule")
     lab_rules: list[m.Threshold | m.Rise | m.Trend] = [*kb.thresholds, *kb.rises, *kb.trends]
     for rule in lab_rules:
@@ -418,6 +429,10 @@ def _check_references(kb: Knowledge) -> None:
         raise KnowledgeError(f"allergy: finding {kb.allergy.finding} has no text in findings.toml")
     need_sources(kb.vaccines.live_washout_sources, "vaccines.live_washout")
     need_sources(kb.symptoms.sources_default, "symptoms")
+    need_sources(kb.symptoms.hypersensitivity_sources, "symptoms.hypersensitivity")
+    for key in kb.symptoms.hypersensitivity_symptoms:
+        if key not in kb.symptoms.items:
+            raise KnowledgeError(f"symptoms.hypersensitivity_symptoms: unknown symptom {key}")
     need_sources(kb.reproduction.pregnancy_sources, "reproduction.pregnancy")
     need_sources(kb.reproduction.breastfeeding_sources, "reproduction.breastfeeding")
     need_sources(kb.metabolites.sources, "metabolites")
@@ -442,6 +457,30 @@ def _check_references(kb: Knowledge) -> None:
     _check_follow_ups(kb, need_sources)
 
 
+def _check_cpic(kb: Knowledge, need_sources: Any) -> None:
+    """The CPIC tables, the fallback rules and the allele aliases agree with one another."""
+    rules = kb.pgx.function_rules
+    need_sources(rules.sources, "pgx.function_rules")
+    if set(rules.genes) != set(kb.cpic):
+        raise KnowledgeError(f"pgx.function_rules: need rules for exactly the CPIC genes {sorted(kb.cpic)}")
+    for gene, table in kb.cpic.items():
+        unknown = sorted(set(table.allele_function.values()) - set(rules.classes))
+        if unknown:
+            raise KnowledgeError(f"pgx.function_rules.classes: no class for {gene} function(s) {unknown}")
+        for diplotype in table.diplotype_phenotype:
+            missing = [a for a in diplotype.split("/") if a not in table.allele_function]
+            if missing:
+                raise KnowledgeError(f"cpic/{gene}_diplotype_phenotype.tsv: {diplotype} names unlisted {missing}")
+    for alias in kb.pgx.allele_aliases:
+        where = f"pgx.allele_aliases[{alias.gene} {alias.allele}]"
+        need_sources(alias.sources, where)
+        aliased = kb.cpic.get(alias.gene)
+        if aliased is None or alias.read_as not in aliased.allele_function:
+            raise KnowledgeError(f"{where}: {alias.read_as} is not a {alias.gene} allele of the CPIC table")
+        if alias.allele in aliased.allele_function:
+            raise KnowledgeError(f"{where}: {alias.allele} is still a CPIC allele and cannot be read as another")
+
+
 def _check_follow_ups(kb: Knowledge, need_sources: Any) -> None:
     """Follow-ups, panels and ULN rules name real groups, analytes and sources."""
     groups = set(kb.schedule.groups)
@@ -455,6 +494,8 @@ def _check_follow_ups(kb: Knowledge, need_sources: Any) -> None:
                     raise KnowledgeError(f"schedule.panels.{name}: {a} is not an analyte of group {name}")
     need_sources(kb.schedule.restart_sequence_sources, "schedule.restart_sequence_on")
     need_sources(kb.schedule.restart.sources, "schedule.restart")
+    need_sources(kb.schedule.risk_review.sources, "schedule.risk_review")
+    need_sources(kb.schedule.low_risk.sources, "schedule.low_risk")
     lab_rules: list[m.Threshold | m.Rise | m.Trend | m.UlnRule] = [*kb.thresholds, *kb.rises, *kb.trends, *kb.uln_rules]
     rules: list[tuple[str, m.FollowUpRule | None]] = [
         *((f"labs.{r.id}", r.follow_up) for r in lab_rules),

@@ -116,6 +116,17 @@ class Indication:
 
 
 @dataclass(frozen=True, kw_only=True)
+class OtherIndication:
+    """An indication outside neuromuscular disease: recognised (never "no indication"), with the
+    note that this protocol's dosing and time-to-benefit advice were written for NMD."""
+
+    __pydantic_config__ = STRICT
+    label: str
+    snomed: list[str]
+    text: list[str]
+
+
+@dataclass(frozen=True, kw_only=True)
 class RenalRule:
     __pydantic_config__ = STRICT
     egfr_below: float
@@ -175,6 +186,9 @@ class CombinedPhenotype:
     severity: SeverityName
     steady_state_weeks: int
     sources: list[str]
+    # CPIC's classification of the recommendation (2025 update: both genes intermediate is Moderate)
+    strength: Literal["Strong", "Moderate", "Optional"] | None = None
+    alternatives: str = ""
 
     def __post_init__(self) -> None:
         if self.avoid == (self.fraction is not None):
@@ -190,6 +204,9 @@ class ActivityBand:
     high: float
     phenotype: Literal["NM", "IM", "PM", "Indeterminate"]
     label: str
+    # A band the laboratory leaves unassigned is reported as such but dosed as this phenotype:
+    # a measured low activity is not CPIC's Indeterminate genotype (which gets the standard dose).
+    dose_as: Literal["NM", "IM", "PM"] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -212,6 +229,56 @@ class ActivityUnit:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AlleleAlias:
+    """A star-allele name a laboratory may still report that CPIC has folded into another allele
+    (NUDT15 *2 is now part of *3): read as `read_as` before the CPIC table is consulted."""
+
+    __pydantic_config__ = STRICT
+    gene: str
+    allele: str
+    read_as: str
+    note: str
+    sources: list[str]
+
+
+FunctionClass = Literal["normal", "decreased", "none", "uncertain"]
+CpicPhenotype = Literal[
+    "Normal Metabolizer",
+    "Intermediate Metabolizer",
+    "Possible Intermediate Metabolizer",
+    "Poor Metabolizer",
+    "Indeterminate",
+]
+FUNCTION_CLASSES: tuple[FunctionClass, ...] = ("normal", "decreased", "none", "uncertain")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FunctionRules:
+    """CPIC's rules for a diplotype its table does not list: each allele's clinical function gives
+    its class (`classes`; an allele with no function entry is `unlisted`), and the unordered pair
+    of classes gives the phenotype, per gene (`genes[gene][class_a][class_b]`, each pair once)."""
+
+    __pydantic_config__ = STRICT
+    classes: dict[str, FunctionClass]
+    unlisted: FunctionClass
+    genes: dict[str, dict[FunctionClass, dict[FunctionClass, CpicPhenotype]]]
+    sources: list[str]
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        for gene, rules in self.genes.items():
+            for a_i, a in enumerate(FUNCTION_CLASSES):
+                for b in FUNCTION_CLASSES[a_i:]:
+                    found = [p for x, y in {(a, b), (b, a)} if (p := rules.get(x, {}).get(y)) is not None]
+                    if len(found) != 1:
+                        raise ValueError(f"function rules for {gene}: give {a} + {b} exactly once")
+
+    def phenotype(self, gene: str, a: FunctionClass, b: FunctionClass) -> CpicPhenotype:
+        rules = self.genes[gene]
+        return rules.get(a, {}).get(b) or rules[b][a]
+
+
+@dataclass(frozen=True, kw_only=True)
 class Pgx:
     __pydantic_config__ = STRICT
     alternatives: str = ""
@@ -219,6 +286,8 @@ class Pgx:
         Literal["normal", "intermediate", "compound-intermediate", "poor", "indeterminate"], CombinedPhenotype
     ]
     activity_units: list[ActivityUnit]
+    allele_aliases: list[AlleleAlias] = field(default_factory=list)
+    function_rules: FunctionRules
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -245,6 +314,26 @@ class Restart:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RiskReview:
+    __pydantic_config__ = STRICT
+    every: Interval
+    sources: list[str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class LowRisk:
+    """An extended maintenance interval for stable patients with no result beyond a limit in
+    `stable_for`; off unless a protocol enables it (its source is stated in `status`)."""
+
+    __pydantic_config__ = STRICT
+    enabled: bool
+    interval: Interval
+    stable_for: Interval
+    status: str
+    sources: list[str]
+
+
+@dataclass(frozen=True, kw_only=True)
 class Schedule:
     __pydantic_config__ = STRICT
     initial_interval: Interval
@@ -261,6 +350,8 @@ class Schedule:
     restart_sequence_sources: list[str]
     panels: dict[str, Panel]
     restart: Restart
+    risk_review: RiskReview
+    low_risk: LowRisk
 
     def __post_init__(self) -> None:
         _positive("missed_visits_critical", self.missed_visits_critical)
@@ -275,6 +366,8 @@ class Threshold:
     value: float
     severity: SeverityName
     ctcae: str | None = None
+    # CTCAE grade -> severity from that grade up (anaemia grade 3 is critical)
+    grade_severity: dict[int, SeverityName] = field(default_factory=dict)
     message: str
     action: str
     patient_text: str
@@ -489,6 +582,10 @@ class SymptomDef:
 class Symptoms:
     __pydantic_config__ = STRICT
     neutropenic_fever_below: float
+    # A reaction within this time of starting or restarting may be azathioprine hypersensitivity
+    hypersensitivity_within: Interval
+    hypersensitivity_symptoms: list[str]
+    hypersensitivity_sources: list[str]
     sources_default: list[str]
     items: dict[str, SymptomDef]
 

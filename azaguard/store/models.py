@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -91,12 +92,16 @@ class Medication(Base):
     name: Mapped[str] = mapped_column(String(200))
     rxnorm: Mapped[str | None] = mapped_column(String(20))
     kind: Mapped[str] = mapped_column(String(16), default="statement")  # statement | request
-    status: Mapped[str] = mapped_column(String(16))  # active | draft | intended | stopped | unknown
+    # active | on-hold | draft | intended | stopped | unknown. An azathioprine hold is its own row
+    # (status on-hold, from the hold date); a hold that ended keeps status on-hold and gets an end.
+    status: Mapped[str] = mapped_column(String(16))
     start: Mapped[date | None] = mapped_column(Date)
     end: Mapped[date | None] = mapped_column(Date)
     daily_dose_mg: Mapped[float | None] = mapped_column(Float)
     source_key: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime)
+    reason: Mapped[str | None] = mapped_column(Text)  # why it is on hold or stopped
+    status_date: Mapped[date | None] = mapped_column(Date)  # when the hold or stop took effect
 
 
 class Genotype(Base):
@@ -139,6 +144,8 @@ class Immunization(Base):
     patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"), index=True)
     vaccine: Mapped[str | None] = mapped_column(String(40))
     live: Mapped[bool] = mapped_column(Boolean, default=False)
+    # may be live (unspecified formulation): never read as inactivated
+    live_unknown: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     name: Mapped[str] = mapped_column(String(200))
     when: Mapped[date | None] = mapped_column(Date)
     status: Mapped[str] = mapped_column(String(16))  # given | ordered
@@ -169,6 +176,11 @@ class AssessmentRow(Base):
     next_due: Mapped[date | None] = mapped_column(Date, index=True)
     indication: Mapped[str | None] = mapped_column(String(40))
     categories: Mapped[str] = mapped_column(String(400), default="")  # space-separated categories of open findings
+    # Space-padded test groups with an open (or overdue) follow-up, e.g. " FBC LFT ": the engine
+    # closes a follow-up only when a result answers it, so a review does not clear this.
+    awaiting: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    # The assessment's treatment state: not-started | active | on-hold | stopped
+    treatment: Mapped[str] = mapped_column(String(16), default="", server_default="")
     result: Mapped[dict[str, Any]] = mapped_column(JSONType)
     computed_at: Mapped[datetime] = mapped_column(DateTime)
     __table_args__ = (Index("ix_assessments_worklist", "worst_open", "next_due"),)
@@ -205,6 +217,20 @@ class Review(Base):
     outcome: Mapped[str] = mapped_column(String(40))
     note: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class FollowUpDismissal(Base):
+    """A follow-up (repeat test) a clinician dropped, with the reason; the engine then shows it as
+    dismissed instead of open. One per (patient, follow-up key)."""
+
+    __tablename__ = "follow_up_dismissals"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    __table_args__ = (UniqueConstraint("patient_id", "key", name="uq_follow_up_dismissal"),)
 
 
 class User(Base):

@@ -65,7 +65,7 @@ def _load_chunk(s: Session, ids: list[int]) -> dict[int, d.PatientRecord]:
                 d.LabResult(analyte, value, unit or "", when, str(oid), code, _float(ovalue), ounit, low, high, below)
             )
         elif kind == "tpmt-activity" and value is not None:
-            activity[pid].append(d.ActivityResult(value, unit or "", when, str(oid)))
+            activity[pid].append(d.ActivityResult(value, unit or "", when, str(oid), vtext or ""))
         elif kind == "status" and analyte in ("pregnancy", "breastfeeding", "pregnancy-intention"):
             flag = None if vtext in (None, "unknown") else vtext == "true"
             statuses[pid].append(d.StatusObservation(cast(Any, analyte), flag, when, str(oid)))
@@ -85,6 +85,8 @@ def _load_chunk(s: Session, ids: list[int]) -> dict[int, d.PatientRecord]:
         md.daily_dose_mg,
         md.kind,
         md.rxnorm,
+        md.reason,
+        md.status_date,
     )
     meds = _group(s.execute(select(*med_cols).where(md.patient_id.in_(ids))).all())
     genos = _group(
@@ -100,10 +102,18 @@ def _load_chunk(s: Session, ids: list[int]) -> dict[int, d.PatientRecord]:
     alls = _group(s.execute(select(a.patient_id, a.id, a.drug, a.text).where(a.patient_id.in_(ids))).all())
     imms = _group(
         s.execute(
-            select(i.patient_id, i.id, i.vaccine, i.live, i.name, i.when, i.status).where(i.patient_id.in_(ids))
+            select(i.patient_id, i.id, i.vaccine, i.live, i.name, i.when, i.status, i.live_unknown).where(
+                i.patient_id.in_(ids)
+            )
         ).all()
     )
     syms = _group(s.execute(select(y.patient_id, y.id, y.key, y.text, y.when).where(y.patient_id.in_(ids))).all())
+    fd = m.FollowUpDismissal
+    dismissed = _group(
+        s.execute(
+            select(fd.patient_id, fd.key, fd.reason, fd.created_at).where(fd.patient_id.in_(ids)).order_by(fd.id)
+        ).all()
+    )
     out: dict[int, d.PatientRecord] = {}
     for p in pats:
         pid = p.id
@@ -124,6 +134,8 @@ def _load_chunk(s: Session, ids: list[int]) -> dict[int, d.PatientRecord]:
                     cast(Any, x.kind),
                     x.rxnorm,
                     str(x.id),
+                    x.reason or "",
+                    x.status_date,
                 )
                 for x in meds.get(pid, [])
             ),
@@ -136,7 +148,7 @@ def _load_chunk(s: Session, ids: list[int]) -> dict[int, d.PatientRecord]:
             ),
             allergies=tuple(d.Allergy(x.drug, x.text, str(x.id)) for x in alls.get(pid, [])),
             vaccinations=tuple(
-                d.Vaccination(x.vaccine, x.live, x.name, x.when, cast(Any, x.status), str(x.id))
+                d.Vaccination(x.vaccine, x.live, x.name, x.when, cast(Any, x.status), str(x.id), bool(x.live_unknown))
                 for x in imms.get(pid, [])
             ),
             symptoms=tuple(
@@ -145,6 +157,7 @@ def _load_chunk(s: Session, ids: list[int]) -> dict[int, d.PatientRecord]:
             statuses=tuple(sorted(statuses[pid], key=lambda r: r.when)),
             screening_done=tuple(screening[pid]),
             screening_results=tuple(screening_results[pid]),
+            dismissed_follow_ups=tuple((x.key, x.reason, x.created_at.date()) for x in dismissed.get(pid, [])),
         )
     return out
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Collection
 from datetime import date, timedelta
 from typing import TypeVar
 
@@ -56,6 +57,13 @@ def _number(value: float | str | None, field: str) -> float:
     if not math.isfinite(x) or x < 0:
         raise FormError(field, "must be a number of zero or more")
     return x
+
+
+def _day_before(day: date, field: str) -> date:
+    """The end of the entry a new one replaces (the calendar's first day has none: a 400, not a 500)."""
+    if day == date.min:
+        raise FormError(field, f"{day.isoformat()} is too early")
+    return day - timedelta(days=1)
 
 
 def _save(s: Session, row: RowT) -> RowT:
@@ -146,6 +154,26 @@ def add_lab(
     return _save(s, row)
 
 
+def _aza_rows(s: Session, patient_id: int, status: str, open_only: bool = False) -> list[m.Medication]:
+    """The patient's azathioprine rows with this status (only those without an end date if
+    `open_only`), oldest first."""
+    q = select(m.Medication).where(
+        m.Medication.patient_id == patient_id, m.Medication.drug == "azathioprine", m.Medication.status == status
+    )
+    if open_only:
+        q = q.where(m.Medication.end.is_(None))
+    return list(s.scalars(q.order_by(m.Medication.start, m.Medication.id)))
+
+
+def _reason(value: str | None, field: str = "reason") -> str:
+    text = (value or "").strip()
+    if not text:
+        raise FormError(field, "is required")
+    if len(text) > 2000:
+        raise FormError(field, "must be 2000 characters or fewer")
+    return text
+
+
 def change_dose(
     s: Session,
     kb: Knowledge,
@@ -154,7 +182,10 @@ def change_dose(
     start: date | str | None,
     today: date | None = None,
 ) -> m.Medication:
-    """A new azathioprine dose from `start`; the current course entry ends the day before."""
+    """A new azathioprine dose from `start`; the current course entry ends the day before.
+
+    This is also how a course on hold restarts: the hold row ends the day before the new dose
+    (it keeps its status "on-hold", so the history shows when the drug was withheld)."""
     today = today or date.today()
     require_patient(s, patient_id)
     dose = _number(mg_per_day, "mg_per_day")
@@ -162,16 +193,17 @@ def change_dose(
         raise FormError("mg_per_day", "use 'stop azathioprine' rather than a dose of 0")
     begin = _date(start, "start", today)
     assert begin is not None
-    current = s.scalars(
-        select(m.Medication).where(
-            m.Medication.patient_id == patient_id, m.Medication.drug == "azathioprine", m.Medication.status == "active"
-        )
-    ).all()
-    for row in current:
+    current = _aza_rows(s, patient_id, "active")
+    held = _aza_rows(s, patient_id, "on-hold", open_only=True)
+    for row in [*current, *held]:
         if row.start is not None and row.start >= begin:
-            raise FormError("start", f"must be after the current dose's start ({row.start.isoformat()})")
-        row.end = begin - timedelta(days=1)
+            what = "the hold" if row.status == "on-hold" else "the current dose"
+            raise FormError("start", f"must be after the start of {what} ({row.start.isoformat()})")
+    for row in current:
+        row.end = _day_before(begin, "start")
         row.status = "stopped"
+    for row in held:
+        row.end = _day_before(begin, "start")
     med = m.Medication(
         patient_id=patient_id,
         drug="azathioprine",
@@ -185,6 +217,83 @@ def change_dose(
         created_at=now(),
     )
     return _save(s, med)
+
+
+def hold_azathioprine(
+    s: Session,
+    kb: Knowledge,
+    patient_id: int,
+    reason: str | None,
+    start: date | str | None = None,
+    today: date | None = None,
+) -> m.Medication:
+    """Withhold azathioprine from `start` (default today): the active row ends the day before and a
+    row with status "on-hold" at the same dose begins. On hold is not stopped: monitoring goes on,
+    and a dose change (writes.change_dose) restarts it."""
+    today = today or date.today()
+    require_patient(s, patient_id)
+    text = _reason(reason)
+    begin = _date(start or today, "start", today)
+    assert begin is not None
+    held = _aza_rows(s, patient_id, "on-hold", open_only=True)
+    if held:
+        since = held[-1].start.isoformat() if held[-1].start else "an unknown date"
+        raise FormError("azathioprine", f"azathioprine is already on hold (since {since})")
+    # Active rows still running on the hold date (an entry that already ended is history)
+    active = [r for r in _aza_rows(s, patient_id, "active") if r.end is None or r.end >= begin]
+    if not active:
+        raise FormError("azathioprine", "there is no active azathioprine to withhold")
+    for row in active:
+        if row.start is not None and row.start >= begin:
+            raise FormError("start", f"must be after the current dose's start ({row.start.isoformat()})")
+    current = active[-1]
+    for row in active:
+        row.end = _day_before(begin, "start")
+        row.status = "stopped"
+    med = m.Medication(
+        patient_id=patient_id,
+        drug="azathioprine",
+        name=current.name,
+        rxnorm=current.rxnorm,
+        kind="statement",
+        status="on-hold",
+        start=begin,
+        daily_dose_mg=current.daily_dose_mg,
+        reason=text,
+        status_date=begin,
+        source_key=_key("form"),
+        created_at=now(),
+    )
+    return _save(s, med)
+
+
+def dismiss_follow_up(
+    s: Session,
+    kb: Knowledge,
+    patient_id: int,
+    key: str | None,
+    reason: str | None,
+    user_id: int | None = None,
+    open_keys: Collection[str] | None = None,
+) -> m.FollowUpDismissal:
+    """Drop a follow-up (a repeat test a finding asked for) with a reason. `open_keys`, when given,
+    are the follow-ups open now: any other key is refused, so a typo is never recorded."""
+    require_patient(s, patient_id)
+    key = (key or "").strip()
+    if not key:
+        raise FormError("key", "is required")
+    text = _reason(reason)
+    found = s.scalar(
+        select(m.FollowUpDismissal.id).where(
+            m.FollowUpDismissal.patient_id == patient_id, m.FollowUpDismissal.key == key
+        )
+    )
+    if found is not None:
+        raise FormError("key", f"follow-up '{key[:80]}' has already been dismissed")
+    if open_keys is not None and key not in open_keys:
+        raise FormError("key", f"no open follow-up '{key[:80]}' for this patient")
+    row = m.FollowUpDismissal(patient_id=patient_id, key=key[:200], reason=text, user_id=user_id, created_at=now())
+    return _save(s, row)
 
 
 def add_medicine(
@@ -239,11 +348,16 @@ def add_vaccine(
         raise FormError("status", "must be given or ordered")
     effective = _date(when, "date", today, required=status == "given")
     low = name.lower()
-    vaccine, live = None, False
-    for is_live, group in ((True, kb.vaccines.live), (False, kb.vaccines.inactivated)):
+    vaccine, live, unknown = None, False, False
+    groups = (
+        (True, False, kb.vaccines.live),
+        (False, False, kb.vaccines.inactivated),
+        (False, True, kb.vaccines.uncertain),
+    )
+    for is_live, is_unknown, group in groups:
         for key, v in group.items():
             if any(n in low for n in v.names) or low in v.cvx:
-                vaccine, live = key, is_live
+                vaccine, live, unknown = key, is_live, is_unknown
                 break
         if vaccine:
             break
@@ -251,6 +365,7 @@ def add_vaccine(
         patient_id=patient_id,
         vaccine=vaccine,
         live=live,
+        live_unknown=unknown,
         name=name[:200],
         when=effective or today,
         status=status,

@@ -207,10 +207,27 @@ def _patient_context(request: Request, s: Session, user: m.User, patient_id: int
         ),
         None,
     )
+    monitoring = a["monitoring"]
+    follow_ups = monitoring.get("follow_ups", [])
+    open_follow_ups = sorted((u for u in follow_ups if u["state"] in ("open", "overdue")), key=lambda u: u["due"])
+    # The follow-up that sets each group's next due date ("repeat asked for by <finding>")
+    asked_by: dict[str, dict[str, Any]] = {}
+    for u in open_follow_ups:
+        asked_by.setdefault(u["group"], u)
+    aza = [x for x in view.medicines if x.drug == "azathioprine" and x.end is None]
     return {
         "view": view,
         "p": view.patient,
         "a": a,
+        "treatment": a.get("treatment") or {"state": "", "since": None, "reason": None, "held_dose_mg_per_day": None},
+        "restart_criteria": a["dose"].get("restart_criteria", []),
+        "open_follow_ups": open_follow_ups,
+        "dismissed_follow_ups": [u for u in follow_ups if u["state"] == "dismissed"],
+        "asked_by": asked_by,
+        "finding_dates": {(f["code"], f["message"]): f.get("date") for f in a["findings"]},
+        # From the store, not the assessment: whether the hold form applies (an active row to withhold)
+        "aza_active": any(x.status == "active" for x in aza),
+        "aza_on_hold": any(x.status == "on-hold" for x in aza),
         "age": age,
         "indication": kb.indications[indication.key].label if indication and indication.key else None,
         "interactions": interaction_by_med,
@@ -277,7 +294,25 @@ def _symptom(s: Session, kb: Knowledge, u: m.User, pid: int, f: dict[str, str]) 
     return service.report_symptom(s, kb, u, pid, f.get("symptom", ""), f.get("date"), "web")
 
 
-FORMS = {"lab": _lab, "dose": _dose, "medicine": _medicine, "vaccine": _vaccine, "symptom": _symptom}
+def _hold(s: Session, kb: Knowledge, u: m.User, pid: int, f: dict[str, str]) -> Any:
+    return service.hold_azathioprine(s, kb, u, pid, f.get("reason", ""), f.get("start") or None, "web")
+
+
+def _follow_up(s: Session, kb: Knowledge, u: m.User, pid: int, f: dict[str, str]) -> Any:
+    return service.dismiss_follow_up(s, kb, u, pid, f.get("key", ""), f.get("reason", ""), "web")
+
+
+FORMS = {
+    "lab": _lab,
+    "dose": _dose,
+    "medicine": _medicine,
+    "vaccine": _vaccine,
+    "symptom": _symptom,
+    "hold": _hold,
+    "follow-up": _follow_up,
+}
+# Where the browser lands after a form is saved (default: the findings, to see the effect at once)
+AFTER = {"hold": "summary", "follow-up": "follow-ups"}
 
 
 @router.post("/patients/{patient_id}/{form_name}")
@@ -312,7 +347,7 @@ def patient_form(
         ctx["errors"] = {form_name: {exc.field: exc.message}}
         ctx["values"] = {form_name: form}
         return render(request, "patient.html", user, ws, 400, **ctx)
-    return RedirectResponse(f"/patients/{patient_id}#findings", status_code=303)
+    return RedirectResponse(f"/patients/{patient_id}#{AFTER.get(form_name, 'findings')}", status_code=303)
 
 
 @router.post("/findings/{finding_id}/review")
@@ -324,7 +359,7 @@ def review_form(finding_id: RowId, request: Request, s: SessionDep, form: FormDe
         return error_page(request, 404, "No such finding.")
     try:
         with s.begin_nested():
-            service.review(s, user, finding_id, form.get("outcome", ""), form.get("note", ""), "web")
+            service.review(s, _kb(request), user, finding_id, form.get("outcome", ""), form.get("note", ""), "web")
     except (wl.ReviewError, ValueError) as exc:
         if f.state not in ("open", "info"):  # already reviewed (double submit, two clinicians): no form to mark
             return error_page(request, 400, str(exc))
@@ -369,7 +404,10 @@ def my_record(request: Request, s: SessionDep) -> Response:
         for k, o in latest.items()
         if k in kb.analytes and kb.analytes[k].group in ("FBC", "LFT", "renal") and o.value is not None
     ]
-    dues = [g["next_due"] for g in a["monitoring"]["groups"] if g["next_due"]]
+    groups = [g for g in a["monitoring"]["groups"] if g["next_due"]]
+    next_due = min((g["next_due"] for g in groups), default=None)
+    # The next test may be a repeat a finding asked for, earlier than the schedule alone
+    next_is_repeat = any(g.get("due_reason") == "follow-up" for g in groups if g["next_due"] == next_due)
     medicine_notes = [f for f in a["findings"] if f["category"] in ("interaction", "dosing", "vaccine", "reproduction")]
     return render(
         request,
@@ -378,7 +416,10 @@ def my_record(request: Request, s: SessionDep) -> Response:
         ws,
         p=view.patient,
         a=a,
-        next_due=min(dues) if dues else None,
+        next_due=next_due,
+        next_is_repeat=next_is_repeat,
+        next_overdue=next_due is not None and next_due < date.today().isoformat(),
+        treatment=a.get("treatment") or {"state": ""},
         results=results,
         medicines=[x for x in view.medicines if x.status in ("active", "draft")],
         notes=medicine_notes,
