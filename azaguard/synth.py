@@ -97,6 +97,7 @@ SCENARIOS = {  # share of the clinic; every scenario appears at least once
     "live-vaccine": 0.02,
     "fever": 0.03,
     "stopped": 0.03,
+    "on-hold": 0.02,
 }
 LOINC = {
     "wbc": "6690-2",
@@ -217,8 +218,12 @@ def _patient(c: Clinic, rng: random.Random, pid: int, scenario: str, today: date
     stopped_on = None
     if scenario == "stopped":
         stopped_on = today - timedelta(days=rng.randint(30, 200))
+    # on hold: withheld the day after a low count, a few days ago (monitoring continues)
+    hold_on = today - timedelta(days=rng.randint(3, 10)) if scenario == "on-hold" else None
     for k, (d0, mg) in enumerate(steps):
         end = steps[k + 1][0] - timedelta(days=1) if k + 1 < len(steps) else stopped_on
+        if hold_on is not None and k + 1 == len(steps):
+            end = hold_on - timedelta(days=1)
         status = "stopped" if end is not None else "active"
         c.medications.append(
             _row(
@@ -233,6 +238,26 @@ def _patient(c: Clinic, rng: random.Random, pid: int, scenario: str, today: date
                     "start": d0,
                     "end": end,
                     "daily_dose_mg": mg,
+                    "created_at": stamp,
+                },
+            )
+        )
+    if hold_on is not None:
+        c.medications.append(
+            _row(
+                pid,
+                "med",
+                {
+                    "drug": "azathioprine",
+                    "name": f"Azathioprine {steps[-1][1]:g} mg daily",
+                    "rxnorm": "1256",
+                    "kind": "statement",
+                    "status": "on-hold",
+                    "start": hold_on,
+                    "end": None,
+                    "daily_dose_mg": steps[-1][1],
+                    "reason": "Withheld: neutrophils below the withhold limit",
+                    "status_date": hold_on,
                     "created_at": stamp,
                 },
             )
@@ -336,6 +361,8 @@ def _patient(c: Clinic, rng: random.Random, pid: int, scenario: str, today: date
         end_tests = today - timedelta(days=rng.randint(100, 150))
     if scenario == "stopped" and stopped_on:
         end_tests = stopped_on
+    if hold_on is not None:
+        end_tests = hold_on - timedelta(days=1)
     while day <= end_tests and scenario != "never-done":
         dates.append(day)
         if day < last_increase + timedelta(weeks=6):
@@ -344,6 +371,8 @@ def _patient(c: Clinic, rng: random.Random, pid: int, scenario: str, today: date
             day += timedelta(days=30 + rng.randint(-2, 3))
         else:
             day += timedelta(days=84 + rng.randint(-6, 4))
+    if hold_on is not None and (not dates or dates[-1] < end_tests):
+        dates.append(end_tests)  # the count that made the team withhold it, the day before the hold
     base = {
         "wbc": rng.uniform(5.5, 8.0),
         "neutrophils": rng.uniform(3.0, 5.0),
@@ -370,6 +399,8 @@ def _patient(c: Clinic, rng: random.Random, pid: int, scenario: str, today: date
             steps_in = k - (len(dates) - 4)
             vals["neutrophils"] = base["neutrophils"] * 0.95 * (0.86**steps_in)
             vals["wbc"] = base["wbc"] * 0.95 * (0.93**steps_in)
+        if scenario == "on-hold" and k == len(dates) - 1:
+            vals["neutrophils"], vals["wbc"] = rng.uniform(1.1, 1.5), rng.uniform(2.8, 3.4)
         if scenario == "raised-alt" and k == len(dates) - 1:
             vals["alt"] = rng.uniform(125, 180)
         if scenario == "fever" and k == len(dates) - 1:
@@ -440,6 +471,13 @@ def load(s: Session, clinic: Clinic, progress: Callable[[str], None] | None = No
         (m.Observation, clinic.observations),
     ):
         if rows:
+            # executemany binds the first row's keys: give every row the same ones (column default if unset)
+            cols = m.core(table).c
+            defaults = {
+                c.name: getattr(c.default, "arg", None) for c in cols if c.default is not None and c.default.is_scalar
+            }
+            keys = {k for row in rows for k in row}
+            rows = [{k: row.get(k, defaults.get(k)) for k in keys} for row in rows]
             s.execute(insert(m.core(table)), rows)  # Core executemany: no ORM bookkeeping
         if progress:
             progress(f"{len(rows)} {table.__tablename__}")

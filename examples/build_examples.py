@@ -1333,6 +1333,138 @@ def _38() -> BundleBuilder:
     return b
 
 
+# ================================================================ knowledge currency (issue 11)
+@example(
+    "39-vzv-igg-negative",
+    "Chickenpox antibody negative (LOINC 19162-7) before starting",
+    "VZV IgG read with the valid LOINC code: non-immune patients are no longer missed",
+    "2026-05-11",
+    """Nadia, 34, is about to start azathioprine for myasthenia. Her chickenpox antibody (VZV IgG, LOINC 19162-7)
+    is negative. The old code list held an invalid LOINC (19162-6, failing its check digit), so a result like hers
+    went unread. Non-immune patients need chickenpox advice and, where appropriate, vaccination before starting.""",
+    {
+        "findings": {"screening-vzv-non-immune": "warning"},
+        "absent": ["screening-missing-vzv"],
+        "phase": "pre-treatment",
+    },
+)
+def _39() -> BundleBuilder:
+    b = patient("ex39", "Nadia Rahman", "1992-03-14", "female", MG, "2025-11-03")
+    normal_pgx(b, "2026-04-20")
+    b.weight(61, "2026-04-20").bloods("2026-04-20")
+    b.screening("5196-1", "Hepatitis B surface antigen", "2026-04-20")
+    b.screening("16933-4", "Hepatitis B core antibody", "2026-04-20")
+    b.screening("16128-1", "Hepatitis C antibody", "2026-04-20")
+    b.screening("75622-1", "HIV 1+2 antibody and p24 antigen", "2026-04-20")
+    b.screening("2106-3", "Choriogonadotropin (pregnancy test)", "2026-04-20")
+    b.screening("19162-7", "Varicella zoster virus IgG Ab [Presence] in Serum", "2026-04-20", result="Negative")
+    draft_azathioprine(b, "2026-05-11", 50)
+    return b
+
+
+@example(
+    "40-lone-high-6-tgn",
+    "6-TGN 620 measured without 6-MMP",
+    "A metabolite measured alone is read against its own range",
+    "2026-07-06",
+    """Omar, 58, is stable on azathioprine 175 mg for CIDP. His 6-TGN came back at 620 pmol/8x10^8 RBC, above the
+    therapeutic range (235-450), but the laboratory did not measure 6-MMP with it. A lone result used to be ignored;
+    a high 6-TGN is a marrow-toxicity risk on its own: check the blood count and consider a lower dose.""",
+    {
+        "findings": {"metabolite-tgn-high": "warning"},
+        "absent": ["metabolite-supratherapeutic", "metabolite-shunting"],
+        "phase": "stable",
+    },
+)
+def _40() -> BundleBuilder:
+    b = stable_mg("ex40", "Omar Haddad", "1968-01-22", "male", 72, "2025-03-03", 175, ["2025-02-24", "2026-04-06"])
+    b.entries[1]["code"] = {"coding": [{"system": "http://snomed.info/sct", "code": CIDP[0], "display": CIDP[1]}]}
+    b.fbc("2026-06-29", 5.1, 3.0, 210, lymph=1.2, mcv=99).lft("2026-06-29", 24, albumin=40).renal(
+        "2026-06-29", 80, egfr=88
+    )
+    b.add(
+        {
+            "resourceType": "Observation",
+            "id": "met-tgn-1",
+            "status": "final",
+            "code": {"coding": [{"system": "urn:oid:2.16.840.1.113883.19.5", "code": "6-tgn"}], "text": "6-TGN"},
+            "subject": {"reference": "Patient/ex40"},
+            "effectiveDateTime": "2026-06-29",
+            "valueQuantity": {"value": 620, "unit": "pmol/8x10^8 RBC"},
+        }
+    )
+    return b
+
+
+@example(
+    "41-falling-haemoglobin",
+    "Haemoglobin falling from 138 to 94 g/L over four counts",
+    "Anaemia graded by CTCAE v5 and a steady fall seen as a trend",
+    "2026-07-06",
+    """Rita, 67, is stable on azathioprine 125 mg for myasthenia. Her haemoglobin has fallen at each of her last four
+    counts, from 138 to 94 g/L, with a rising MCV; white cells and platelets are normal. Anaemia (and macrocytosis)
+    is a published azathioprine harm: the fall is a trend to act on, and 94 g/L is CTCAE grade 2.""",
+    {
+        "findings": {"trend-haemoglobin-falling": "critical", "lab-haemoglobin-low": "warning"},
+        "absent": ["lab-wbc-low", "lab-platelets-low"],
+        "phase": "stable",
+        "ctcae": {"lab-haemoglobin-low": 2},
+        "next_due": {"FBC": "2026-07-13"},
+    },
+)
+def _41() -> BundleBuilder:
+    b = stable_mg("ex41", "Rita Moreno", "1959-06-30", "female", 64, "2025-03-03", 125, ["2025-02-24"])
+    for when, hb, mcv in (
+        ("2026-01-05", 138, 97),
+        ("2026-03-30", 121, 100),
+        ("2026-05-26", 107, 103),
+        ("2026-06-29", 94, 106),
+    ):
+        b.fbc(when, 6.2, 3.9, 240, lymph=1.5, mcv=mcv).lab("718-7", hb, "g/L", when, "Haemoglobin")
+        b.lft(when, 22, albumin=41).renal(when, 70, egfr=85)
+    return b
+
+
+@example(
+    "42-hypersensitivity-week-3",
+    "Fever, rash and aching joints three weeks after starting",
+    "Possible hypersensitivity reaction: not closed by a normal blood count",
+    "2026-06-24",
+    """Tom, 45, started azathioprine for myasthenia on 1 June. On 22 June he reported fever, a rash and aching
+    joints; his blood count the next day was normal. A reaction in the first weeks is a recognised azathioprine
+    hypersensitivity: it needs same-day assessment, and a normal count does not rule it out. If confirmed, a
+    restart is contraindicated.""",
+    {
+        "findings": {"symptom-hypersensitivity": "critical", "dosing-no-escalation": "info"},
+        "absent": ["symptom-fever", "dosing-below-target"],
+        "phase": "initiation",
+    },
+)
+def _42() -> BundleBuilder:
+    b = patient("ex42", "Tom Fletcher", "1981-02-17", "male", MG, "2025-12-01")
+    normal_pgx(b, "2026-05-11")
+    b.weight(80, "2026-05-18").bloods("2026-05-18").bloods("2026-06-15")
+    b.azathioprine("2026-06-01", 50)
+    b.symptom(FEVER[0], FEVER[1], "2026-06-22")
+    b.symptom("271807003", "Rash", "2026-06-22")
+    b.add(
+        {
+            "resourceType": "Observation",
+            "id": "sym-joints",
+            "status": "final",
+            "category": [
+                {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "survey"}]}
+            ],
+            "code": {"text": "Aching joints"},
+            "subject": {"reference": "Patient/ex42"},
+            "effectiveDateTime": "2026-06-22",
+            "valueBoolean": True,
+        }
+    )
+    b.bloods("2026-06-23")
+    return b
+
+
 # ================================================================ writer
 DOCS = HERE.parent / "docs" / "examples.md"
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}

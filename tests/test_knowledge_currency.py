@@ -241,3 +241,17 @@ def test_low_risk_extended_interval_is_off_by_default_and_a_protocol_option(tmp_
     assert fbc.next_due == date(2026, 3, 8)  # 6 months
     fbc = {g.name: g for g in run(stable(abnormal=True), AS_OF, local).monitoring.groups}["FBC"]
     assert fbc.next_due == date(2025, 12, 1)  # a low count in the past year: not low risk
+
+
+def test_no_up_titration_while_a_reaction_or_a_red_flag_is_open() -> None:
+    a = run(started("2025-08-18", "2025-09-05"), AS_OF, KB)
+    assert "hypersensitivity" in finding(a, "dosing-no-escalation").message
+    assert [s.mg_per_day for s in a.dose.plan] == [50]
+    # a sore throat (red flag) without a neutrophil count since: paused too
+    b = on_treatment(start="2025-06-02", dose=50)
+    b.bloods("2025-08-25")
+    b.symptom("267102003", "Sore throat", "2025-09-08")
+    assert "red-flag symptom" in finding(run(b, AS_OF, KB), "dosing-no-escalation").message
+    b.bloods("2025-09-09")  # answered by a count: titration may go on
+    a = run(b, AS_OF, KB)
+    assert "dosing-no-escalation" not in codes(a) and a.dose.plan[-1].mg_per_day > 50

@@ -142,6 +142,36 @@ class Context:
                 return c.key
         return None
 
+    def reaction_reports(self) -> tuple[str, date, list[d.Symptom]] | None:
+        """Reaction symptoms reported within the hypersensitivity window after starting or
+        restarting azathioprine: (event, its date, the reports), the latest event first."""
+        course, sym = self.course, self.kb.symptoms
+        if course.start is None or course.phase in ("stopped", "pre-treatment"):
+            return None
+        events = [(course.start, "starting azathioprine")]
+        if course.last_event is not None and course.last_event[1] == "restart-after-hold":
+            events.append((course.last_event[0], "restarting azathioprine"))
+        keys = set(sym.hypersensitivity_symptoms)
+        for start, event in reversed(events):
+            end = sym.hypersensitivity_within.add(start)
+            reports = [
+                s for s in self.record.symptoms if s.key in keys and start <= s.when <= end and s.when <= self.as_of
+            ]
+            if reports:
+                return event, start, reports
+        return None
+
+    def unanswered_red_flags(self) -> list[d.Symptom]:
+        """Critical symptoms (knowledge severity) not yet answered by the result they ask for."""
+        out = []
+        for s in self.record.symptoms:
+            spec = self.kb.symptoms.items.get(s.key) if s.key else None
+            if spec is None or spec.severity != "critical" or s.when > self.as_of:
+                continue
+            if not self.answered_after(spec.group, tuple(spec.answered_by), s.when, same_day=True):
+                out.append(s)
+        return out
+
     def other_indication(self) -> str | None:
         """An indication outside neuromuscular disease (Crohn's, lupus, transplant...), by code or word."""
         for c in self.record.conditions:

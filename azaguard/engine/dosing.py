@@ -292,6 +292,10 @@ def _escalation_block(ctx: Context, rng: _Range) -> str | None:
     ]
     if critical:
         return "a critical result is open (" + ", ".join(ctx.kb.analytes[a].label for a in critical) + ")"
+    if ctx.reaction_reports() is not None:
+        return "a possible hypersensitivity reaction was reported"
+    if ctx.unanswered_red_flags():
+        return "a red-flag symptom is not yet answered by a blood test"
     if ctx.active_conditions("active-infection") or ctx.active_conditions("infection"):
         return "an infection is recorded"
     if _shunting_with_liver_injury(ctx):

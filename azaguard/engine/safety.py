@@ -267,31 +267,19 @@ def _hypersensitivity(ctx: Context) -> list[d.Finding]:
     Raised from the reports themselves, so a normal blood count never closes it; only a
     clinician's review does (the worklist keeps it until then).
     """
-    kb, course = ctx.kb, ctx.course
-    if course.start is None or course.phase in ("stopped", "pre-treatment"):
+    found = ctx.reaction_reports()
+    if found is None:
         return []
-    events = [(course.start, "starting azathioprine")]
-    if course.last_event is not None and course.last_event[1] == "restart-after-hold":
-        events.append((course.last_event[0], "restarting azathioprine"))
-    keys = set(kb.symptoms.hypersensitivity_symptoms)
-    window = kb.symptoms.hypersensitivity_within
-    for start, event in reversed(events):
-        reports = [
-            s
-            for s in ctx.record.symptoms
-            if s.key in keys and start <= s.when <= window.add(start) and s.when <= ctx.as_of
-        ]
-        if reports:
-            names = ", ".join(sorted({(s.key or s.text).replace("-", " ") for s in reports}))
-            last = max(s.when for s in reports)
-            ev = tuple({"type": "symptom", "text": s.text, "date": s.when.isoformat()} for s in reports)
-            return [
-                from_catalogue(
-                    kb, "symptom-hypersensitivity", ev, symptoms=names, date=last, days=(last - start).days,
-                    event=event, start=start,
-                )
-            ]  # fmt: skip
-    return []
+    event, start, reports = found
+    names = ", ".join(sorted({(s.key or s.text).replace("-", " ") for s in reports}))
+    last = max(s.when for s in reports)
+    ev = tuple({"type": "symptom", "text": s.text, "date": s.when.isoformat()} for s in reports)
+    return [
+        from_catalogue(
+            ctx.kb, "symptom-hypersensitivity", ev, symptoms=names, date=last, days=(last - start).days,
+            event=event, start=start,
+        )
+    ]  # fmt: skip
 
 
 def _neutropenic_fever(ctx: Context) -> list[d.Finding]:
