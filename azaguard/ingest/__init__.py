@@ -14,6 +14,15 @@ class FormatError(ValueError):
     pass
 
 
+def _is_json_object(line: str) -> bool:
+    import json
+
+    try:
+        return isinstance(json.loads(line), dict)
+    except (ValueError, RecursionError):
+        return False
+
+
 def detect_format(text: str, filename: str = "") -> str:
     name = filename.lower()
     head = text.lstrip("\ufeff \r\n\t\x0b")[:200]
@@ -24,8 +33,11 @@ def detect_format(text: str, filename: str = "") -> str:
     if name.endswith(".csv"):
         return "csv"
     if head.startswith("{"):
-        first_line = head.split("\n", 1)[0].strip()
-        if first_line.endswith("}") and "\n{" in text.strip():
+        # NDJSON: the whole first line is a JSON object of its own and more lines follow (a
+        # pretty-printed Bundle's first line is just "{"; a one-line Bundle has no second line).
+        body = text.lstrip("\ufeff \r\n\t\x0b")
+        first_line, _, rest = body.partition("\n")
+        if rest.strip() and _is_json_object(first_line):
             return "ndjson"
         return "fhir"
     if "patient_id" in head.split("\n", 1)[0].lower():

@@ -8,8 +8,8 @@ identity is patient + date + code), status (final | corrected), ref_low, ref_hig
 from __future__ import annotations
 
 import csv
-import io
 import math
+from collections.abc import Iterator
 from datetime import date
 
 from azaguard import domain as d
@@ -19,18 +19,62 @@ from azaguard.knowledge import Knowledge
 REQUIRED = ("patient_id", "date", "code", "value", "unit")
 
 
+# A single cell longer than this is damage (a number, a code or a date never is): the row is
+# quarantined with its reason instead of the csv module's field-size error losing the batch.
+MAX_CELL = 1000
+
+
+def _rows(text: str) -> Iterator[tuple[int, list[str] | None, str]]:
+    """(line number, cells or None if the line cannot be read, the raw line), one line at a time,
+    so one damaged line never takes the rest of the file with it. CR-only and CRLF line endings
+    are read as LF (Excel on old Macs writes CR)."""
+    text = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+    buffered: list[str] = []
+    start = 0
+    for n, line in enumerate(text.split("\n"), 1):
+        if not buffered:
+            start = n
+        buffered.append(line)
+        chunk = "\n".join(buffered)
+        if chunk.count('"') % 2:  # a quoted cell continues on the next line
+            continue
+        buffered = []
+        try:
+            cells = next(csv.reader([chunk]), [])
+        except csv.Error:
+            yield start, None, chunk
+            continue
+        yield start, cells, chunk
+    if buffered:
+        yield start, None, "\n".join(buffered)
+
+
 def parse_csv_text(text: str, kb: Knowledge, source: str = "csv", local_codes: dict[str, str] | None = None) -> Parsed:
-    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")))
-    header = [h.strip().lower() for h in (reader.fieldnames or [])]
+    lines = _rows(text)
+    first = next(lines, None)
+    header = [h.strip().lower() for h in (first[1] or [])] if first else []
     missing = [c for c in REQUIRED if c not in header]
     if missing:
         return Parsed("csv", [], [Reject(source, f"missing column(s) {', '.join(missing)}", text[:20000])])
-    reader.fieldnames = header
     local = {k.upper(): v for k, v in (local_codes or {}).items()}
     items: list[Item] = []
     rejects: list[Reject] = []
-    for n, row in enumerate(reader, 2):
+    for n, cells, raw in lines:
+        if cells is not None and not any(c.strip() for c in cells):
+            continue  # blank line
         ref = f"{source} line {n}"
+        if cells is None:
+            why = (
+                f"a cell is longer than {MAX_CELL} characters"
+                if len(raw) > csv.field_size_limit()
+                else "not a readable CSV line (unbalanced quotes?)"
+            )
+            rejects.append(Reject(ref, why, ",".join(header) + "\n" + raw))
+            continue
+        if any(len(c) > MAX_CELL for c in cells):
+            rejects.append(Reject(ref, f"a cell is longer than {MAX_CELL} characters", ",".join(header) + "\n" + raw))
+            continue
+        row = dict(zip(header, cells, strict=False))
         # Header + the row, so a quarantined line can be re-processed on its own.
         original = ",".join(header) + "\n" + ",".join(_cell(row.get(h)) for h in header)
         pid = (row.get("patient_id") or "").strip()

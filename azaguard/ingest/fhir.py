@@ -32,6 +32,8 @@ def parse_bundle_text(text: str, kb: Knowledge, source: str = "fhir", patient: s
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         return Parsed("fhir", [], [Reject(source, f"not valid JSON (line {exc.lineno}: {exc.msg})", text[:20000])])
+    except (ValueError, RecursionError):
+        return Parsed("fhir", [], [Reject(source, "JSON too deeply nested or with a number too long", text[:20000])])
     if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
         return Parsed("fhir", [], [Reject(source, "not a FHIR resource or Bundle", text[:20000])])
     if data["resourceType"] != "Bundle":  # a single resource (e.g. re-processed from quarantine)
@@ -56,13 +58,19 @@ def parse_ndjson_text(text: str, kb: Knowledge, source: str = "ndjson") -> Parse
     resources: list[tuple[str, Any]] = []
     originals: dict[str, str] = {}
     rejects = []
-    for n, line in enumerate(text.splitlines(), 1):
+    # NDJSON lines end in LF (CRLF accepted); other Unicode line breaks may sit inside strings.
+    for n, line in enumerate(text.replace("\r\n", "\n").split("\n"), 1):
         if not line.strip():
             continue
         try:
             res = json.loads(line)
         except json.JSONDecodeError as exc:
             rejects.append(Reject(f"{source} line {n}", f"not valid JSON ({exc.msg})", line[:20000]))
+            continue
+        except (ValueError, RecursionError):  # a number too long or nesting too deep: refuse the line only
+            rejects.append(
+                Reject(f"{source} line {n}", "JSON too deeply nested or with a number too long", line[:20000])
+            )
             continue
         if not isinstance(res, dict):
             rejects.append(Reject(f"{source} line {n}", "line is not a FHIR resource object", line[:20000]))

@@ -14,6 +14,7 @@ escape sequences (\\S\\, \\T\\, \\F\\, \\Xhh\\ ...) are decoded by python-hl7.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from datetime import date
@@ -36,6 +37,18 @@ _NUMBER = re.compile(r"^\s*([<>]=?)?\s*(-?[0-9]+(?:\.[0-9]+)?)\s*$")
 
 class HL7Error(ValueError):
     pass
+
+
+# python-hl7 logs a damaged escape with the whole field (a patient identifier or a result) at
+# ERROR level under a logger named after its own file: silence it - patient data never goes to
+# a log - and refuse such fields ourselves so the damaged record is quarantined with its reason.
+for _name in (hl7.__name__, *(getattr(mod, "__file__", "") for mod in (getattr(hl7, "util", None),) if mod)):
+    logging.getLogger(_name).disabled = True
+_ESCAPE = re.compile(r"\\([^\\]*)\\")
+_KNOWN_ESCAPES = re.compile(
+    r"^(F|S|T|R|E|H|N|\.br|\.sp\d*|\.in[+-]?\d*|\.ti[+-]?\d*|\.sk\d*|\.ce|\.fi|\.nf|"
+    r"X(?:[0-9A-Fa-f]{2})+|Z.*|C[0-9A-Fa-f]{4}|M[0-9A-Fa-f]{4,6})$"
+)
 
 
 # Segments an ORU^R01 message may contain (v2.5.1 to v2.9), besides site-defined Z segments.
@@ -134,10 +147,14 @@ class _Message:
     def unescape(self, value: str) -> str:
         if self.esc not in value:
             return value
+        if self.esc == "\\":
+            for match in _ESCAPE.finditer(value):
+                if not _KNOWN_ESCAPES.match(match.group(1)):
+                    raise HL7Error(f"invalid escape sequence \\{match.group(1)[:8]}\\")
         try:
             return str(_decoder(self.fs, self.enc).unescape(value))
-        except Exception:  # python-hl7 raises several types for odd encoding characters
-            return value
+        except Exception as exc:  # python-hl7 raises several types for odd encoding characters
+            raise HL7Error("undecodable escape sequence") from exc
 
     def segment_text(self, seg: list[str]) -> str:
         if seg[0] == "MSH":
@@ -180,67 +197,88 @@ def parse_hl7_text(text: str, kb: Knowledge, source: str = "hl7", local_codes: d
     for n, raw in enumerate(split_messages(text), 1):
         ref = f"{source} message {n}"
         try:
-            msg = _Message(raw)
-        except HL7Error as exc:
+            _message(raw, ref, source, n, kb, local, only, items, rejects)
+        except HL7Error as exc:  # a damaged header field: the whole message is quarantined
             rejects.append(Reject(ref, f"not a parsable HL7 v2 message ({exc})", raw))
-            continue
-        msh = msg.segments[0]
-        control = msg.field(msh, 10)
-        ref = f"{source} message {n} ({control or 'no control id'})"
-        msg_type = f"{msg.field(msh, 9, 1)}^{msg.field(msh, 9, 2)}"
-        if msg_type != "ORU^R01":
-            rejects.append(Reject(ref, f"message type {msg_type} is not ORU^R01", raw))
-            continue
-        facility = msg.field(msh, 4) or msg.field(msh, 3) or "lab"
-        damaged = msg.damaged_segment()
-        if damaged is not None:
-            rejects.append(Reject(ref, f"not an ORU^R01 segment: '{damaged[:40]}' (damaged message?)", raw))
-            continue
-        # ORU^R01 may carry several patients (one PID per PATIENT_RESULT group): every OBX
-        # belongs to the PID before it, never simply to the message's first PID.
-        pids = [seg for seg in msg.segments if seg[0] == "PID"]
-        if not pids:
-            rejects.append(Reject(ref, "no PID segment: the patient is unknown", raw))
-            continue
-        if not all(msg.field(pid, 3) for pid in pids):
-            rejects.append(Reject(ref, "PID-3 patient identifier is empty", raw))
-            continue
-        patient = ""
-        obr_filler, obr_date = "", None
-        obx_n = matched = 0
-        for seg in msg.segments:
-            name = seg[0]
-            if name == "PID":
-                patient = msg.field(seg, 3)
-                obr_filler, obr_date = "", None
-                continue
-            if name == "OBR":
-                obr_filler = msg.field(seg, 3) or msg.field(seg, 2)
-                obr_date = _date(msg.field(seg, 7))
-                continue
-            if name != "OBX":
-                continue
-            obx_n += 1
-            seg_text = msg.segment_text(seg)
-            if only is not None and seg_text != only:
-                continue
-            matched += 1
-            oref = f"{ref} OBX {msg.field(seg, 1) or obx_n}"
-            if not patient:
-                rejects.append(Reject(oref, "OBX before any PID segment: the patient is unknown", raw))
-                continue
-            result = _obx(msg, seg, kb, local, facility, obr_filler, obr_date, patient, oref, seg_text)
-            if isinstance(result, Reject):
-                rejects.append(result)
-            else:
-                items.append(result)
-        if obx_n == 0:
-            why = "no OBX segment: the message carries no results (truncated?)"
-            rejects.append(Reject(ref, why, raw, msg.field(pids[0], 3)))
-        elif only is not None and matched == 0:
-            why = "the quarantined OBX segment is not in its message"
-            rejects.append(Reject(ref, why, f"{only}{_IN_MESSAGE}{raw}", msg.field(pids[0], 3)))
     return Parsed("hl7v2", items, rejects)
+
+
+def _message(
+    raw: str,
+    ref: str,
+    source: str,
+    n: int,
+    kb: Knowledge,
+    local: dict[str, str],
+    only: str | None,
+    items: list[Item],
+    rejects: list[Reject],
+) -> None:
+    """One message's results into `items`, its refusals into `rejects`."""
+    try:
+        msg = _Message(raw)
+    except HL7Error as exc:
+        rejects.append(Reject(ref, f"not a parsable HL7 v2 message ({exc})", raw))
+        return
+    msh = msg.segments[0]
+    control = msg.field(msh, 10)
+    ref = f"{source} message {n} ({control or 'no control id'})"
+    msg_type = f"{msg.field(msh, 9, 1)}^{msg.field(msh, 9, 2)}"
+    if msg_type != "ORU^R01":
+        rejects.append(Reject(ref, f"message type {msg_type} is not ORU^R01", raw))
+        return
+    facility = msg.field(msh, 4) or msg.field(msh, 3) or "lab"
+    damaged = msg.damaged_segment()
+    if damaged is not None:
+        rejects.append(Reject(ref, f"not an ORU^R01 segment: '{damaged[:40]}' (damaged message?)", raw))
+        return
+    # ORU^R01 may carry several patients (one PID per PATIENT_RESULT group): every OBX
+    # belongs to the PID before it, never simply to the message's first PID.
+    pids = [seg for seg in msg.segments if seg[0] == "PID"]
+    if not pids:
+        rejects.append(Reject(ref, "no PID segment: the patient is unknown", raw))
+        return
+    if not all(msg.field(pid, 3) for pid in pids):
+        rejects.append(Reject(ref, "PID-3 patient identifier is empty", raw))
+        return
+    patient = ""
+    obr_filler, obr_date = "", None
+    obx_n = matched = 0
+    for seg in msg.segments:
+        name = seg[0]
+        if name == "PID":
+            patient = msg.field(seg, 3)
+            obr_filler, obr_date = "", None
+            continue
+        if name == "OBR":
+            obr_filler = msg.field(seg, 3) or msg.field(seg, 2)
+            obr_date = _date(msg.field(seg, 7))
+            continue
+        if name != "OBX":
+            continue
+        obx_n += 1
+        seg_text = msg.segment_text(seg)
+        if only is not None and seg_text != only:
+            continue
+        matched += 1
+        oref = f"{ref} OBX {msg.field(seg, 1) or obx_n}"
+        if not patient:
+            rejects.append(Reject(oref, "OBX before any PID segment: the patient is unknown", raw))
+            continue
+        try:
+            result = _obx(msg, seg, kb, local, facility, obr_filler, obr_date, patient, oref, seg_text)
+        except HL7Error as exc:
+            result = Reject(oref, f"damaged field: {exc}", f"{seg_text}{_IN_MESSAGE}{raw}", patient)
+        if isinstance(result, Reject):
+            rejects.append(result)
+        else:
+            items.append(result)
+    if obx_n == 0:
+        why = "no OBX segment: the message carries no results (truncated?)"
+        rejects.append(Reject(ref, why, raw, msg.field(pids[0], 3)))
+    elif only is not None and matched == 0:
+        why = "the quarantined OBX segment is not in its message"
+        rejects.append(Reject(ref, why, f"{only}{_IN_MESSAGE}{raw}", msg.field(pids[0], 3)))
 
 
 def _obx(

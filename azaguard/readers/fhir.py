@@ -103,6 +103,8 @@ def read_bundle_file(path: str | Path, kb: Knowledge) -> d.PatientRecord:
         raise ReaderError(str(p), "", f"is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
     except RecursionError as exc:
         raise ReaderError(str(p), "", "is nested too deeply to be a FHIR Bundle") from exc
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        raise ReaderError(str(p), "", f"is not readable JSON ({str(exc).split(';')[0]})") from exc
     try:
         return read_bundle(data, kb)
     except RecursionError as exc:

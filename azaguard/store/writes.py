@@ -32,6 +32,13 @@ def _key(prefix: str) -> str:
     return f"{prefix}:{uuid.uuid4().hex}"
 
 
+# Bounds of plausibility for what a form may store (not clinical limits: those are knowledge):
+# numbers beyond a million or dates before 1900 are typing errors, and 1e308 or year 1 broke the
+# charts and the calendar arithmetic.
+MAX_NUMBER = 1_000_000.0
+MIN_DATE = date(1900, 1, 1)
+
+
 def _date(value: date | str | None, field: str, today: date, required: bool = True) -> date | None:
     if value in (None, ""):
         if required:
@@ -44,6 +51,8 @@ def _date(value: date | str | None, field: str, today: date, required: bool = Tr
             raise FormError(field, f"'{value}' is not a date (YYYY-MM-DD)") from None
     if value > today:
         raise FormError(field, "cannot be in the future")
+    if value < MIN_DATE:
+        raise FormError(field, f"cannot be before {MIN_DATE.isoformat()}")
     return value
 
 
@@ -56,6 +65,8 @@ def _number(value: float | str | None, field: str) -> float:
         raise FormError(field, f"'{value}' is not a number") from None
     if not math.isfinite(x) or x < 0:
         raise FormError(field, "must be a number of zero or more")
+    if x > MAX_NUMBER:
+        raise FormError(field, f"is implausibly large (more than {MAX_NUMBER:,.0f})")
     return x
 
 

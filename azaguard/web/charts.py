@@ -7,10 +7,17 @@ protocol included), so the shading can never disagree with the findings.
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
+from datetime import date
 
 from azaguard.knowledge import Knowledge
 from azaguard.store import models as m
+
+# What a chart can draw: values beyond this or dates before 1900 (an imported 1e308, a year-1
+# date) are left out of the drawing rather than breaking it; the results table still lists them.
+_PLOTTABLE = 1e9
+_FIRST_DAY = date(1900, 1, 1)
 
 PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("White cells (x10^9/L)", ("wbc",)),
@@ -31,12 +38,27 @@ def patient_chart_svg(kb: Knowledge, labs: Sequence[m.Observation], meds: Sequen
     matplotlib.rcParams["svg.hashsalt"] = "azaguard"  # stable ids: identical data gives an identical file
     fig = Figure(figsize=(10, 1.7 * len(PANELS)))
     axes = fig.subplots(len(PANELS), 1, sharex=True)
-    doses = sorted((x.start, x.daily_dose_mg) for x in meds if x.start is not None and x.daily_dose_mg is not None)
+    doses = sorted(
+        (x.start, x.daily_dose_mg)
+        for x in meds
+        if x.start is not None
+        and x.start >= _FIRST_DAY
+        and x.daily_dose_mg is not None
+        and x.daily_dose_mg <= _PLOTTABLE
+    )
     for ax, (title, analytes) in zip(axes, PANELS, strict=True):
         ax.set_title(title, loc="left", fontsize=9)
         values: list[float] = []
         for analyte in analytes:
-            pts = sorted((o.effective, o.value) for o in labs if o.analyte == analyte and o.value is not None)
+            pts = sorted(
+                (o.effective, o.value)
+                for o in labs
+                if o.analyte == analyte
+                and o.value is not None
+                and math.isfinite(o.value)
+                and abs(o.value) <= _PLOTTABLE
+                and o.effective >= _FIRST_DAY
+            )
             if pts:
                 xs, ys = zip(*pts, strict=True)
                 ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.2, label=kb.analytes[analyte].label)
