@@ -1,18 +1,18 @@
 """The web application: REST API (/api/v1, OpenAPI at /docs) and the server-rendered clinic and patient pages.
 
-Thin by design: every route authenticates, then calls a function in azaguard.service.
+Thin by design: every route authenticates (azaguard.deps), then calls a use case in azaguard.service
+and renders or returns the view model it gets back (azaguard.service_models).
 Application logs carry method, route template and status only - never a patient identifier,
 name or clinical value (non-negotiable 6); patient access is recorded in the audit log.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,24 +20,16 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from azaguard import __version__
+from azaguard import __version__, service
+from azaguard.deps import LoginRequired
+from azaguard.deps import Settings as Settings  # re-exported: `from azaguard.app import Settings, create_app`
 from azaguard.knowledge import Knowledge, load_knowledge
-from azaguard.store.db import Database
+from azaguard.store.db import Database, DatabaseBusy
 
 log = logging.getLogger("azaguard.app")
 WEB = Path(__file__).resolve().parent / "web"
-
-
-@dataclass
-class Settings:
-    clinic_name: str = "Neuromuscular clinic"
-    clinic_phone: str = "0300 000 0000 (demo number)"
-    out_of_hours: str = "Call NHS 111 or go to the emergency department"
-    secure_cookies: bool = False
-    background_refresh: bool = False  # `azaguard serve` turns it on: re-assess stale patients daily
 
 
 def create_app(db: Database | None = None, kb: Knowledge | None = None, settings: Settings | None = None) -> FastAPI:
@@ -61,6 +53,9 @@ def create_app(db: Database | None = None, kb: Knowledge | None = None, settings
     app.include_router(api_router)
     app.include_router(web_router)
     app.mount("/static", StaticFiles(directory=WEB / "static"), name="static")
+    app.add_middleware(
+        BodyLimit, default=body_limit("AZAGUARD_MAX_BODY_MB", 2), imports=body_limit("AZAGUARD_MAX_IMPORT_MB", 50)
+    )
 
     @app.middleware("http")
     async def headers_and_safe_logging(request: Request, call_next: Any) -> Any:
@@ -82,10 +77,16 @@ def create_app(db: Database | None = None, kb: Knowledge | None = None, settings
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         response.headers.setdefault("Cache-Control", "no-store")
+        if response.headers.get("content-type", "").startswith("text/html") and not request.url.path.startswith(
+            ("/docs", "/redoc")
+        ):
+            # The pages use no script and no inline style: nothing else may run or load.
+            response.headers.setdefault("Content-Security-Policy", CSP)
+        if app.state.settings.secure_cookies or request.url.scheme == "https":
+            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
         return response
 
-    from azaguard import service
-    from azaguard.web.views import LoginRequired, error_page
+    from azaguard.web.views import error_page
 
     @app.exception_handler(LoginRequired)
     async def login_required(request: Request, exc: LoginRequired) -> Any:
@@ -113,6 +114,15 @@ def create_app(db: Database | None = None, kb: Knowledge | None = None, settings
             headers=getattr(exc, "headers", None),
         )
 
+    @app.exception_handler(DatabaseBusy)
+    async def database_busy(request: Request, exc: DatabaseBusy) -> Any:
+        # Another writer held the database for longer than the busy timeout: try again, not a bug.
+        return JSONResponse(
+            {"error": {"status": 503, "message": "the database is busy: try again in a few seconds"}},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Any:
         problems = [
@@ -131,6 +141,84 @@ def create_app(db: Database | None = None, kb: Knowledge | None = None, settings
         return JSONResponse({"error": {"status": 500, "message": "internal error"}}, status_code=500)
 
     return app
+
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
+)
+_IMPORT_PATHS = ("/api/v1/import", "/import")
+
+
+def body_limit(env: str, default_mb: int) -> int:
+    """Bytes allowed in a request body, from the environment (MB) or the default."""
+    raw = os.environ.get(env, "")
+    try:
+        mb = float(raw) if raw else float(default_mb)
+    except ValueError:
+        mb = float(default_mb)
+    return int(max(mb, 0.001) * 1024 * 1024)
+
+
+class _TooLarge(StarletteHTTPException):
+    """Raised while a body is read: an HTTP error, so the routes' handlers answer 413 as JSON/page."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is larger than {limit // (1024 * 1024) or 1} MB")
+
+
+class BodyLimit:
+    """Refuse a request body over its limit with 413, before it is read into memory.
+
+    A declared Content-Length over the limit is refused at once (a 200 MB upload costs nothing);
+    a chunked body is counted as it arrives and cut off at the limit. Imports get a larger limit
+    than the JSON and form routes.
+    """
+
+    def __init__(self, app: Any, default: int, imports: int) -> None:
+        self.app, self.default, self.imports = app, default, imports
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.imports if scope.get("path", "") in _IMPORT_PATHS else self.default
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            await self._refuse(send, limit)
+            return
+        seen = 0
+        started = False
+
+        async def counted_receive() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _TooLarge(limit)
+            return message
+
+        async def tracked_send(message: Any) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except _TooLarge:
+            if not started:
+                await self._refuse(send, limit)
+
+    @staticmethod
+    async def _refuse(send: Any, limit: int) -> None:
+        body = json.dumps(
+            {"error": {"status": 413, "message": f"the request body is larger than {limit // (1024 * 1024) or 1} MB"}}
+        ).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
 def start_refresher(db: Database, kb: Knowledge) -> threading.Thread:
@@ -157,10 +245,3 @@ def start_refresher(db: Database, kb: Knowledge) -> threading.Thread:
     thread = threading.Thread(target=loop, name="azaguard-refresh", daemon=True)
     thread.start()
     return thread
-
-
-def session_dep(request: Request) -> Iterator[Session]:
-    """One transaction per request: committed if the handler returns, rolled back if it raises."""
-    db: Database = request.app.state.db
-    with db.session() as s:
-        yield s

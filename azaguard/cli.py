@@ -4,6 +4,7 @@ argparse (stdlib) rather than Typer: Typer 0.29 builds its parameter coercion on
 which alone cost ~300 ms per call, and `azaguard assess` must answer within 500 ms.
 
 Exit codes: 0 success, 2 bad input (malformed bundle, bad option, bad protocol file),
+75 the database stayed busy (another program held its write lock; try again),
 1 unexpected internal error (reported in one line, never a traceback, unless
 AZAGUARD_DEBUG=1).
 """
@@ -11,13 +12,16 @@ AZAGUARD_DEBUG=1).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
+
+EXIT_BUSY = 75  # EX_TEMPFAIL: the database stayed busy; try again later
 
 
 class UsageError(Exception):
@@ -132,13 +136,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from azaguard.app import Settings, create_app
-    from azaguard.store.db import Database
+    from azaguard.store.db import Database, InFlightLimit
 
     started = time.perf_counter()
     url = args.database
     if args.demo and not url and not os.environ.get("AZAGUARD_DATABASE_URL"):
         demo_path = Path(args.demo_db)
-        for suffix in ("", "-wal", "-shm"):
+        for suffix in ("", "-wal", "-shm", "-writelock"):
             Path(str(demo_path) + suffix).unlink(missing_ok=True)
         url = f"sqlite:///{demo_path}"
     db = Database(url)
@@ -147,15 +151,81 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from azaguard.synth import build_demo
 
         logins = build_demo(db, args.patients)
-    app = create_app(db, settings=Settings(clinic_name=args.clinic_name, background_refresh=True))
+    secure = os.environ.get("AZAGUARD_SECURE_COOKIES") == "1"
+    workers = max(1, args.workers)
     ready = time.perf_counter() - started
-    print(f"azaguard serving {db.url.split('@')[-1]} on http://{args.host}:{args.port} (ready in {ready:.1f} s)")
+    where = f"on http://{args.host}:{args.port}" + (f" ({workers} processes)" if workers > 1 else "")
+    print(f"azaguard serving {db.url.split('@')[-1]} {where} (ready in {ready:.1f} s)")
     if logins:
         print("Demo logins (synthetic clinic; every patient is invented):")
         for username, password, role in logins:
             print(f"  {role:<9} {username:<10} password: {password}")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
-    return 0
+    sys.stdout.flush()
+    if workers == 1:
+        settings = Settings(clinic_name=args.clinic_name, secure_cookies=secure, background_refresh=True)
+        app = InFlightLimit(create_app(db, settings=settings))
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+        return 0
+    return _serve_processes(db, args.host, args.port, workers, args.clinic_name, secure)
+
+
+def _serve_processes(db: Any, host: str, port: int, workers: int, clinic_name: str, secure: bool) -> int:
+    """`serve --workers N`: N server processes, each with its own listening socket on the same port
+    (SO_REUSEPORT: the kernel spreads new connections evenly, where one shared socket lets one
+    process take most keep-alive connections); this process re-assesses stale patients and stops
+    the others when it is stopped or one of them stops."""
+    import multiprocessing
+    import signal
+    from multiprocessing.connection import wait
+
+    from azaguard.app import start_refresher
+    from azaguard.knowledge import load_knowledge
+
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=_serve_worker, args=(db.url, host, port, clinic_name, secure), name=f"azaguard-{i}")
+        for i in range(workers)
+    ]
+    for proc in procs:
+        proc.start()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    start_refresher(db, load_knowledge())
+    code = 0
+    try:
+        wait([proc.sentinel for proc in procs])
+        code = next((p.exitcode for p in procs if p.exitcode), 0) or 0
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches every process: stop them once
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()  # uvicorn shuts down gracefully on SIGTERM
+        for proc in procs:
+            proc.join(15)
+            if proc.is_alive():
+                proc.kill()
+    return code
+
+
+def _serve_worker(url: str, host: str, port: int, clinic_name: str, secure: bool) -> None:
+    """One server process of `serve --workers N`."""
+    import socket
+
+    import uvicorn
+
+    from azaguard.app import Settings, create_app
+    from azaguard.store.db import Database, InFlightLimit
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    settings = Settings(clinic_name=clinic_name, secure_cookies=secure, background_refresh=False)
+    app = InFlightLimit(create_app(Database(url, create=False), settings=settings))
+    config = uvicorn.Config(app, log_level="warning", access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -169,9 +239,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    """Import files in chunks of about a quarter of a second each (the clinic keeps working while a
+    large file goes in); an interrupted import continues where it stopped when run again."""
     from rich.progress import Progress
 
-    from azaguard import service
     from azaguard.ingest import FormatError, load_code_map, parse_text
     from azaguard.knowledge import load_knowledge
 
@@ -201,11 +272,7 @@ def cmd_import(args: argparse.Namespace) -> int:
             except FormatError as exc:
                 raise UsageError(str(exc)) from None
             task = bar.add_task(path.name, total=len(parsed.items) or 1)
-            with db.session() as s:
-                summary = service.import_parsed(
-                    s, kb, None, parsed, str(path), "cli", lambda n, t=task: bar.advance(t, n)
-                )
-            result = summary.as_dict()
+            result = _import_one(db, kb, parsed, str(path), functools.partial(_advance, bar, task))
             print(f"{path}: " + ", ".join(f"{k} {v}" for k, v in result.items() if k != "batch_id"))
             for k, v in result.items():
                 if k != "batch_id":
@@ -213,6 +280,27 @@ def cmd_import(args: argparse.Namespace) -> int:
     if len(files) > 1:
         print("total: " + ", ".join(f"{k} {v}" for k, v in totals.items()))
     return 0
+
+
+def _advance(bar: Any, task: Any, n: int) -> None:
+    bar.advance(task, n)
+
+
+def _import_one(db: Any, kb: Any, parsed: Any, source: str, progress: Callable[[int], None]) -> dict[str, int]:
+    """One file through the chunked pipeline: re-assess the patients it touched, audit the import."""
+    from azaguard import worklist as wl
+    from azaguard.audit import audit
+    from azaguard.ingest.pipeline import ImportSummary, apply_in_chunks
+
+    def refresh(s: Any, ids: list[int]) -> None:
+        wl.refresh_many(s, kb, ids)
+
+    def finish(s: Any, summary: ImportSummary) -> None:
+        audit(s, None, "import", f"{parsed.format} {source}"[:80], detail=str(summary.as_dict()), channel="cli")
+
+    summary = apply_in_chunks(db, parsed, source, "cli", progress=progress, refresh=refresh, finish=finish)
+    result: dict[str, int] = summary.as_dict()
+    return result
 
 
 def cmd_user_add(args: argparse.Namespace) -> int:
@@ -231,56 +319,82 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
+    """`token USER` creates a token; `token --list [USER]` lists them; `token revoke ID` revokes one."""
     from sqlalchemy import select
 
-    from azaguard.auth import create_api_token
+    from azaguard.audit import audit
+    from azaguard.auth import AuthError, create_api_token, list_api_tokens, revoke_api_token
     from azaguard.store import models as m
 
     with _db(args).session() as s:
-        user = s.scalar(select(m.User).where(m.User.username == args.username))
+        if args.username == "revoke":
+            if args.id is None:
+                raise UsageError("token revoke needs --id (see azaguard token --list)")
+            row = revoke_api_token(s, token_id=args.id)
+            if row is None:
+                raise UsageError(f"no token with id {args.id}")
+            audit(s, None, "revoke-token", f"token {row.id} of user {row.user_id}", None, "", "cli")
+            print(f"token {row.id} revoked")
+            return 0
+        user = None
+        if args.username:
+            user = s.scalar(select(m.User).where(m.User.username == args.username))
+            if user is None:
+                raise UsageError(f"no user '{args.username}'")
+        if args.list:
+            for t in list_api_tokens(s, user.id if user else None):
+                expires = f"{t.expires_at:%Y-%m-%d}" if t.expires_at else "never"
+                print(f"{t.id}\tuser {t.user_id}\t{t.label}\tcreated {t.created_at:%Y-%m-%d}\texpires {expires}")
+            return 0
         if user is None:
-            raise UsageError(f"no user '{args.username}'")
-        print(create_api_token(s, user, args.label, args.days))
+            raise UsageError("name the user the token is for")
+        try:
+            print(create_api_token(s, user, args.label, args.days))
+        except AuthError as exc:
+            raise UsageError(str(exc)) from None
     return 0
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
-    from sqlalchemy import select
-
     from azaguard import service
     from azaguard.ingest import load_code_map
     from azaguard.knowledge import load_knowledge
-    from azaguard.store import models as m
 
     db = _db(args)
     if args.reprocess is not None:
         codes = load_code_map(args.code_map) if args.code_map else None
         with db.session() as s:
             try:
-                summary = service.reprocess_quarantine(s, load_knowledge(), None, args.reprocess, "cli", codes)
+                result = service.reprocess(s, load_knowledge(), None, args.reprocess, "cli", codes)
             except (service.NotFound, ValueError) as exc:
                 raise UsageError(str(exc)) from None
-            item = s.get(m.QuarantineItem, args.reprocess)
-            print(f"quarantine {args.reprocess}: {item.state if item else '?'}; {summary.as_dict()}")
+            print(f"quarantine {args.reprocess}: {result.state or '?'}; {result.model_dump(exclude={'state'})}")
         return 0
     with db.session() as s:
-        rows = s.scalars(
-            select(m.QuarantineItem).where(m.QuarantineItem.state == args.state).order_by(m.QuarantineItem.id)
-        )
-        n = 0
-        for q in rows:
-            n += 1
-            print(f"#{q.id} {q.received_at:%Y-%m-%d %H:%M} {q.format} {q.record_ref}: {q.reason}")
-        print(f"{n} {args.state} item(s)")
+        found = service.list_quarantine(s, None, args.state, None, "cli", newest_first=False)
+    for q in found.items:
+        print(f"#{q.id} {q.received_at:%Y-%m-%d %H:%M} {q.format} {q.record}: {q.reason}")
+    print(f"{len(found.items)} {args.state} item(s)")
     return 0
 
 
+REFRESH_BATCH = 50  # patients per transaction: the clinic waits for the write lock at most that long
+
+
 def cmd_refresh(args: argparse.Namespace) -> int:
+    """Re-assess stale patients in small transactions (each assesses without the write lock and
+    holds it only to write), so a daily refresh of a large clinic never blocks the server."""
     from azaguard.knowledge import load_knowledge
     from azaguard.worklist import refresh_stale
 
-    with _db(args).session() as s:
-        n = refresh_stale(s, load_knowledge(), _as_of(args.as_of))
+    db, kb, as_of = _db(args), load_knowledge(), _as_of(args.as_of)
+    n = 0
+    while True:
+        with db.session() as s:
+            done = refresh_stale(s, kb, as_of, limit=REFRESH_BATCH)
+        n += done
+        if done < REFRESH_BATCH:
+            break
     print(f"{n} patient(s) re-assessed")
     return 0
 
@@ -314,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patients", type=int, default=240, help="demo clinic size (default 240)")
     p.add_argument("--demo-db", default="azaguard-demo.db", help="file for the demo database (recreated each time)")
     p.add_argument("--clinic-name", default="Neuromuscular clinic (demo)")
+    p.add_argument(
+        "--workers", type=int, default=1, help="server processes (default 1; one per CPU core for a busy clinic)"
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("synth", help="write a synthetic clinic and demo users into an empty database")
@@ -351,10 +468,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--database", help=db_help)
     p.set_defaults(func=cmd_user_add)
 
-    p = sub.add_parser("token", help="create an API bearer token for a user")
-    p.add_argument("username")
+    p = sub.add_parser(
+        "token", help="create an API bearer token for a user (or: token --list [USER], token revoke --id N)"
+    )
+    p.add_argument("username", nargs="?", help="the user, or 'revoke'")
     p.add_argument("--label", default="cli")
-    p.add_argument("--days", type=int, help="expiry in days (default: none)")
+    p.add_argument("--days", type=int, help="expiry in days, 1-365 (default: 30)")
+    p.add_argument("--list", action="store_true", help="list tokens (of USER, or all)")
+    p.add_argument("--id", type=int, help="with 'revoke': the token id to revoke")
     p.add_argument("--database", help=db_help)
     p.set_defaults(func=cmd_token)
 
@@ -381,6 +502,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # last line of defence: one clear line, never a traceback
         if os.environ.get("AZAGUARD_DEBUG"):
             raise
+        from azaguard.store.db import busy_timeout, is_busy
+
+        if is_busy(exc):
+            print(
+                f"error: the database is busy: another program held its write lock for more than "
+                f"{busy_timeout():.0f} s; nothing half-written was kept (an import keeps the chunks it "
+                "committed: run the same command again to continue where it stopped)",
+                file=sys.stderr,
+            )
+            return EXIT_BUSY
         print(
             f"error: internal error ({type(exc).__name__}); please report it with the input that caused it",
             file=sys.stderr,

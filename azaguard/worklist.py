@@ -14,16 +14,18 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, insert, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import CursorResult, func, insert, or_, select, update
+from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm.attributes import set_committed_value
 
 from azaguard import domain as d
 from azaguard.engine import assess
 from azaguard.knowledge import Knowledge
 from azaguard.render.json import assessment_to_dict
 from azaguard.store import models as m
+from azaguard.store.db import begin_write, is_writing
 from azaguard.store.records import load_records, now
 
 REVIEW_OUTCOMES = {
@@ -64,17 +66,46 @@ def refresh_many(
     return out
 
 
-def _refresh_chunk(s: Session, kb: Knowledge, ids: list[int], as_of: date) -> dict[int, d.Assessment]:
-    stamp = now()
-    records = load_records(s, ids)
-    missing = set(ids) - set(records)
-    if missing:
-        raise KeyError(sorted(missing)[0])
-    existing: dict[int, dict[str, m.FindingRow]] = {pid: {} for pid in ids}
-    for row in s.scalars(select(m.FindingRow).where(m.FindingRow.patient_id.in_(ids))):
-        existing[row.patient_id][row.fingerprint] = row
+@dataclass
+class _Plan:
+    """What a refresh of one patient will write, decided before the write lock is taken."""
+
+    patient_id: int
+    assessment: d.Assessment
+    revision: int | None  # the stored assessment's revision when it was read (None: no row yet)
+    stored: m.AssessmentRow | None
+    values: dict[str, Any]  # the assessment row's new values (without computed_at and revision)
+    new_findings: list[dict[str, Any]]  # without first_seen / last_seen
+    updates: list[tuple[m.FindingRow, dict[str, Any]]]  # finding rows and their changed values
+    auto: list[int]  # results nothing flagged: reviewed automatically
+    flagged: list[int]  # results a finding that needs a clinician rests on
+
+    @property
+    def changed(self) -> bool:
+        if self.stored is None or self.new_findings or self.updates or self.auto or self.flagged:
+            return True
+        return any(getattr(self.stored, k) != v for k, v in self.values.items() if k != "result")
+
+
+def _digest(result: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(result, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
+def _plans(s: Session, kb: Knowledge, ids: list[int], as_of: date) -> dict[int, _Plan]:
+    """Read, assess and decide (the slow part), changing nothing. The order of the reads matters
+    when they are not one snapshot (SQLite outside a write transaction, PostgreSQL READ COMMITTED):
+    the stored assessments (their revisions) first, so that a review or refresh committed after any
+    later read moves the revision and is noticed under the lock; then the results waiting for
+    review, before the records, so every result marked reviewed below was part of the assessment."""
+    fresh = {"populate_existing": True}  # rows read again after the lock must not keep stale values
     stored = {
-        row.patient_id: row for row in s.scalars(select(m.AssessmentRow).where(m.AssessmentRow.patient_id.in_(ids)))
+        row.patient_id: row
+        for row in s.scalars(
+            select(m.AssessmentRow)
+            .where(m.AssessmentRow.patient_id.in_(ids))
+            .options(defer(m.AssessmentRow.result))  # compared by its digest: not parsed here
+            .execution_options(**fresh)
+        )
     }
     pending: dict[int, list[int]] = {pid: [] for pid in ids}
     for pid, oid in s.execute(
@@ -83,71 +114,143 @@ def _refresh_chunk(s: Session, kb: Knowledge, ids: list[int], as_of: date) -> di
         )
     ):
         pending[pid].append(oid)
+    findings: dict[int, dict[str, m.FindingRow]] = {pid: {} for pid in ids}
+    for row in s.scalars(select(m.FindingRow).where(m.FindingRow.patient_id.in_(ids)).execution_options(**fresh)):
+        findings[row.patient_id][row.fingerprint] = row
+    records = load_records(s, ids)
+    missing = set(ids) - set(records)
+    if missing:
+        raise KeyError(sorted(missing)[0])
+    return {pid: _plan(kb, pid, records[pid], as_of, findings[pid], stored.get(pid), pending[pid]) for pid in ids}
+
+
+def _plan(
+    kb: Knowledge,
+    pid: int,
+    record: d.PatientRecord,
+    as_of: date,
+    rows: dict[str, m.FindingRow],
+    stored: m.AssessmentRow | None,
+    pending: list[int],
+) -> _Plan:
+    a = assess(record, kb, as_of)
+    seen: set[str] = set()
+    flagged_ids: set[str] = set()
+    open_sev: list[tuple[int, str]] = []
+    new_findings: list[dict[str, Any]] = []
+    updates: list[tuple[m.FindingRow, dict[str, Any]]] = []
+    for f in a.findings:
+        fp = fingerprint(f)
+        if fp in seen:
+            continue
+        seen.add(fp)
+        human = needs_human(f)
+        if human:
+            flagged_ids.update(str(e["id"]) for e in f.evidence if e.get("type") == "lab" and "id" in e)
+        found = rows.get(fp)
+        if found is None:
+            state = "open" if human else "info"
+            new_findings.append(
+                {
+                    "patient_id": pid, "code": f.code, "category": f.category, "severity": f.severity,
+                    "message": f.message, "action": f.action, "fingerprint": fp, "state": state,
+                }
+            )  # fmt: skip
+        else:
+            state = ("open" if human else "info") if found.state == "resolved" else found.state
+            change = {
+                k: v
+                for k, v in (("message", f.message), ("action", f.action), ("severity", f.severity), ("state", state))
+                if getattr(found, k) != v
+            }
+            if change:
+                updates.append((found, change))
+        if state == "open":
+            open_sev.append((d.SEVERITY_RANK[f.severity], f.category))
+    for fp, row in rows.items():
+        if fp not in seen and row.state != "resolved":
+            updates.append((row, {"state": "resolved"}))
+    auto = [oid for oid in pending if str(oid) not in flagged_ids]
+    flagged = [oid for oid in pending if str(oid) in flagged_ids]
+    dues = [g.next_due for g in a.monitoring.groups if g.next_due is not None]
+    cats = sorted({c for _, c in open_sev})
+    waiting = awaiting_groups(a)
+    result = assessment_to_dict(a)
+    values = {
+        "as_of": as_of,
+        "knowledge_version": a.knowledge_version,
+        "phase": a.monitoring.phase,
+        "worst_open": min((r for r, _ in open_sev), default=3),
+        "open_count": len(open_sev),
+        "next_due": min(dues) if dues else None,
+        "indication": next((c.key for c in record.conditions if c.key in kb.indications), None),
+        "categories": f" {' '.join(cats)} " if cats else "",
+        "awaiting": f" {' '.join(waiting)} " if waiting else "",
+        "treatment": a.treatment.state,
+        "result_digest": _digest(result),
+    }
+    plan = _Plan(
+        pid, a, None if stored is None else stored.revision, stored, values, new_findings, updates, auto, flagged
+    )
+    plan.values["result"] = result  # compared through its digest (see `changed`), written with the rest
+    return plan
+
+
+def lock_patients(s: Session, ids: list[int]) -> None:
+    """Serialise writers of these patients' assessments and findings: SQLite takes the write lock
+    (BEGIN IMMEDIATE), PostgreSQL locks the patient rows (in id order, so never a deadlock; FOR NO
+    KEY UPDATE, so results can still be inserted for them meanwhile)."""
+    if s.get_bind().dialect.name == "sqlite":
+        begin_write(s)
+        return
+    s.execute(select(m.Patient.id).where(m.Patient.id.in_(ids)).order_by(m.Patient.id).with_for_update(key_share=True))
+
+
+def _refresh_chunk(s: Session, kb: Knowledge, ids: list[int], as_of: date) -> dict[int, d.Assessment]:
+    """Assess and decide without the write lock; then, only for patients whose assessment, findings
+    or review states change, lock and write. If another refresh or a review changed a patient's
+    stored assessment in between (its revision moved), that patient is assessed again under the
+    lock, so a result is never overwritten by an assessment that did not see it. A refresh that
+    changes nothing writes nothing (computed_at and last_seen say when a row last changed)."""
+    locked = is_writing(s)  # SQLite: this unit of work already writes, its reads are consistent
+    plans = _plans(s, kb, ids, as_of)
+    todo = [pid for pid in ids if plans[pid].changed]
+    if todo and not locked:
+        lock_patients(s, todo)
+        now_rev = dict(
+            s.execute(
+                select(m.AssessmentRow.patient_id, m.AssessmentRow.revision).where(m.AssessmentRow.patient_id.in_(todo))
+            ).all()
+        )
+        moved = [pid for pid in todo if now_rev.get(pid) != plans[pid].revision]
+        if moved:
+            plans.update(_plans(s, kb, moved, as_of))
+            todo = [pid for pid in todo if plans[pid].changed]
+    if todo:
+        _write(s, [plans[pid] for pid in todo])
+    return {pid: plans[pid].assessment for pid in ids}
+
+
+def _write(s: Session, plans: list[_Plan]) -> None:
+    stamp = now()
     new_findings: list[dict[str, Any]] = []
     new_assessments: list[dict[str, Any]] = []
     auto: list[int] = []
     flagged: list[int] = []
-    results: dict[int, d.Assessment] = {}
-    for pid in ids:
-        record = records[pid]
-        a = assess(record, kb, as_of)
-        results[pid] = a
-        rows = existing[pid]
-        seen: set[str] = set()
-        flagged_ids: set[str] = set()
-        open_sev: list[tuple[int, str]] = []
-        for f in a.findings:
-            fp = fingerprint(f)
-            if fp in seen:
-                continue
-            seen.add(fp)
-            human = needs_human(f)
-            if human:
-                flagged_ids.update(str(e["id"]) for e in f.evidence if e.get("type") == "lab" and "id" in e)
-            found = rows.get(fp)
-            if found is None:
-                state = "open" if human else "info"
-                new_findings.append(
-                    {
-                        "patient_id": pid, "code": f.code, "category": f.category, "severity": f.severity,
-                        "message": f.message, "action": f.action, "fingerprint": fp, "state": state,
-                        "first_seen": stamp, "last_seen": stamp,
-                    }
-                )  # fmt: skip
-            else:
-                found.message, found.action, found.severity, found.last_seen = f.message, f.action, f.severity, stamp
-                if found.state == "resolved":
-                    found.state = "open" if human else "info"
-                state = found.state
-            if state == "open":
-                open_sev.append((d.SEVERITY_RANK[f.severity], f.category))
-        for fp, row in rows.items():
-            if fp not in seen and row.state != "resolved":
-                row.state = "resolved"
-        for oid in pending[pid]:
-            (flagged if str(oid) in flagged_ids else auto).append(oid)
-        dues = [g.next_due for g in a.monitoring.groups if g.next_due is not None]
-        cats = sorted({c for _, c in open_sev})
-        waiting = awaiting_groups(a)
-        values = {
-            "as_of": as_of,
-            "knowledge_version": a.knowledge_version,
-            "phase": a.monitoring.phase,
-            "worst_open": min((r for r, _ in open_sev), default=3),
-            "open_count": len(open_sev),
-            "next_due": min(dues) if dues else None,
-            "indication": next((c.key for c in record.conditions if c.key in kb.indications), None),
-            "categories": f" {' '.join(cats)} " if cats else "",
-            "awaiting": f" {' '.join(waiting)} " if waiting else "",
-            "treatment": a.treatment.state,
-            "result": assessment_to_dict(a),
-            "computed_at": stamp,
-        }
-        if pid in stored:
+    for plan in plans:
+        for row, change in plan.updates:
+            for k, v in change.items():
+                setattr(row, k, v)
+            row.last_seen = stamp
+        new_findings += [{**f, "first_seen": stamp, "last_seen": stamp} for f in plan.new_findings]
+        auto += plan.auto
+        flagged += plan.flagged
+        values = {**plan.values, "computed_at": stamp, "revision": (plan.revision or 0) + 1}
+        if plan.stored is not None:
             for k, v in values.items():
-                setattr(stored[pid], k, v)
+                setattr(plan.stored, k, v)
         else:
-            new_assessments.append({"patient_id": pid, **values})
+            new_assessments.append({"patient_id": plan.patient_id, **values})
     s.flush()
     if new_findings:
         s.execute(insert(m.core(m.FindingRow)), new_findings)
@@ -158,7 +261,6 @@ def _refresh_chunk(s: Session, kb: Knowledge, ids: list[int], as_of: date) -> di
             s.execute(
                 update(m.Observation).where(m.Observation.id.in_(chunk_ids[j : j + 500])).values(review_state=state)
             )
-    return results
 
 
 def awaiting_groups(a: d.Assessment) -> list[str]:
@@ -268,6 +370,9 @@ class ReviewError(ValueError):
 
 
 def record_review(s: Session, finding_id: int, user_id: int | None, outcome: str, note: str = "") -> m.Review:
+    """Record what was done about an open finding: exactly one review closes it, however many
+    clinicians submit at once (a conditional UPDATE ... WHERE state is open, checked by its row
+    count, under the patient's lock)."""
     f = s.get(m.FindingRow, finding_id)
     if f is None:
         raise ReviewError(f"finding {finding_id} does not exist")
@@ -275,13 +380,25 @@ def record_review(s: Session, finding_id: int, user_id: int | None, outcome: str
         raise ReviewError(f"outcome must be one of {', '.join(REVIEW_OUTCOMES)}")
     if outcome == "not-relevant" and not note.strip():
         raise ReviewError("a reason is required when a finding is marked not relevant")
-    if f.state not in ("open", "info"):
-        raise ReviewError(f"finding {finding_id} is {f.state}, not open")
+    lock_patients(s, [f.patient_id])
+    closed = cast(
+        CursorResult[Any],
+        s.execute(
+            update(m.FindingRow)
+            .where(m.FindingRow.id == finding_id, m.FindingRow.state.in_(("open", "info")))
+            .values(state="reviewed")
+            .execution_options(synchronize_session=False)
+        ),
+    )
+    if closed.rowcount != 1:
+        state = s.scalar(select(m.FindingRow.state).where(m.FindingRow.id == finding_id))
+        set_committed_value(f, "state", state)
+        raise ReviewError(f"finding {finding_id} is {state}, not open")
+    set_committed_value(f, "state", "reviewed")
     review = m.Review(
         finding_id=f.id, patient_id=f.patient_id, user_id=user_id, outcome=outcome, note=note.strip(), created_at=now()
     )
     s.add(review)
-    f.state = "reviewed"
     s.flush()
     _update_counts(s, f.patient_id)
     return review
@@ -299,6 +416,7 @@ def _update_counts(s: Session, patient_id: int) -> None:
     ).all()
     row_a = s.get(m.AssessmentRow, patient_id)
     if row_a is not None:
+        row_a.revision = (row_a.revision or 0) + 1  # a refresh computed before this review computes again
         row_a.open_count = len(rows)
         row_a.worst_open = min((d.SEVERITY_RANK[r.severity] for r in rows), default=3)
         row_a.categories = _categories(rows)

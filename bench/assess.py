@@ -78,7 +78,7 @@ def main() -> None:
         path.write_text(json.dumps(bundle))
         exe = Path(sys.executable).with_name("azaguard")
         cmd = [str(exe), "assess", str(path), "--as-of", as_of.isoformat(), "--format", "json"]
-        subprocess.run(cmd, check=True, capture_output=True)  # warm the knowledge cache
+        subprocess.run(cmd, check=True, capture_output=True)  # warm up (imports in the OS page cache)
         cli = []
         for _ in range(args.cli_runs):
             t = time.perf_counter()

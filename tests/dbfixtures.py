@@ -16,7 +16,7 @@ import socket
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,7 @@ from sqlalchemy.engine import make_url
 from azaguard.store.db import Database, make_engine, migrate
 
 
-def _start_cluster() -> Iterator[str]:
+def _start_cluster() -> Generator[str, None, None]:
     bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]))
     if not bins:
         raise RuntimeError("PostgreSQL binaries not found (apt-get install -y postgresql)")
@@ -60,8 +60,8 @@ def _start_cluster() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def pg_admin_url() -> Iterator[str]:
     if os.environ.get("TEST_DATABASE_URL"):
-        url = make_url(os.environ["TEST_DATABASE_URL"]).set(database="postgres")
-        yield url.render_as_string(hide_password=False)
+        given = make_url(os.environ["TEST_DATABASE_URL"]).set(database="postgres")
+        yield given.render_as_string(hide_password=False)
         return
     try:
         gen = _start_cluster()
@@ -103,7 +103,7 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def fresh_database(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+def fresh_database(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Generator[Database, None, None]:
     if kind == "sqlite":
         template: Path = request.getfixturevalue("sqlite_template")
         path = tmp_path / "test.db"

@@ -242,6 +242,7 @@ def clinic(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         csv = "patient_id,date,code,value,unit\nACC-NOBODY,2025-01-01,751-8,2.0,10*9/L\n"
         import_parsed(s, kb, None, parse_text(csv, kb, "csv", "q.csv"), "q.csv", "cli")
         qid = s.scalar(select(func.max(m.QuarantineItem.id)))
+        assert qid is not None
         ids = {"a": a.id, "b": b.id, "fa": finding[a.id], "fb": finding[b.id], "q": qid}
     app = create_app(db, kb)
     web = {"anon": TestClient(app, follow_redirects=False)}
@@ -414,7 +415,8 @@ def test_role_only_routes_refuse_other_roles(clinic: Clinic, name: str, who: str
     assert_no_patient_data(r.text, B_NAME, B_IDENT)
     assert clinic.snapshot() == before
     with clinic.db.session() as s:
-        assert s.get(m.QuarantineItem, clinic.ids["q"]).state == "open"
+        item = s.get(m.QuarantineItem, clinic.ids["q"])
+        assert item is not None and item.state == "open"
     assert_audited(clinic.audit_since(mark), who, "denied", None, "api" if path.startswith("/api/") else "web")
 
 

@@ -43,7 +43,7 @@ def api_routes(app: Any) -> set[tuple[str, str]]:
     """(method, path template) of every /api/v1 operation. FastAPI 0.165 keeps included routers nested in
     app.routes, so they are flattened with iter_route_contexts."""
     return {
-        (method, r.path)
+        (method, r.path or "")
         for r in iter_route_contexts(app.routes)
         if (r.path or "").startswith("/api/")
         for method in (r.methods or ())
@@ -57,7 +57,7 @@ def assert_error(r: Any, status: int, fragment: str = "") -> dict[str, Any]:
     assert r.headers["content-type"].startswith("application/json"), r.headers["content-type"]
     body = r.json()
     assert list(body) == ["error"], body
-    err = body["error"]
+    err: dict[str, Any] = body["error"]
     assert err["status"] == status and isinstance(err["message"], str) and err["message"], err
     assert set(err) <= {"status", "message", "problems"}, err
     if status == 422:
@@ -103,6 +103,7 @@ def clinic(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         csv = "patient_id,date,code,value,unit\nAPI-0001,2025-01-01,NOPE-1,1.0,10*9/L\n"
         import_parsed(s, kb, None, parse_text(csv, kb, "csv", "bad.csv"), "bad.csv", "cli")
         qid = s.scalar(select(func.max(m.QuarantineItem.id)))
+        assert qid is not None
         discard_quarantine(s, None, qid, "test data", "cli")
         ids = {
             "alma": alma.id,
@@ -176,6 +177,12 @@ def test_every_endpoint_happy_path(clinic: Clinic, kb: Knowledge) -> None:
         return r.json()
 
     seen.add(("POST", "/api/v1/token"))  # tested above
+    # a token of its own, revoked: it stops working at once (204, no body)
+    spare = c.client.post("/api/v1/token", json={"username": "clin", "password": PASSWORDS["clin"], "label": "spare"})
+    spare_h = {"Authorization": f"Bearer {spare.json()['token']}"}
+    assert c.client.delete("/api/v1/token", headers=spare_h).status_code == 204
+    assert c.client.get("/api/v1/patients", headers=spare_h).status_code == 401
+    seen.add(("DELETE", "/api/v1/token"))
     p = call(
         "clin",
         "POST",
@@ -565,7 +572,8 @@ def test_the_error_table_covers_every_route_and_status(clinic: Clinic) -> None:
     by_status: dict[int, set[tuple[str, str]]] = {}
     for bad in BAD.values():
         by_status.setdefault(bad.status, set()).add((bad.method, bad.route))
-    assert by_status[422] >= routes, f"no 422 case for {sorted(routes - by_status[422])}"
+    takes_input = routes - {("DELETE", "/api/v1/token")}  # no body, no parameters: nothing can be invalid
+    assert by_status[422] >= takes_input, f"no 422 case for {sorted(takes_input - by_status[422])}"
     with_ids = {r for r in routes if "{" in r[1]}
     assert by_status[404] >= with_ids, f"no 404 case for {sorted(with_ids - by_status[404])}"
     assert {400, 403, 404, 405, 422} <= set(by_status)  # 401 on every route: test_every_api_route_needs_a_token
@@ -591,7 +599,10 @@ def test_critical_result_review_and_reopen(clinic: Clinic, kb: Knowledge) -> Non
     pid = c.call("clin", "GET", "/api/v1/patients", params={"search": ident}).json()["patients"][0]["id"]
 
     def worklist() -> list[dict[str, Any]]:
-        return c.call("clin", "GET", "/api/v1/worklist", params={"search": ident}).json()["entries"]
+        entries: list[dict[str, Any]] = c.call("clin", "GET", "/api/v1/worklist", params={"search": ident}).json()[
+            "entries"
+        ]
+        return entries
 
     def open_critical() -> list[dict[str, Any]]:
         rows = c.call("clin", "GET", f"/api/v1/patients/{pid}/findings").json()["findings"]

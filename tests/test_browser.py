@@ -99,7 +99,7 @@ def finding(page: Any, code: str) -> Any:
 
 def observation_count(clinic: Clinic, pid: int) -> int:
     q = select(func.count()).select_from(m.Observation).where(m.Observation.patient_id == pid)
-    return clinic.scalar(q)
+    return int(clinic.scalar(q) or 0)
 
 
 # ---------------------------------------------------------------- (a) critical result and review

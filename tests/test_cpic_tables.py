@@ -31,6 +31,7 @@ from azaguard import domain as d
 from azaguard.engine import assess
 from azaguard.engine.pgx import phenotype_from_diplotype
 from azaguard.knowledge import Knowledge, KnowledgeError, load_knowledge, loader
+from azaguard.knowledge.model import FunctionClass
 
 KB = load_knowledge()
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,7 +83,7 @@ README_CLASS = {
     "Uncertain function": U,
     "Unknown function": U,
 }
-KB_CLASS = {"normal": N, "decreased": D, "none": X, "uncertain": U}
+KB_CLASS: dict[FunctionClass, str] = {"normal": N, "decreased": D, "none": X, "uncertain": U}
 
 
 def readme_rule(gene: str, a: str, b: str) -> str:
@@ -143,7 +144,7 @@ def test_every_row_through_the_engine(gene: str, diplotype: str, phenotype: str)
         if category == "poor":
             assert result.dose.recommended is None and "pgx-poor" in codes(result)
             continue
-        fraction = KB.pgx.combined[category].fraction
+        fraction = KB.pgx.combined[category].fraction  # type: ignore[index]  # a category from the tables
         assert fraction is not None and result.dose.recommended is not None
         normal_high = min(KB.dosing.target_mg_per_kg.high * WEIGHT, KB.dosing.max_mg_per_day)
         assert result.dose.recommended.high <= normal_high * fraction.high + 1e-9

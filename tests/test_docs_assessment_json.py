@@ -28,7 +28,8 @@ AS_OF = date(2025, 9, 1)
 def documented_output() -> dict[str, Any]:
     blocks = re.findall(r"```json\n(.*?)\n```", DOC, flags=re.S)
     assert len(blocks) == 1
-    return json.loads(blocks[0])
+    example: dict[str, Any] = json.loads(blocks[0])
+    return example
 
 
 def fresh_output() -> dict[str, Any]:
@@ -36,7 +37,8 @@ def fresh_output() -> dict[str, Any]:
     namespace: dict[str, Any] = {}
     exec(compile(code, "docs/assessment-json.md", "exec"), namespace)
     record = read_bundle(namespace["bundle"], KB)
-    return json.loads(json.dumps(assessment_to_dict(assess(record, KB, AS_OF))))
+    produced: dict[str, Any] = json.loads(json.dumps(assessment_to_dict(assess(record, KB, AS_OF))))
+    return produced
 
 
 def shape(value: Any) -> Any:

@@ -51,7 +51,8 @@ def kb() -> Knowledge:
 
 @cache
 def meta(name: str) -> dict[str, Any]:
-    return json.loads((EXAMPLES / f"{name}.meta.json").read_text(encoding="utf-8"))
+    meta: dict[str, Any] = json.loads((EXAMPLES / f"{name}.meta.json").read_text(encoding="utf-8"))
+    return meta
 
 
 @cache
@@ -190,7 +191,8 @@ def known_codes() -> set[str]:
     """Every finding code the knowledge base can produce (catalogue texts plus rule-generated codes)."""
     k = kb()
     codes = set(k.findings)
-    codes |= {f"lab-{rule.id}" for rule in (*k.thresholds, *k.rises, *k.uln_rules)}
+    codes |= {f"lab-{rule.id}" for rule in k.thresholds} | {f"lab-{rule.id}" for rule in k.rises}
+    codes |= {f"lab-{rule.id}" for rule in k.uln_rules}
     codes |= {f"trend-{analyte}-{rule.id}" for rule in k.trends for analyte in rule.analytes}
     codes |= {f"interaction-{ix.id}" for ix in k.interactions}
     codes |= {f"symptom-{key}" for key in k.symptoms.items}
@@ -283,7 +285,8 @@ def _cli_json(name: str) -> dict[str, Any]:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    out: dict[str, Any] = json.loads(proc.stdout)
+    return out
 
 
 def _is_date(value: Any) -> bool:

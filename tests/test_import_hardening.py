@@ -98,15 +98,23 @@ def test_hl7_damaged_patient_field_quarantines_the_message(kb: Knowledge, caplog
 def test_charts_survive_absurd_values_and_dates(kb: Knowledge) -> None:
     from datetime import date
 
-    from azaguard.store import models as m
+    from azaguard.service_models import MedicineOut, ObservationOut
     from azaguard.web.charts import patient_chart_svg
 
-    labs = [
-        m.Observation(analyte="wbc", value=1e308, effective=date(2025, 1, 1)),
-        m.Observation(analyte="wbc", value=6.0, effective=date(1, 1, 1)),
-        m.Observation(analyte="neutrophils", value=3.1, effective=date(2025, 2, 1)),
-    ]
-    meds = [m.Medication(start=date(1, 1, 1), daily_dose_mg=1e308)]
+    def lab(analyte: str, value: float, when: date) -> ObservationOut:
+        return ObservationOut(
+            id=1, kind="lab", analyte=analyte, code="", value=value, unit="10*9/L", reported=None, date=when,
+            status="final", review_state="auto",
+        )  # fmt: skip
+
+    labs = [lab("wbc", 1e308, date(2025, 1, 1)), lab("wbc", 6.0, date(1, 1, 1))]
+    labs.append(lab("neutrophils", 3.1, date(2025, 2, 1)))
+    meds = [
+        MedicineOut(
+            id=1, drug="azathioprine", name="Azathioprine", status="active", kind="statement", start=date(1, 1, 1),
+            end=None, mg_per_day=1e308, reason=None, status_date=None,
+        )
+    ]  # fmt: skip
     svg = patient_chart_svg(kb, labs, meds)
     assert svg.startswith("<?xml") and "</svg>" in svg
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from azaguard.engine.pgx import phenotype_from_diplotype, phenotype_from_text
-from azaguard.knowledge import KnowledgeError, loader
+from azaguard.knowledge import Knowledge, KnowledgeError, loader
 
 ENGINE = Path(__file__).resolve().parent.parent / "azaguard" / "engine"
 
@@ -77,7 +77,7 @@ def test_cpic_derivation_rules_reproduce_every_table_row(kb):
             assert derived == expected, (gene, diplotype, phenotype, derived)
 
 
-def _derive_without_table(kb, gene, diplotype):
+def _derive_without_table(kb: Knowledge, gene: str, diplotype: str) -> str | None:
     table = kb.cpic[gene]
     saved = dict(table.diplotype_phenotype)
     table.diplotype_phenotype.clear()
@@ -118,7 +118,8 @@ def test_engine_holds_no_clinical_numbers():
     for path in sorted(ENGINE.glob("*.py")):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
-            is_number = isinstance(node, ast.Constant) and isinstance(node.value, int | float)
-            if is_number and not isinstance(node.value, bool) and node.value not in ALLOWED_NUMBERS:
+            if not isinstance(node, ast.Constant) or not isinstance(node.value, int | float):
+                continue
+            if not isinstance(node.value, bool) and node.value not in ALLOWED_NUMBERS:
                 offenders.append(f"{path.name}:{node.lineno}: {node.value}")
     assert not offenders, "clinical numbers belong in the knowledge files: " + ", ".join(offenders)

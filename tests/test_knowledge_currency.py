@@ -222,7 +222,7 @@ enabled = true
 """
 
 
-def test_low_risk_extended_interval_is_off_by_default_and_a_protocol_option(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_low_risk_extended_interval_is_off_by_default_and_a_protocol_option(tmp_path) -> None:
     assert KB.schedule.low_risk.enabled is False
     assert KB.schedule.maintenance_interval.weeks == 12
 

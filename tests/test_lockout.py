@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import re
 
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from azaguard import auth
 from azaguard.app import create_app
+from azaguard.knowledge import Knowledge
+from azaguard.store.db import Database
 
 
-def _app(db, kb):
+def _app(db: Database, kb: Knowledge) -> FastAPI:
     with db.session() as s:
         auth.create_user(s, "nurse", "correct-horse", "clinician")
         auth.create_user(s, "other", "battery-staple", "clinician")
@@ -35,7 +38,9 @@ def test_web_login_locks_after_repeated_failures(sqlite_db, kb):
 
     def attempt(password: str) -> int:
         page = client.get("/login")
-        token = re.search(r'name="login_csrf" value="([^"]+)"', page.text).group(1)
+        found = re.search(r'name="login_csrf" value="([^"]+)"', page.text)
+        assert found is not None
+        token = found.group(1)
         r = client.post("/login", data={"username": "nurse", "password": password, "login_csrf": token})
         return r.status_code
 

@@ -413,7 +413,7 @@ bands = [
 """
 
 
-def test_a_local_protocol_sets_its_lab_bands_repeat_interval_and_panels(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_local_protocol_sets_its_lab_bands_repeat_interval_and_panels(tmp_path) -> None:
     path = tmp_path / "local.toml"
     path.write_text(LOCAL, encoding="utf-8")
     local = load_knowledge(path)

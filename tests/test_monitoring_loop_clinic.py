@@ -25,11 +25,13 @@ import pytest
 from dbfixtures import fresh_database
 from fastapi.testclient import TestClient
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from azaguard import auth, service
 from azaguard import worklist as wl
 from azaguard.app import create_app
 from azaguard.knowledge import Knowledge
+from azaguard.service_models import Principal
 from azaguard.store import models as m
 from azaguard.store.db import Database
 from azaguard.store.records import load_record
@@ -77,7 +79,7 @@ def aza_rows(s: Any, pid: int) -> list[m.Medication]:
     return list(s.scalars(q.order_by(m.Medication.start, m.Medication.id)))
 
 
-def stored(s: Any, pid: int) -> m.AssessmentRow:
+def stored(s: Session, pid: int) -> m.AssessmentRow:
     row = s.get(m.AssessmentRow, pid)
     assert row is not None
     s.refresh(row)
@@ -94,13 +96,13 @@ def audit_rows(s: Any, pid: int, resource: str) -> list[m.AuditEvent]:
 
 
 @pytest.fixture
-def clinician(db: Database) -> m.User:
+def clinician(db: Database) -> Principal:
     with db.session() as s:
-        return auth.create_user(s, "nurse", "nurse-password-1", "clinician")
+        return service.principal_of(auth.create_user(s, "nurse", "nurse-password-1", "clinician"))
 
 
 # ---------------------------------------------------------------- holding azathioprine
-def test_a_withheld_review_puts_azathioprine_on_hold(db: Database, kb: Knowledge, clinician: m.User) -> None:
+def test_a_withheld_review_puts_azathioprine_on_hold(db: Database, kb: Knowledge, clinician: Principal) -> None:
     with db.session() as s:
         pid = make_patient(s, kb, "HOLD-1")
         f = open_finding(s, pid, "lab-neutrophils-low")
@@ -126,7 +128,7 @@ def test_a_withheld_review_puts_azathioprine_on_hold(db: Database, kb: Knowledge
 
 
 def test_a_withheld_review_without_azathioprine_records_the_review_only(
-    db: Database, kb: Knowledge, clinician: m.User
+    db: Database, kb: Knowledge, clinician: Principal
 ) -> None:
     with db.session() as s:
         pid = make_patient(s, kb, "HOLD-2", aza=False, neutrophils=0.6)
@@ -182,7 +184,7 @@ def test_a_dose_change_restarts_a_course_on_hold(db: Database, kb: Knowledge) ->
 
 # ---------------------------------------------------------------- follow-ups stay until answered
 def test_the_awaiting_mark_survives_a_review_and_a_complete_fbc_clears_it(
-    db: Database, kb: Knowledge, clinician: m.User
+    db: Database, kb: Knowledge, clinician: Principal
 ) -> None:
     with db.session() as s:
         pid = make_patient(s, kb, "AWAIT-1")
@@ -232,7 +234,9 @@ def test_a_result_dated_before_the_finding_does_not_answer_it(db: Database, kb: 
         assert "FBC" in stored(s, pid).awaiting.split()
 
 
-def test_dismissing_a_follow_up_needs_a_reason_and_is_audited(db: Database, kb: Knowledge, clinician: m.User) -> None:
+def test_dismissing_a_follow_up_needs_a_reason_and_is_audited(
+    db: Database, kb: Knowledge, clinician: Principal
+) -> None:
     with db.session() as s:
         pid = make_patient(s, kb, "DISMISS-1")
         (fu,) = fbc_follow_ups(stored(s, pid))
@@ -357,7 +361,7 @@ def new_patient(clinic: Clinic, kb: Knowledge, ident: str, **kw: Any) -> int:
 
 def follow_up_key(clinic: Clinic, pid: int) -> str:
     a = clinic.call("clin", "GET", f"/api/v1/patients/{pid}/assessment").json()
-    keys = [u["key"] for u in a["monitoring"]["follow_ups"] if u["group"] == "FBC" and u["state"] == "open"]
+    keys = [str(u["key"]) for u in a["monitoring"]["follow_ups"] if u["group"] == "FBC" and u["state"] == "open"]
     assert keys, a["monitoring"]["follow_ups"]
     return keys[0]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import date
+from functools import partial
 from typing import Any, TypeVar
 
 import pytest
@@ -133,7 +134,7 @@ def test_minimal_bundle_reads_patient_fields():
     assert rec.birth_date == date(1970, 1, 1)
     assert rec.sex == "female"
     assert rec.name == "Ada M Byron"
-    assert rec.labs == rec.medications == rec.conditions == ()
+    assert rec.labs == () and rec.medications == () and rec.conditions == ()
 
 
 def test_patient_name_text_wins_and_partial_birth_date_takes_first_day():
@@ -168,7 +169,8 @@ def test_patient_name_given_of_wrong_type_is_not_a_crash():
     # fhir.py _patient_name iterates n.get("given", []) without a type check: an int, null or
     # boolean raises TypeError (CLI: exit 1 "internal error" instead of exit 2).
     got = {
-        repr(g): attempt(lambda g=g: read(pat=patient(name=[{"given": g, "family": "B"}])))[1] for g in (5, None, True)
+        repr(g): attempt(partial(lambda g: read(pat=patient(name=[{"given": g, "family": "B"}])), g))[1]
+        for g in (5, None, True)
     }
     assert all(how == "ok" or how.startswith("ReaderError") for how in got.values()), got
 
@@ -280,7 +282,7 @@ def test_non_finite_numbers_are_reader_errors(tmp_path):
             raise LookupError(literal)
         path = tmp_path / f"{literal}.json"
         path.write_text(text, encoding="utf-8")
-        got[literal] = attempt(lambda path=path: read_bundle_file(path, KB))[1]
+        got[literal] = attempt(partial(read_bundle_file, path, KB))[1]
     assert all(how.startswith("ReaderError") and "'value'" in how for how in got.values()), got
 
 
@@ -327,7 +329,7 @@ def test_test_names_map_to_metabolite_analytes(analyte, text):
 
 def test_unrelated_observation_is_ignored():
     rec = read(lab("2345-7", 5.5, "mmol/L"))  # glucose: not read for azathioprine monitoring
-    assert rec.labs == rec.rejected == ()
+    assert rec.labs == () and rec.rejected == ()
 
 
 UNIT_CASES = [
@@ -339,7 +341,7 @@ UNIT_CASES = [
 
 @pytest.mark.parametrize(("analyte", "spelling", "factor"), UNIT_CASES)
 def test_every_unit_spelling_converts_through_the_table(analyte, spelling, factor):
-    code = (KB.analytes[analyte].loinc or [None])[0]
+    code = next(iter(KB.analytes[analyte].loinc), None)
     concept_ = concept(code) if code else {"text": KB.analytes[analyte].text[0]}
     # as a display unit only
     r = only_lab(read(observation(concept_, valueQuantity={"value": 2.0, "unit": spelling})))
@@ -384,7 +386,7 @@ def test_named_conversions(loinc, value, unit, analyte, expected):
 def test_bilirubin_uses_its_own_factor_not_creatinines():
     bili = only_lab(read(lab("1975-2", 1.0, "mg/dL"))).value
     creat = only_lab(read(lab("2160-0", 1.0, "mg/dL"))).value
-    assert (bili, creat) == (pytest.approx(17.104), pytest.approx(88.4))
+    assert bili == pytest.approx(17.104) and creat == pytest.approx(88.4)
 
 
 def test_ucum_code_wins_over_display_and_display_is_the_fallback():
@@ -434,7 +436,9 @@ def test_no_value_quantity_is_a_missing_value():
 
 
 def test_data_absent_reason_is_a_missing_value_with_the_reason():
-    dar = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "error"}]}
+    dar: dict[str, Any] = {
+        "coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "error"}]
+    }
     dar["text"] = "Sample haemolysed"
     rej = only_rejected(read(observation(concept("777-3"), dataAbsentReason=dar)))
     assert rej.reason == "missing-value"
@@ -501,7 +505,7 @@ def test_result_statuses_that_are_used(status):
 @pytest.mark.parametrize("status", ["entered-in-error", "cancelled", "registered", "unknown"])
 def test_result_statuses_that_are_ignored(status):
     rec = read(lab("6690-2", 6, "10*9/L", status=status))
-    assert rec.labs == rec.rejected == ()
+    assert rec.labs == () and rec.rejected == ()
 
 
 def test_ignored_status_skips_the_rest_of_the_resource():
@@ -598,7 +602,7 @@ def test_newest_version_withdrawn_removes_the_result(withdrawal, withdrawal_firs
     withdrawn = neut_version(3.6, withdrawal, vid="2")
     original = neut_version(3.6, vid="1")
     rec = read(*((withdrawn, original) if withdrawal_first else (original, withdrawn)))
-    assert rec.labs == rec.rejected == ()  # the older version does not come back
+    assert rec.labs == () and rec.rejected == ()  # the older version does not come back
 
 
 def test_withdrawn_older_version_does_not_remove_the_newer():
@@ -916,7 +920,7 @@ def answer(code: str, display: str = "", system: str = LOINC) -> Resource:
 def test_pregnancy_status(code, value, expected):
     rec = read(status_obs(code, **value))
     assert rec.statuses == (d.StatusObservation("pregnancy", expected, DAY, "s1"),)
-    assert rec.labs == rec.rejected == ()
+    assert rec.labs == () and rec.rejected == ()
 
 
 @pytest.mark.parametrize(
@@ -981,7 +985,10 @@ def test_status_value_boolean_of_wrong_type_is_a_reader_error():
     # _status only looks at valueBoolean when it is a bool; otherwise it falls through to the
     # CodeableConcept path and records value=None (pregnancy status unknown). The survey path
     # (_symptom) raises ReaderError for the same defect; status should too.
-    got = {repr(v): attempt(lambda v=v: read(status_obs("82810-3", valueBoolean=v)))[1] for v in (1, "true", "yes")}
+    got = {
+        repr(v): attempt(partial(lambda v: read(status_obs("82810-3", valueBoolean=v)), v))[1]
+        for v in (1, "true", "yes")
+    }
     assert all(how.startswith("ReaderError") and "'valueBoolean'" in how for how in got.values()), got
 
 
@@ -1063,7 +1070,7 @@ def test_unrecognised_symptom_is_kept_without_a_key():
 def test_symptom_code_outside_a_survey_is_not_a_symptom():
     res = observation(concept("386661006", system=SNOMED), valueBoolean=True)
     rec = read(res)
-    assert rec.symptoms == rec.labs == ()
+    assert rec.symptoms == () and rec.labs == ()
 
 
 @pytest.mark.parametrize("value", [1, "yes", {"text": "yes"}])
@@ -1076,7 +1083,7 @@ def test_symptom_value_boolean_of_wrong_type_is_a_reader_error(value):
 def test_survey_answer_no_is_not_a_symptom():
     # _symptom treats everything except valueBoolean false as "present", so a questionnaire that
     # answers "Fever? -> No" with a coded answer raises a critical symptom-fever finding.
-    answers = [
+    answers: list[dict[str, Any]] = [
         {"valueCodeableConcept": {"coding": [{"system": LOINC, "code": "LA32-8", "display": "No"}]}},
         {"valueCodeableConcept": {"coding": [{"system": SNOMED, "code": "373067005", "display": "No"}]}},
         {"valueString": "no"},
@@ -1434,7 +1441,7 @@ def test_medication_reference_by_full_url_or_contained():
     bundles.append(bundle(med_statement(medicationReference={"reference": "#m1"}, contained=[med])))
     got = []
     for data in bundles:
-        rec, how = attempt(lambda data=data: read_bundle(data, KB))
+        rec, how = attempt(partial(read_bundle, data, KB))
         got.append(rec.medications[0].drug if rec else how)
     assert got == ["allopurinol"] * 3, got
 

@@ -31,7 +31,7 @@ def pre_treatment(sex: str = "male", bloods: bool = True, indication: tuple[str,
     return b
 
 
-def on_treatment(indication: tuple[str, str] | None = ("91637004", "Myasthenia gravis")) -> BundleBuilder:
+def on_treatment(indication: tuple[str | None, str] | None = ("91637004", "Myasthenia gravis")) -> BundleBuilder:
     b = BundleBuilder("couns", "1980-03-01", "male")
     if indication:
         b.condition(indication[0], indication[1], "2024-06-01")

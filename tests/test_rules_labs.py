@@ -75,7 +75,7 @@ def inside(rule) -> list[float]:
     return [rule.value, rule.value - 0.01]
 
 
-def expected_severity(rule, value: float) -> str:  # type: ignore[no-untyped-def]
+def expected_severity(rule, value: float) -> str:
     """The rule's severity, raised where its CTCAE grade reaches a `grade_severity` step."""
     if not rule.grade_severity:
         return str(rule.severity)
@@ -357,7 +357,7 @@ def test_trend_literal_more_than_10_percent_three_times(analyte: str) -> None:
 
 # Exactly 10 % is not "more than 10 %". Values chosen so each ratio is exact in binary floating point
 # or rounds below 0.1, so the test checks the rule and not float noise.
-EXACT_TEN = {
+EXACT_TEN: dict[str, list[list[float]]] = {
     "wbc": [[10.0, 9.0, 7.2, 5.76], [10.0, 8.0, 7.2, 5.76]],
     "neutrophils": [[10.0, 9.0, 7.2, 5.76], [10.0, 8.0, 7.2, 5.76]],
     "platelets": [[1000, 900, 810, 729], [1000, 800, 720, 648]],

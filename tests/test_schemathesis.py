@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import schemathesis
 from dbfixtures import fresh_database
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import status_code_conformance
+from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 from sqlalchemy import select
 
 from azaguard import auth
@@ -54,7 +55,8 @@ CONFIG = schemathesis.Config.from_dict(
     {**({} if SEED == "random" else {"seed": int(SEED)}), "phases": {"coverage": {"enabled": COVERAGE}}}
 )
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP, config=CONFIG)
-CHECKS = [not_a_server_error, status_code_conformance]
+# Every answer, errors included, matches the schema the API publishes (the view models are the response models).
+CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance]
 
 
 @pytest.fixture(scope="module")
@@ -77,11 +79,11 @@ def fuzz(examples: int) -> settings:
 
 @schema.parametrize()
 @fuzz(EXAMPLES)
-def test_api_as_clinician_never_errors(case: schemathesis.Case, tokens: dict[str, str]) -> None:
+def test_api_as_clinician_never_errors(case: schemathesis.Case[Any], tokens: dict[str, str]) -> None:
     case.call_and_validate(headers={"Authorization": f"Bearer {tokens['nurse']}"}, checks=CHECKS)
 
 
 @schema.parametrize()
 @fuzz(max(5, EXAMPLES // 2))  # most answers are 403: fewer examples find the same
-def test_api_as_patient_never_errors(case: schemathesis.Case, tokens: dict[str, str]) -> None:
+def test_api_as_patient_never_errors(case: schemathesis.Case[Any], tokens: dict[str, str]) -> None:
     case.call_and_validate(headers={"Authorization": f"Bearer {tokens['patient1']}"}, checks=CHECKS)

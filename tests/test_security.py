@@ -109,6 +109,7 @@ def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         csv = "patient_id,date,code,value,unit\nSEC-NOBODY,2025-01-01,751-8,2.0,10*9/L\n"
         import_parsed(s, kb, None, parse_text(csv, kb, "csv", "q.csv"), "q.csv", "cli")
         qid = s.scalar(select(func.max(m.QuarantineItem.id)))
+        assert qid is not None
         ids = {"p": p.id, "f": fid, "q": qid}
     yield Site(db, folder / "test.db", create_app(db, kb), kb, ids)
     gen.close()
@@ -269,7 +270,9 @@ CSRF_ROUTE = {
 
 def test_every_web_post_route_is_in_the_csrf_table(site: Site) -> None:
     posts = {
-        r.path for r in iter_route_contexts(site.app.routes) if "POST" in (r.methods or ()) and "/api/" not in r.path
+        r.path or ""
+        for r in iter_route_contexts(site.app.routes)
+        if "POST" in (r.methods or ()) and "/api/" not in (r.path or "")
     }
     covered = {CSRF_ROUTE.get(k, "/patients/{patient_id}/{form_name}") for k in CSRF_FORMS} | {"/login"}
     assert posts == covered, f"web POST routes without a CSRF test: {sorted(posts - covered)}"

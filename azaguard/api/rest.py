@@ -1,59 +1,63 @@
-"""REST API, version 1. Bearer tokens; every error is JSON {"error": {"status", "message"}}."""
+"""REST API, version 1. Bearer tokens; every error is JSON {"error": {"status", "message"}}.
+
+Each route validates its input (the request models below), calls one use case in azaguard.service
+and answers with that use case's view model, which is also the route's `response_model`: the
+OpenAPI schema describes every answer.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from azaguard import auth, service
-from azaguard import worklist as wl
-from azaguard.app import session_dep
-from azaguard.audit import audit
-from azaguard.ingest import FormatError, parse_text
-from azaguard.knowledge import Knowledge
-from azaguard.store import models as m
-from azaguard.store.writes import FormError
+from azaguard import service
+from azaguard.deps import ApiUser, KbDep, SessionDep, bearer
+from azaguard.service_models import (
+    AssessmentOut,
+    AuditList,
+    DiscardOut,
+    ErrorOut,
+    FindingList,
+    FollowUpDismissalOut,
+    ImportResult,
+    MedicineList,
+    MedicineOut,
+    ObservationList,
+    ObservationOut,
+    PatientList,
+    PatientOut,
+    QuarantineList,
+    ReprocessResult,
+    ReviewOut,
+    SymptomOut,
+    TokenOut,
+    VaccineOut,
+    WorklistPage,
+    WorklistQuery,
+)
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Bad request (invalid value)"},
-    401: {"description": "Missing or invalid bearer token"},
-    403: {"description": "Not allowed for this user"},
-    404: {"description": "Not found"},
-    422: {"description": "Invalid request body or parameters"},
-    429: {"description": "Too many failed logins (token endpoint)"},
+    400: {"model": ErrorOut, "description": "Bad request (invalid value)"},
+    401: {"model": ErrorOut, "description": "Missing or invalid bearer token"},
+    403: {"model": ErrorOut, "description": "Not allowed for this user"},
+    404: {"model": ErrorOut, "description": "Not found"},
+    422: {"model": ErrorOut, "description": "Invalid request body or parameters (every problem listed)"},
+    429: {"model": ErrorOut, "description": "Too many failed logins (token endpoint)"},
 }
-bearer = HTTPBearer(auto_error=False)
 router = APIRouter(prefix="/api/v1", responses=ERRORS)
 
-SessionDep = Annotated[Session, Depends(session_dep, scope="function")]  # commit before responding
 # Row ids are 32-bit INTEGER columns: a larger id is a 422, not an overflow in the database driver (a 500).
 MAX_ID = 2**31 - 1
 PatientId = Annotated[int, Path(ge=1, le=MAX_ID)]
 FindingId = Annotated[int, Path(ge=1, le=MAX_ID)]
 ItemId = Annotated[int, Path(ge=1, le=MAX_ID)]
-
-
-def kb_of(request: Request) -> Knowledge:
-    return request.app.state.kb
-
-
-KbDep = Annotated[Knowledge, Depends(kb_of)]
-
-
-def api_user(s: SessionDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> m.User:
-    user = auth.token_user(s, creds.credentials if creds else None)
-    if user is None:
-        raise HTTPException(401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
-    return user
-
-
-UserDep = Annotated[m.User, Depends(api_user)]
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 # PostgreSQL text cannot hold NUL (U+0000): refused here as a 422/400 rather than failing in the driver (a 500).
@@ -153,185 +157,121 @@ class FollowUpDismissIn(Body):
     reason: str = Field(min_length=1, max_length=2000, description="why the repeat test is not needed (required)")
 
 
-class MedicineOut(BaseModel):
-    """A medicine row; azathioprine rows are the dose history (status on-hold while withheld)."""
-
-    id: int
-    drug: str | None
-    name: str
-    status: str = Field(description="active, on-hold, draft, intended, stopped or unknown")
-    kind: str
-    start: dt.date | None
-    end: dt.date | None
-    mg_per_day: float | None
-    reason: str | None = Field(description="why it is on hold or stopped")
-    status_date: dt.date | None = Field(description="when the hold or stop took effect")
-
-
-class FollowUpDismissalOut(BaseModel):
-    id: int
-    patient_id: int
-    key: str
-    reason: str
-    created_at: dt.datetime
-
-
-def _run(fn: Any, *args: Any) -> Any:
-    """Map domain errors to HTTP errors in one place."""
+def _run(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Call a use case, mapping its refusals to HTTP errors in one place."""
     try:
-        return fn(*args)
+        return fn(*args, **kwargs)
     except service.Denied as exc:
         raise HTTPException(403, str(exc)) from None
     except service.NotFound as exc:
         raise HTTPException(404, str(exc)) from None
-    except FormError as exc:
-        raise HTTPException(400, f"{exc.field}: {exc.message}") from None
-    except (wl.ReviewError, auth.AuthError, FormatError, ValueError) as exc:
+    except ValueError as exc:  # FormError, ReviewError, FormatError, ...: a value is wrong
         raise HTTPException(400, str(exc)) from None
 
 
-def patient_json(p: m.Patient) -> dict[str, Any]:
-    return {
-        "id": p.id,
-        "identifier": p.identifier,
-        "name": p.name,
-        "birth_date": p.birth_date.isoformat() if p.birth_date else None,
-        "sex": p.sex,
-        "monitoring_team": p.monitoring_team,
-    }
+@router.post(
+    "/token",
+    tags=["auth"],
+    summary="Exchange username and password for a bearer token",
+    response_model=TokenOut,
+)
+def token(body: TokenRequest, s: SessionDep, request: Request) -> TokenOut:
+    client = request.client.host if request.client else None
+    try:
+        return service.issue_api_token(s, body.username, body.password, body.label, client)
+    except service.LoginLocked:
+        raise HTTPException(429, "too many failed logins: try again in 15 minutes") from None
+    except service.LoginFailed:
+        raise HTTPException(401, "wrong username or password") from None
 
 
-def observation_json(o: m.Observation) -> dict[str, Any]:
-    return {
-        "id": o.id,
-        "kind": o.kind,
-        "analyte": o.analyte,
-        "code": o.code,
-        "value": o.value,
-        "unit": o.unit,
-        "reported": f"{o.original_value} {o.original_unit}" if o.original_value else None,
-        "date": o.effective.isoformat(),
-        "status": o.status,
-        "review_state": o.review_state,
-    }
+@router.delete(
+    "/token",
+    tags=["auth"],
+    summary="Revoke the bearer token this request is made with (it stops working at once)",
+    status_code=204,
+)
+def revoke_token(
+    s: SessionDep, who: ApiUser, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> Response:
+    if creds is not None:
+        service.revoke_own_api_token(s, who, creds.credentials)
+    return Response(status_code=204)
 
 
-def medicine_json(x: m.Medication) -> dict[str, Any]:
-    return {
-        "id": x.id,
-        "drug": x.drug,
-        "name": x.name,
-        "status": x.status,
-        "kind": x.kind,
-        "start": x.start.isoformat() if x.start else None,
-        "end": x.end.isoformat() if x.end else None,
-        "mg_per_day": x.daily_dose_mg,
-        "reason": x.reason or None,
-        "status_date": x.status_date.isoformat() if x.status_date else None,
-    }
-
-
-def finding_json(f: m.FindingRow) -> dict[str, Any]:
-    return {
-        "id": f.id,
-        "patient_id": f.patient_id,
-        "code": f.code,
-        "category": f.category,
-        "severity": f.severity,
-        "message": f.message,
-        "action": f.action,
-        "state": f.state,
-    }
-
-
-@router.post("/token", tags=["auth"], summary="Exchange username and password for a bearer token")
-def token(body: TokenRequest, s: SessionDep) -> dict[str, Any]:
-    if auth.login_locked(s, body.username):
-        audit(s, None, "login-locked", "api-token", detail=f"username {body.username.strip()[:40]}", channel="api")
-        s.commit()
-        raise HTTPException(429, "too many failed logins: try again in 15 minutes")
-    user = auth.authenticate(s, body.username, body.password)
-    if user is None:
-        audit(s, None, "login-failed", "api-token", detail=f"username {body.username.strip()[:40]}", channel="api")
-        s.commit()
-        raise HTTPException(401, "wrong username or password")
-    tok = auth.create_api_token(s, user, body.label)
-    audit(s, user, "login", "api-token", channel="api")
-    return {"token": tok, "token_type": "bearer", "role": user.role, "patient_id": user.patient_id}
-
-
-@router.get("/patients", tags=["patients"])
+@router.get("/patients", tags=["patients"], response_model=PatientList)
 def list_patients(
     s: SessionDep,
-    user: UserDep,
+    who: ApiUser,
     search: Annotated[str | None, Query(max_length=100, pattern=NO_NUL)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
-) -> dict[str, Any]:
-    rows, total = service.list_patients(s, user, search, limit, offset, "api")
-    return {"total": total, "patients": [patient_json(p) for p in rows]}
+) -> PatientList:
+    return service.list_patients(s, who, search, limit, offset, "api")
 
 
-@router.post("/patients", tags=["patients"], status_code=201)
-def create_patient(body: PatientIn, s: SessionDep, kb: KbDep, user: UserDep) -> dict[str, Any]:
-    from azaguard.store.writes import add_patient
+@router.post("/patients", tags=["patients"], status_code=201, response_model=PatientOut)
+def create_patient(body: PatientIn, s: SessionDep, kb: KbDep, who: ApiUser) -> PatientOut:
+    return _run(
+        service.create_patient,
+        s,
+        kb,
+        who,
+        body.identifier,
+        body.name,
+        body.birth_date,
+        body.sex,
+        body.monitoring_team,
+        "api",
+    )
 
-    _run(service.require_role, s, user, ("clinician", "admin"), "create-patient", "api")
-    p = _run(add_patient, s, body.identifier, body.name, body.birth_date, body.sex, body.monitoring_team)
-    audit(s, user, "write", "create-patient", p.id, channel="api")
-    wl.refresh_patient(s, kb, p.id)
-    return patient_json(p)
+
+@router.get("/patients/{patient_id}", tags=["patients"], response_model=PatientOut)
+def get_patient(patient_id: PatientId, s: SessionDep, who: ApiUser) -> PatientOut:
+    return _run(service.get_patient, s, who, patient_id, "api")
 
 
-@router.get("/patients/{patient_id}", tags=["patients"])
-def get_patient(patient_id: PatientId, s: SessionDep, user: UserDep) -> dict[str, Any]:
-    p = _run(service.authorise_patient, s, user, patient_id, "view-patient", "api")
-    return patient_json(p)
-
-
-@router.get("/patients/{patient_id}/observations", tags=["observations"])
+@router.get("/patients/{patient_id}/observations", tags=["observations"], response_model=ObservationList)
 def list_observations(
     patient_id: PatientId,
     s: SessionDep,
-    user: UserDep,
+    who: ApiUser,
     analyte: Annotated[str | None, Query(max_length=40, pattern=NO_NUL)] = None,
     include_history: bool = False,
-) -> dict[str, Any]:
-    _run(service.authorise_patient, s, user, patient_id, "list-observations", "api")
-    q = select(m.Observation).where(m.Observation.patient_id == patient_id)
-    if not include_history:
-        q = q.where(m.Observation.current.is_(True))
-    if analyte:
-        q = q.where(m.Observation.analyte == analyte)
-    rows = s.scalars(q.order_by(m.Observation.effective, m.Observation.id))
-    return {"observations": [observation_json(o) for o in rows]}
+) -> ObservationList:
+    return _run(service.list_observations, s, who, patient_id, analyte, include_history, "api")
 
 
-@router.post("/patients/{patient_id}/observations", tags=["observations"], status_code=201)
+@router.post(
+    "/patients/{patient_id}/observations", tags=["observations"], status_code=201, response_model=ObservationOut
+)
 def add_observation(
-    patient_id: PatientId, body: ObservationIn, s: SessionDep, kb: KbDep, user: UserDep
-) -> dict[str, Any]:
-    o = _run(service.add_lab, s, kb, user, patient_id, body.analyte, body.value, body.unit, body.date, "api")
-    return observation_json(o)
+    patient_id: PatientId, body: ObservationIn, s: SessionDep, kb: KbDep, who: ApiUser
+) -> ObservationOut:
+    return _run(service.add_lab, s, kb, who, patient_id, body.analyte, body.value, body.unit, body.date, "api")
 
 
-@router.get("/patients/{patient_id}/medicines", tags=["medicines"])
-def list_medicines(patient_id: PatientId, s: SessionDep, user: UserDep) -> dict[str, Any]:
-    _run(service.authorise_patient, s, user, patient_id, "list-medicines", "api")
-    rows = s.scalars(select(m.Medication).where(m.Medication.patient_id == patient_id).order_by(m.Medication.start))
-    return {"medicines": [medicine_json(x) for x in rows]}
+@router.get("/patients/{patient_id}/medicines", tags=["medicines"], response_model=MedicineList)
+def list_medicines(patient_id: PatientId, s: SessionDep, who: ApiUser) -> MedicineList:
+    return _run(service.list_medicines, s, who, patient_id, "api")
 
 
-@router.post("/patients/{patient_id}/medicines", tags=["medicines"], status_code=201)
-def add_medicine(patient_id: PatientId, body: MedicineIn, s: SessionDep, kb: KbDep, user: UserDep) -> dict[str, Any]:
-    x = _run(service.add_medicine, s, kb, user, patient_id, body.name, body.status, body.start, body.mg_per_day, "api")
-    return medicine_json(x)
+@router.post("/patients/{patient_id}/medicines", tags=["medicines"], status_code=201, response_model=MedicineOut)
+def add_medicine(patient_id: PatientId, body: MedicineIn, s: SessionDep, kb: KbDep, who: ApiUser) -> MedicineOut:
+    return _run(
+        service.add_medicine, s, kb, who, patient_id, body.name, body.status, body.start, body.mg_per_day, "api"
+    )
 
 
-@router.post("/patients/{patient_id}/dose", tags=["medicines"], status_code=201, summary="Change the azathioprine dose")
-def change_dose(patient_id: PatientId, body: DoseIn, s: SessionDep, kb: KbDep, user: UserDep) -> dict[str, Any]:
-    x = _run(service.change_dose, s, kb, user, patient_id, body.mg_per_day, body.start, "api")
-    return medicine_json(x)
+@router.post(
+    "/patients/{patient_id}/dose",
+    tags=["medicines"],
+    status_code=201,
+    summary="Change the azathioprine dose",
+    response_model=MedicineOut,
+)
+def change_dose(patient_id: PatientId, body: DoseIn, s: SessionDep, kb: KbDep, who: ApiUser) -> MedicineOut:
+    return _run(service.change_dose, s, kb, who, patient_id, body.mg_per_day, body.start, "api")
 
 
 @router.post(
@@ -341,9 +281,8 @@ def change_dose(patient_id: PatientId, body: DoseIn, s: SessionDep, kb: KbDep, u
     summary="Withhold azathioprine (on hold, not stopped)",
     response_model=MedicineOut,
 )
-def hold(patient_id: PatientId, body: HoldIn, s: SessionDep, kb: KbDep, user: UserDep) -> MedicineOut:
-    x = _run(service.hold_azathioprine, s, kb, user, patient_id, body.reason, body.start, "api")
-    return MedicineOut(**medicine_json(x))
+def hold(patient_id: PatientId, body: HoldIn, s: SessionDep, kb: KbDep, who: ApiUser) -> MedicineOut:
+    return _run(service.hold_azathioprine, s, kb, who, patient_id, body.reason, body.start, "api")
 
 
 @router.post(
@@ -354,60 +293,46 @@ def hold(patient_id: PatientId, body: HoldIn, s: SessionDep, kb: KbDep, user: Us
     response_model=FollowUpDismissalOut,
 )
 def dismiss_follow_up(
-    patient_id: PatientId, body: FollowUpDismissIn, s: SessionDep, kb: KbDep, user: UserDep
+    patient_id: PatientId, body: FollowUpDismissIn, s: SessionDep, kb: KbDep, who: ApiUser
 ) -> FollowUpDismissalOut:
-    x = _run(service.dismiss_follow_up, s, kb, user, patient_id, body.key, body.reason, "api")
-    return FollowUpDismissalOut(id=x.id, patient_id=x.patient_id, key=x.key, reason=x.reason, created_at=x.created_at)
+    return _run(service.dismiss_follow_up, s, kb, who, patient_id, body.key, body.reason, "api")
 
 
-@router.post("/patients/{patient_id}/vaccines", tags=["medicines"], status_code=201)
-def add_vaccine(patient_id: PatientId, body: VaccineIn, s: SessionDep, kb: KbDep, user: UserDep) -> dict[str, Any]:
-    v = _run(service.add_vaccine, s, kb, user, patient_id, body.name, body.status, body.date, "api")
-    return {
-        "id": v.id,
-        "vaccine": v.vaccine,
-        "live": v.live,
-        "status": v.status,
-        "date": v.when.isoformat() if v.when else None,
-    }
+@router.post("/patients/{patient_id}/vaccines", tags=["medicines"], status_code=201, response_model=VaccineOut)
+def add_vaccine(patient_id: PatientId, body: VaccineIn, s: SessionDep, kb: KbDep, who: ApiUser) -> VaccineOut:
+    return _run(service.add_vaccine, s, kb, who, patient_id, body.name, body.status, body.date, "api")
 
 
-@router.post("/patients/{patient_id}/symptoms", tags=["observations"], status_code=201)
-def report_symptom(patient_id: PatientId, body: SymptomIn, s: SessionDep, kb: KbDep, user: UserDep) -> dict[str, Any]:
-    x = _run(service.report_symptom, s, kb, user, patient_id, body.symptom, body.date, "api")
-    return {"id": x.id, "symptom": x.key or x.text, "date": x.when.isoformat(), "reported_by": x.reported_by}
+@router.post("/patients/{patient_id}/symptoms", tags=["observations"], status_code=201, response_model=SymptomOut)
+def report_symptom(patient_id: PatientId, body: SymptomIn, s: SessionDep, kb: KbDep, who: ApiUser) -> SymptomOut:
+    return _run(service.report_symptom, s, kb, who, patient_id, body.symptom, body.date, "api")
 
 
 @router.get(
-    "/patients/{patient_id}/assessment", tags=["assessment"], summary="Assessment in the azaguard JSON contract"
+    "/patients/{patient_id}/assessment",
+    tags=["assessment"],
+    summary="Assessment in the azaguard JSON contract",
+    response_model=AssessmentOut,
+    response_model_exclude_unset=True,  # optional fields of the contract (ctcae) only where present
 )
-def get_assessment(patient_id: PatientId, s: SessionDep, kb: KbDep, user: UserDep) -> dict[str, Any]:
-    return _run(service.assessment, s, kb, user, patient_id, "api")
+def get_assessment(patient_id: PatientId, s: SessionDep, kb: KbDep, who: ApiUser) -> AssessmentOut:
+    return _run(service.assessment, s, kb, who, patient_id, "api")
 
 
-@router.get("/patients/{patient_id}/findings", tags=["reviews"])
-def list_findings(patient_id: PatientId, s: SessionDep, user: UserDep) -> dict[str, Any]:
-    _run(service.authorise_patient, s, user, patient_id, "list-findings", "api")
-    rows = wl.order_findings(wl.open_findings(s, patient_id), wl.stored_assessment(s, patient_id))
-    return {"findings": [finding_json(f) for f in rows]}
+@router.get("/patients/{patient_id}/findings", tags=["reviews"], response_model=FindingList)
+def list_findings(patient_id: PatientId, s: SessionDep, who: ApiUser) -> FindingList:
+    return _run(service.list_findings, s, who, patient_id, "api")
 
 
-@router.post("/findings/{finding_id}/reviews", tags=["reviews"], status_code=201)
-def review_finding(finding_id: FindingId, body: ReviewIn, s: SessionDep, kb: KbDep, user: UserDep) -> dict[str, Any]:
-    r = _run(service.review, s, kb, user, finding_id, body.outcome, body.note, "api")
-    return {
-        "id": r.id,
-        "finding_id": r.finding_id,
-        "outcome": r.outcome,
-        "note": r.note,
-        "created_at": r.created_at.isoformat(),
-    }
+@router.post("/findings/{finding_id}/reviews", tags=["reviews"], status_code=201, response_model=ReviewOut)
+def review_finding(finding_id: FindingId, body: ReviewIn, s: SessionDep, kb: KbDep, who: ApiUser) -> ReviewOut:
+    return _run(service.review, s, kb, who, finding_id, body.outcome, body.note, "api")
 
 
-@router.get("/worklist", tags=["reviews"])
+@router.get("/worklist", tags=["reviews"], response_model=WorklistPage)
 def get_worklist(
     s: SessionDep,
-    user: UserDep,
+    who: ApiUser,
     severity: Literal["critical", "warning"] | None = None,
     category: Annotated[str | None, Query(max_length=40, pattern=NO_NUL)] = None,
     indication: Annotated[str | None, Query(max_length=40, pattern=NO_NUL)] = None,
@@ -415,22 +340,9 @@ def get_worklist(
     search: Annotated[str | None, Query(max_length=100, pattern=NO_NUL)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
-) -> dict[str, Any]:
-    _run(service.require_role, s, user, ("clinician", "admin"), "worklist", "api")
-    entries, total = wl.worklist(
-        s, wl.WorklistFilter(severity, category, indication, team, search, limit=limit, offset=offset)
-    )
-    audit(s, user, "read", f"worklist ({len(entries)})", channel="api")
-    return {
-        "total": total,
-        "entries": [
-            {
-                **{k: v for k, v in e.__dict__.items() if k != "next_due"},
-                "next_due": e.next_due.isoformat() if e.next_due else None,
-            }
-            for e in entries
-        ],
-    }
+) -> WorklistPage:
+    query = WorklistQuery(severity, category, indication, team, search, limit=limit, offset=offset)
+    return _run(service.worklist, s, who, query, "api")
 
 
 async def raw_body(request: Request) -> str:
@@ -460,91 +372,44 @@ IMPORT_BODY = {
     tags=["import"],
     summary="Import FHIR Bundle/NDJSON, HL7 v2 ORU^R01 or CSV (raw body)",
     openapi_extra=IMPORT_BODY,
+    response_model=ImportResult,
 )
 def import_data(
     s: SessionDep,
     kb: KbDep,
-    user: UserDep,
+    who: ApiUser,
     body: Annotated[str, Depends(raw_body)],
     format: Literal["fhir", "ndjson", "hl7v2", "csv"] | None = None,
     filename: Annotated[str, Query(max_length=200, pattern=NO_NUL)] = "upload",
-) -> dict[str, Any]:
-    _run(service.require_role, s, user, ("clinician", "admin"), "import", "api")
-    if not body.strip():
-        raise HTTPException(400, "the body is empty")
-    parsed = _run(parse_text, body, kb, format, filename)
-    summary = _run(service.import_parsed, s, kb, user, parsed, filename, "api")
-    return summary.as_dict()
+) -> ImportResult:
+    return _run(service.import_text, s, kb, who, body, format, filename, "api")
 
 
-@router.get("/quarantine", tags=["import"])
+@router.get("/quarantine", tags=["import"], response_model=QuarantineList)
 def list_quarantine(
     s: SessionDep,
-    user: UserDep,
+    who: ApiUser,
     state: Literal["open", "reprocessed", "discarded"] = "open",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> dict[str, Any]:
-    _run(service.require_role, s, user, ("admin",), "quarantine", "api")
-    rows = s.scalars(
-        select(m.QuarantineItem)
-        .where(m.QuarantineItem.state == state)
-        .order_by(m.QuarantineItem.id.desc())
-        .limit(limit)
-    )
-    audit(s, user, "read", "quarantine", channel="api")
-    return {
-        "items": [
-            {
-                "id": q.id,
-                "received_at": q.received_at.isoformat(),
-                "format": q.format,
-                "record": q.record_ref,
-                "patient_identifier": q.patient_identifier,
-                "reason": q.reason,
-                "original": q.original,
-                "state": q.state,
-            }
-            for q in rows
-        ]
-    }
+) -> QuarantineList:
+    return _run(service.list_quarantine, s, who, state, limit, "api")
 
 
-@router.post("/quarantine/{item_id}/reprocess", tags=["import"])
-def reprocess(item_id: ItemId, s: SessionDep, kb: KbDep, user: UserDep) -> dict[str, Any]:
-    summary = _run(service.reprocess_quarantine, s, kb, user, item_id, "api")
-    item = s.get(m.QuarantineItem, item_id)
-    return {**summary.as_dict(), "state": item.state if item else None}
+@router.post("/quarantine/{item_id}/reprocess", tags=["import"], response_model=ReprocessResult)
+def reprocess(item_id: ItemId, s: SessionDep, kb: KbDep, who: ApiUser) -> ReprocessResult:
+    return _run(service.reprocess, s, kb, who, item_id, "api")
 
 
-@router.post("/quarantine/{item_id}/discard", tags=["import"])
-def discard(item_id: ItemId, body: DiscardIn, s: SessionDep, user: UserDep) -> dict[str, Any]:
-    _run(service.discard_quarantine, s, user, item_id, body.reason, "api")
-    return {"id": item_id, "state": "discarded"}
+@router.post("/quarantine/{item_id}/discard", tags=["import"], response_model=DiscardOut)
+def discard(item_id: ItemId, body: DiscardIn, s: SessionDep, who: ApiUser) -> DiscardOut:
+    return _run(service.discard_quarantine, s, who, item_id, body.reason, "api")
 
 
-@router.get("/audit", tags=["admin"])
+@router.get("/audit", tags=["admin"], response_model=AuditList)
 def audit_log(
     s: SessionDep,
-    user: UserDep,
+    who: ApiUser,
     patient_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
-) -> dict[str, Any]:
-    _run(service.require_role, s, user, ("admin",), "audit-log", "api")
-    q = select(m.AuditEvent).order_by(m.AuditEvent.id.desc()).limit(limit)
-    if patient_id is not None:
-        q = q.where(m.AuditEvent.patient_id == patient_id)
-    rows = list(s.scalars(q))
-    return {
-        "events": [
-            {
-                "at": e.at.isoformat(),
-                "user": e.username,
-                "action": e.action,
-                "resource": e.resource,
-                "patient_id": e.patient_id,
-                "channel": e.channel,
-                "detail": e.detail,
-            }
-            for e in rows
-        ]
-    }
+) -> AuditList:
+    return _run(service.audit_log, s, who, patient_id, limit, "api")

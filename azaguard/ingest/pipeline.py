@@ -15,6 +15,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -28,6 +30,7 @@ from sqlalchemy.orm import Session
 from azaguard import domain as d
 from azaguard.ingest.items import Item, Parsed, Reject
 from azaguard.store import models as m
+from azaguard.store.db import Database
 from azaguard.store.records import now
 
 CHUNK = 500
@@ -155,27 +158,64 @@ def apply(
     today: date | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> ImportSummary:
-    """Write one parsed batch inside the caller's transaction."""
+    """Write one parsed batch inside the caller's transaction (all or nothing; `apply_in_chunks`
+    commits a large batch in bounded chunks instead)."""
     today = today or date.today()
     stamp = now()
-    if s.get_bind().dialect.name == "postgresql":
-        # psycopg prepares repeated statements; PostgreSQL would then reuse a generic plan made while
-        # the table looked small (a sequential scan) for every source-key lookup of a large batch,
-        # which grows quadratically. Plan each lookup for the table as it is.
-        s.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
+    _plan_each_lookup(s)
     batch = m.ImportBatch(started_at=stamp, source=source[:300], format=parsed.format, counts={}, username=username)
     s.add(batch)
     s.flush()
     summary = ImportSummary(batch_id=batch.id)
     quarantine: list[dict[str, Any]] = []
+    reject = _rejecter(batch.id, parsed.format, stamp, summary, quarantine)
+    for r in parsed.rejects:
+        reject(r)
+    items = _without_nul(parsed.items, reject)
+    # Patients: create or update those the batch describes; everything else must already exist.
+    known = _patient_ids(s, {it.patient for it in items})
+    _apply_patients(s, [it for it in items if it.kind == "patient"], known, stamp, summary, reject)
+    obs_items, other = _screen([it for it in items if it.kind != "patient"], known, today, reject)
 
+    done = 0
+    for start in range(0, len(obs_items), CHUNK):
+        chunk = obs_items[start : start + CHUNK]
+        _apply_observations(s, chunk, known, stamp, summary, reject)
+        done += len(chunk)
+        if progress:
+            progress(len(chunk))
+    for it in other:
+        _apply_other(s, it, known[it.patient], stamp, summary, reject)
+        if progress:
+            progress(1)
+
+    summary.counts["quarantined"] += len(quarantine)
+    new_items = _not_yet_quarantined(s, quarantine)
+    if new_items:
+        s.execute(insert(m.QuarantineItem), new_items)
+    batch.finished_at = now()
+    batch.counts = summary.as_dict()
+    return summary
+
+
+def _plan_each_lookup(s: Session) -> None:
+    if s.get_bind().dialect.name == "postgresql":
+        # psycopg prepares repeated statements; PostgreSQL would then reuse a generic plan made while
+        # the table looked small (a sequential scan) for every source-key lookup of a large batch,
+        # which grows quadratically. Plan each lookup for the table as it is.
+        s.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
+
+
+def _rejecter(
+    batch_id: int, fmt: str, stamp: Any, summary: ImportSummary, quarantine: list[dict[str, Any]]
+) -> Callable[[Reject], None]:
     def reject(r: Reject) -> None:
         summary.rejects.append(r)
         quarantine.append(
             {
-                "batch_id": batch.id,
+                "batch_id": batch_id,
                 "received_at": stamp,
-                "format": parsed.format,
+                "format": fmt,
                 "record_ref": _text(r.ref)[:200],
                 "patient_identifier": _text(r.patient)[:64] if r.patient else None,
                 "reason": _text(r.reason),
@@ -184,24 +224,31 @@ def apply(
             }
         )
 
-    for r in parsed.rejects:
-        reject(r)
+    return reject
 
-    # PostgreSQL refuses NUL in any text, queries included: such records cannot even be looked up.
-    items: list[Item] = []
-    for it in parsed.items:
+
+def _without_nul(items: Iterable[Item], reject: Callable[[Reject], None]) -> list[Item]:
+    """PostgreSQL refuses NUL in any text, queries included: such records cannot even be looked up."""
+    out: list[Item] = []
+    for it in items:
         if "\x00" in it.patient or "\x00" in it.source_key:
             why = "the patient identifier or record id contains a NUL character"
             reject(Reject(it.ref, why, it.original, it.patient))
         else:
-            items.append(it)
+            out.append(it)
+    return out
 
-    # Patients: create or update those the batch describes; everything else must already exist.
-    identifiers = {it.patient for it in items}
-    known = _patient_ids(s, identifiers)
+
+def _apply_patients(
+    s: Session,
+    items: list[Item],
+    known: dict[str, int],
+    stamp: Any,
+    summary: ImportSummary,
+    reject: Callable[[Reject], None],
+) -> None:
+    """Create the patients the items describe, or update their demographics."""
     for it in items:
-        if it.kind != "patient":
-            continue
         demo = it.payload
         pid = known.get(it.patient)
         if pid is None:
@@ -228,11 +275,14 @@ def apply(
             stored.sex = demo.get("sex") or stored.sex
         summary.patients.add(known[it.patient])
 
+
+def _screen(
+    items: list[Item], known: dict[str, int], today: date, reject: Callable[[Reject], None]
+) -> tuple[list[Item], list[Item]]:
+    """(observations, other records) that can be applied; unknown patients and future dates are rejected."""
     obs_items: list[Item] = []
     other: list[Item] = []
     for it in items:
-        if it.kind == "patient":
-            continue
         if len(it.source_key) > 200:  # the column's size; keep long ids distinct
             it = replace(it, source_key=f"{it.source_key[:150]}#{hashlib.sha1(it.source_key.encode()).hexdigest()}")
         if it.patient not in known:
@@ -243,26 +293,7 @@ def apply(
             reject(Reject(it.ref, f"impossible date {when.isoformat()} (in the future)", it.original, it.patient))
             continue
         (obs_items if it.kind in OBSERVATION_KINDS else other).append(it)
-
-    done = 0
-    for start in range(0, len(obs_items), CHUNK):
-        chunk = obs_items[start : start + CHUNK]
-        _apply_observations(s, chunk, known, stamp, summary, reject)
-        done += len(chunk)
-        if progress:
-            progress(len(chunk))
-    for it in other:
-        _apply_other(s, it, known[it.patient], stamp, summary, reject)
-        if progress:
-            progress(1)
-
-    summary.counts["quarantined"] += len(quarantine)
-    new_items = _not_yet_quarantined(s, quarantine)
-    if new_items:
-        s.execute(insert(m.QuarantineItem), new_items)
-    batch.finished_at = now()
-    batch.counts = summary.as_dict()
-    return summary
+    return obs_items, other
 
 
 def _not_yet_quarantined(s: Session, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -512,3 +543,184 @@ def _apply_other(
             setattr(row, k, v)
         summary.counts["corrected"] += 1
     summary.patients.add(pid)
+
+
+# ---------------------------------------------------------------- chunked, resumable imports
+CHUNK_SECONDS = 0.25  # aim: a chunk holds the write lock about this long (the clinic waits at most that)
+CHUNK_FIRST, CHUNK_MIN, CHUNK_MAX = 500, 20, 5000  # records per chunk: first guess and bounds
+REFRESH_FIRST = 20  # patients re-assessed per transaction: first guess (then sized like chunks)
+# SQLite: the pause between two chunks. Writers of other processes (the server) poll the write lock
+# every 2 ms at most; without a gap the import would take it back at once, chunk after chunk.
+CHUNK_GAP = 0.01
+
+
+def import_pause() -> float:
+    """AZAGUARD_IMPORT_PAUSE: after each chunk, rest this many times as long as the chunk took
+    (0.5: the import uses about two thirds of a CPU core), for imports during clinic hours on a
+    small server. Default 0: as fast as possible (other users still wait at most one chunk)."""
+    try:
+        return max(0.0, float(os.environ.get("AZAGUARD_IMPORT_PAUSE", "0")))
+    except ValueError:
+        return 0.0
+
+
+def input_digest(parsed: Parsed) -> str:
+    """Identity of a parsed input (format, every record's identity, content and origin, every
+    reader reject): the same file read with the same code map gives the same digest."""
+    h = hashlib.sha256(parsed.format.encode())
+    for it in parsed.items:
+        h.update(
+            f"\x1e{it.kind}\x1f{it.patient}\x1f{it.source_key}\x1f{it.ref}\x1f{it.correction:d}{it.preliminary:d}".encode()
+        )
+        h.update(f"\x1f{it.abnormal_flag}\x1f{it.payload!r}".encode())
+    for r in parsed.rejects:
+        h.update(f"\x1d{r.ref}\x1f{r.reason}\x1f{r.patient}\x1f".encode())
+        h.update(r.original.encode("utf-8", "replace"))
+    return h.hexdigest()
+
+
+def _next_size(size: int, seconds: float, lo: int, hi: int) -> int:
+    """The next chunk size so a chunk takes about CHUNK_SECONDS (at most doubling per step)."""
+    wanted = int(size * CHUNK_SECONDS / max(seconds, 1e-3))
+    return max(lo, min(hi, wanted, size * 2))
+
+
+def apply_in_chunks(
+    db: Database,
+    parsed: Parsed,
+    source: str,
+    username: str = "",
+    today: date | None = None,
+    progress: Callable[[int], None] | None = None,
+    refresh: Callable[[Session, list[int]], object] | None = None,
+    finish: Callable[[Session, ImportSummary], None] | None = None,
+) -> ImportSummary:
+    """Import a batch of any size in chunks, each its own short transaction (SQLite BEGIN IMMEDIATE),
+    so other users wait at most about CHUNK_SECONDS for the write lock.
+
+    Each chunk is atomic and records how far the batch got (import_batches.items_done) in the same
+    transaction, and the pipeline's decisions are idempotent (duplicates, corrections, quarantine),
+    so an interrupted run is resumed by running the same input again: a batch in state "running"
+    with the same `input_digest` continues after its last committed chunk, and its counts end up
+    as an uninterrupted run's. Two runs of the same input at once share the batch, chunk by chunk.
+
+    Then `refresh(session, patient_ids)` re-assesses the patients touched (also in chunks; on a
+    resumed run, every patient the batch names), and `finish(session, summary)` runs in the last
+    transaction, which marks the batch done (e.g. to write the audit row).
+    """
+    today = today or date.today()
+    digest = input_digest(parsed)
+    work = [it for it in parsed.items if it.kind == "patient"] + [it for it in parsed.items if it.kind != "patient"]
+    summary, position, resumed = _open_batch(db, parsed, source, username, digest, len(work))
+    size = CHUNK_FIRST
+    pause = import_pause()
+    gap = CHUNK_GAP if db.engine.dialect.name == "sqlite" else 0.0
+    while position < len(work):
+        started = time.perf_counter()
+        with db.write() as s:
+            _plan_each_lookup(s)
+            b = m.ImportBatch
+            done, counts = s.execute(
+                select(b.items_done, b.counts).where(b.id == summary.batch_id).with_for_update()
+            ).one()
+            if done != position:  # another run of the same input committed chunks meanwhile
+                position, summary.counts = done, Counter(counts or {})
+                continue
+            chunk = work[position : position + size]
+            _apply_chunk(s, chunk, summary, parsed.format, today)
+            position += len(chunk)
+            s.execute(
+                update(b).where(b.id == summary.batch_id).values(items_done=position, counts=dict(summary.counts))
+            )
+        took = time.perf_counter() - started
+        size = _next_size(size, took, CHUNK_MIN, CHUNK_MAX)
+        time.sleep(max(gap, took * pause))  # let the clinic's writers in (and leave it the CPU a while)
+        if progress:
+            progress(len(chunk))
+    patients = set(summary.patients)
+    if resumed:  # patients of chunks an earlier run committed may not have been re-assessed
+        with db.session() as s:
+            patients |= set(_patient_ids(s, {it.patient for it in work}).values())
+    if refresh is not None:
+        _refresh_in_chunks(db, sorted(patients), refresh)
+    with db.write() as s:
+        b = m.ImportBatch
+        counts = s.execute(select(b.counts).where(b.id == summary.batch_id).with_for_update()).scalar_one()
+        summary.counts = Counter(counts or {})
+        s.execute(
+            update(b).where(b.id == summary.batch_id).values(state="done", finished_at=now(), counts=summary.as_dict())
+        )
+        if finish is not None:
+            finish(s, summary)
+    summary.patients = patients
+    return summary
+
+
+def _open_batch(
+    db: Database, parsed: Parsed, source: str, username: str, digest: str, total: int
+) -> tuple[ImportSummary, int, bool]:
+    """(summary so far, position to continue from, resumed?): the running batch of the same input,
+    or a new one with the reader's rejects quarantined."""
+    with db.write() as s:
+        b = m.ImportBatch
+        found = s.execute(
+            select(b.id, b.items_done, b.counts)
+            .where(b.digest == digest, b.state == "running")
+            .order_by(b.id.desc())
+            .limit(1)
+        ).first()
+        if found is not None:
+            summary = ImportSummary(batch_id=found.id, counts=Counter(found.counts or {}))
+            return summary, found.items_done, True
+        stamp = now()
+        batch = m.ImportBatch(
+            started_at=stamp, source=source[:300], format=parsed.format, counts={}, username=username,
+            state="running", digest=digest, items_done=0, items_total=total,
+        )  # fmt: skip
+        s.add(batch)
+        s.flush()
+        summary = ImportSummary(batch_id=batch.id)
+        quarantine: list[dict[str, Any]] = []
+        reject = _rejecter(batch.id, parsed.format, stamp, summary, quarantine)
+        for r in parsed.rejects:
+            reject(r)
+        _quarantine(s, quarantine, summary)
+        batch.counts = dict(summary.counts)
+        return summary, 0, False
+
+
+def _quarantine(s: Session, rows: list[dict[str, Any]], summary: ImportSummary) -> None:
+    summary.counts["quarantined"] += len(rows)
+    new_items = _not_yet_quarantined(s, rows)
+    if new_items:
+        s.execute(insert(m.QuarantineItem), new_items)
+
+
+def _apply_chunk(s: Session, chunk: list[Item], summary: ImportSummary, fmt: str, today: date) -> None:
+    """One chunk, with the same decisions as `apply` makes for a whole batch."""
+    stamp = now()
+    quarantine: list[dict[str, Any]] = []
+    assert summary.batch_id is not None
+    reject = _rejecter(summary.batch_id, fmt, stamp, summary, quarantine)
+    items = _without_nul(chunk, reject)
+    known = _patient_ids(s, {it.patient for it in items})
+    _apply_patients(s, [it for it in items if it.kind == "patient"], known, stamp, summary, reject)
+    obs_items, other = _screen([it for it in items if it.kind != "patient"], known, today, reject)
+    for start in range(0, len(obs_items), CHUNK):
+        _apply_observations(s, obs_items[start : start + CHUNK], known, stamp, summary, reject)
+    for it in other:
+        _apply_other(s, it, known[it.patient], stamp, summary, reject)
+    _quarantine(s, quarantine, summary)
+
+
+def _refresh_in_chunks(db: Database, patient_ids: list[int], refresh: Callable[[Session, list[int]], object]) -> None:
+    size, i = REFRESH_FIRST, 0
+    gap = CHUNK_GAP if db.engine.dialect.name == "sqlite" else 0.0
+    while i < len(patient_ids):
+        started = time.perf_counter()
+        group = patient_ids[i : i + size]
+        with db.session() as s:
+            refresh(s, group)
+        i += len(group)
+        size = _next_size(size, time.perf_counter() - started, 1, 500)
+        time.sleep(gap)

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import hashlib
-import os
-import pickle
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -20,7 +17,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from azaguard import __version__
 from azaguard.knowledge import model as m
 
 DATA = "azaguard.knowledge.data"
@@ -124,7 +120,6 @@ def _read_tsv(name: str) -> list[dict[str, str]]:
 
 
 def _validate(adapter_type: Any, data: Any, where: str) -> Any:
-    # pydantic is only needed when files are (re)validated, never on a cache hit.
     from pydantic import TypeAdapter, ValidationError
 
     try:
@@ -244,9 +239,6 @@ def _apply_local(raw: dict[str, Any], local: dict[str, Any], path: str) -> dict[
 
 
 _TOML_FILES = ("sources", "protocol", "labs", "codes", "medicines", "safety", "findings", "guide")
-_DATA_FILES = tuple(f"{n}.toml" for n in _TOML_FILES) + tuple(
-    f"cpic/{g}_{kind}.tsv" for g in ("TPMT", "NUDT15") for kind in ("allele_function", "diplotype_phenotype")
-)
 
 
 @lru_cache(maxsize=8)
@@ -286,45 +278,15 @@ def _name_rules(message: str, raw: dict[str, Any]) -> str:
 
 @lru_cache(maxsize=1)
 def _load_default() -> Knowledge:
-    cached = _cache_path()
-    if cached is not None and cached.exists():
-        try:
-            with cached.open("rb") as fh:
-                kb = pickle.load(fh)
-            if isinstance(kb, Knowledge):
-                return kb
-        except Exception:  # a stale or damaged cache is simply rebuilt
-            pass
+    """The packaged knowledge base, validated from its files on every start (once per process).
+
+    There is deliberately no cache on disk: a cached copy would be a file other users or programs
+    could replace (a pickle would even run their code), and validating the files costs about
+    150 ms, which keeps `azaguard assess` well inside its 500 ms (bench/assess.py).
+    """
     raw = _load_raw()
     meta = raw["protocol"]["meta"]
-    kb = _build(copy.deepcopy(raw), {"name": meta["name"], "version": meta["version"], "local": "no"})
-    if cached is not None:
-        try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-            with tmp.open("wb") as fh:
-                pickle.dump(kb, fh, protocol=pickle.HIGHEST_PROTOCOL)
-            tmp.replace(cached)
-        except OSError:
-            pass
-    return kb
-
-
-def _cache_path() -> Path | None:
-    """Cache of the validated default knowledge, keyed by the hash of every data file and the code version.
-
-    Validation takes longer than a whole CLI run should; the cache is only ever a copy of what
-    validation produced for byte-identical files, so it cannot change a result.
-    """
-    if os.environ.get("AZAGUARD_NO_KNOWLEDGE_CACHE"):
-        return None
-    digest = hashlib.sha256(__version__.encode())
-    root = resources.files(DATA)
-    for name in sorted(_DATA_FILES):
-        digest.update(name.encode())
-        digest.update(root.joinpath(name).read_bytes())
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "azaguard"
-    return base / f"knowledge-{digest.hexdigest()[:24]}.pickle"
+    return _build(copy.deepcopy(raw), {"name": meta["name"], "version": meta["version"], "local": "no"})
 
 
 def _build(raw: dict[str, Any], protocol: dict[str, str]) -> Knowledge:

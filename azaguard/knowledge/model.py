@@ -2,8 +2,8 @@
 
 Plain frozen dataclasses, validated by pydantic (TypeAdapter) when the files are loaded:
 strict, with unknown keys as errors, so a typo in a knowledge or local protocol file fails
-loudly instead of silently dropping a safety rule. Keeping them stdlib dataclasses means a
-CLI run that reuses the cached, already-validated knowledge never imports pydantic.
+loudly instead of silently dropping a safety rule. Keeping them stdlib dataclasses means the
+engine that uses them never depends on pydantic.
 """
 
 from __future__ import annotations

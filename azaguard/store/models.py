@@ -183,6 +183,12 @@ class AssessmentRow(Base):
     treatment: Mapped[str] = mapped_column(String(16), default="", server_default="")
     result: Mapped[dict[str, Any]] = mapped_column(JSONType)
     computed_at: Mapped[datetime] = mapped_column(DateTime)
+    # Bumped by every refresh and review: a refresh computed outside the write lock is written only
+    # if nobody changed the row meanwhile (otherwise it is computed again under the lock).
+    revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # SHA-1 of `result`: a refresh that changes nothing writes nothing (and takes no write lock),
+    # so computed_at is when the stored assessment last changed.
+    result_digest: Mapped[str] = mapped_column(String(40), default="", server_default="")
     __table_args__ = (Index("ix_assessments_worklist", "worst_open", "next_due"),)
 
 
@@ -265,6 +271,21 @@ class WebSession(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime)
 
 
+class LoginThrottle(Base):
+    """Failed-login counters (auth.py): one row per username ("u:"), client address ("a:") and
+    username at an address ("ua:"), updated atomically before a password is checked; "ok:" rows
+    remember where a username last logged in successfully (its trusted addresses)."""
+
+    __tablename__ = "login_throttle"
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    window_start: Mapped[datetime | None] = mapped_column(DateTime)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime)
+    lockouts: Mapped[int] = mapped_column(Integer, default=0)  # lock-outs in a row: the back-off doubles
+    last_lockout: Mapped[datetime | None] = mapped_column(DateTime)
+    last_success: Mapped[datetime | None] = mapped_column(DateTime)
+
+
 class AuditEvent(Base):
     __tablename__ = "audit_log"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -287,6 +308,13 @@ class ImportBatch(Base):
     format: Mapped[str] = mapped_column(String(16))
     counts: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     username: Mapped[str] = mapped_column(String(80), default="")
+    # Chunked imports (ingest/pipeline.apply_in_chunks) commit every chunk with its position, so an
+    # interrupted run is resumed by running the same input again: `digest` identifies the input,
+    # `items_done` is how far it got, `state` is running | done (batches before revision 0003: done).
+    state: Mapped[str] = mapped_column(String(16), default="done", server_default="done")
+    digest: Mapped[str | None] = mapped_column(String(64), index=True)
+    items_done: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    items_total: Mapped[int | None] = mapped_column(Integer)
 
 
 class QuarantineItem(Base):

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import date
 
 from azaguard.knowledge import Knowledge
-from azaguard.store import models as m
+from azaguard.service_models import MedicineOut, ObservationOut
 
 # What a chart can draw: values beyond this or dates before 1900 (an imported 1e308, a year-1
 # date) are left out of the drawing rather than breaking it; the results table still lists them.
@@ -30,7 +30,7 @@ PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-def patient_chart_svg(kb: Knowledge, labs: Sequence[m.Observation], meds: Sequence[m.Medication]) -> str:
+def patient_chart_svg(kb: Knowledge, labs: Sequence[ObservationOut], meds: Sequence[MedicineOut]) -> str:
     import matplotlib
     from matplotlib.figure import Figure
 
@@ -39,25 +39,22 @@ def patient_chart_svg(kb: Knowledge, labs: Sequence[m.Observation], meds: Sequen
     fig = Figure(figsize=(10, 1.7 * len(PANELS)))
     axes = fig.subplots(len(PANELS), 1, sharex=True)
     doses = sorted(
-        (x.start, x.daily_dose_mg)
+        (x.start, x.mg_per_day)
         for x in meds
-        if x.start is not None
-        and x.start >= _FIRST_DAY
-        and x.daily_dose_mg is not None
-        and x.daily_dose_mg <= _PLOTTABLE
+        if x.start is not None and x.start >= _FIRST_DAY and x.mg_per_day is not None and x.mg_per_day <= _PLOTTABLE
     )
     for ax, (title, analytes) in zip(axes, PANELS, strict=True):
         ax.set_title(title, loc="left", fontsize=9)
         values: list[float] = []
         for analyte in analytes:
             pts = sorted(
-                (o.effective, o.value)
+                (o.date, o.value)
                 for o in labs
                 if o.analyte == analyte
                 and o.value is not None
                 and math.isfinite(o.value)
                 and abs(o.value) <= _PLOTTABLE
-                and o.effective >= _FIRST_DAY
+                and o.date >= _FIRST_DAY
             )
             if pts:
                 xs, ys = zip(*pts, strict=True)

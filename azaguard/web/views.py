@@ -2,81 +2,62 @@
 
 No front-end build step: Jinja2 templates and one stylesheet, charts drawn server-side as SVG.
 Every POST carries the session's CSRF token; a bad form comes back with the field marked and
-explained, and the transaction is rolled back, so nothing is saved half-way.
+explained, and its part of the unit of work is rolled back, so nothing is saved half-way.
+Each route calls use cases in azaguard.service and renders the view models they return.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from pathlib import Path as FilePath
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.datastructures import UploadFile
 
-from azaguard import auth, service
-from azaguard import worklist as wl
-from azaguard.app import session_dep
-from azaguard.audit import audit
+from azaguard import service
+from azaguard.deps import COOKIE, LoginRequired, SessionDep, WebUser, database, knowledge
 from azaguard.knowledge import Knowledge
-from azaguard.store import models as m
-from azaguard.store.writes import FormError
+from azaguard.service_models import ObservationOut, PatientPage, Principal, WebIdentity, WorklistQuery
 
 TEMPLATES = Jinja2Templates(directory=str(FilePath(__file__).resolve().parent / "templates"))
-COOKIE = "azaguard_session"
 LOGIN_CSRF = "azaguard_login_csrf"
 router = APIRouter(include_in_schema=False)
+__all__ = ["COOKIE", "FORMS", "LOGIN_CSRF", "TEMPLATES", "error_page", "router"]
 
-
-class LoginRequired(Exception):
-    pass
-
-
-# scope="function": commit before the response is sent, so the page a redirect leads to sees the write
-# (FastAPI's default "request" scope commits after the response: a POST-redirect-GET could read stale data).
-SessionDep = Annotated[Session, Depends(session_dep, scope="function")]
 # Row ids are 32-bit INTEGER columns: a larger id is a 422, never a database overflow (a 500).
 PatientId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 
-def _kb(request: Request) -> Knowledge:
-    return request.app.state.kb
-
-
-def _base(request: Request, user: m.User | None, ws: m.WebSession | None, **ctx: Any) -> dict[str, Any]:
+def _base(request: Request, user: Principal | None, csrf: str, **ctx: Any) -> dict[str, Any]:
     return {
         "request": request,
         "user": user,
-        "csrf": ws.csrf_token if ws else "",
+        "csrf": csrf,
         "settings": request.app.state.settings,
-        "knowledge_version": _kb(request).version,
+        "knowledge_version": knowledge(request).version,
         "today": date.today(),
         **ctx,
     }
 
 
-def render(
-    request: Request, name: str, user: m.User | None, ws: m.WebSession | None, status: int = 200, **ctx: Any
-) -> HTMLResponse:
-    return TEMPLATES.TemplateResponse(request, name, _base(request, user, ws, **ctx), status_code=status)
+def render(request: Request, name: str, who: WebIdentity | None, status: int = 200, **ctx: Any) -> HTMLResponse:
+    user, csrf = (who.principal, who.csrf) if who else (None, "")
+    return TEMPLATES.TemplateResponse(request, name, _base(request, user, csrf, **ctx), status_code=status)
 
 
 def error_page(request: Request, status: int, message: str) -> HTMLResponse:
     return TEMPLATES.TemplateResponse(
-        request, "error.html", _base(request, None, None, status=status, message=message), status_code=status
+        request, "error.html", _base(request, None, "", status=status, message=message), status_code=status
     )
-
-
-def current(request: Request, s: Session) -> tuple[m.User, m.WebSession]:
-    found = auth.session_user(s, request.cookies.get(COOKIE))
-    if found is None:
-        raise LoginRequired()
-    return found
 
 
 async def form_data(request: Request) -> dict[str, str]:
@@ -90,8 +71,8 @@ async def form_data(request: Request) -> dict[str, str]:
 FormDep = Annotated[dict[str, str], Depends(form_data)]
 
 
-def check_csrf(ws: m.WebSession, form: dict[str, str]) -> None:
-    if not secrets.compare_digest(form.get("csrf", ""), ws.csrf_token):
+def check_csrf(who: WebIdentity, form: dict[str, str]) -> None:
+    if not secrets.compare_digest(form.get("csrf", ""), who.csrf):
         raise service.Denied("the form has expired or did not come from this site; reload the page and try again")
 
 
@@ -99,7 +80,7 @@ def check_csrf(ws: m.WebSession, form: dict[str, str]) -> None:
 @router.get("/login")
 def login_page(request: Request) -> HTMLResponse:
     token = secrets.token_urlsafe(24)
-    resp = render(request, "login.html", None, None, login_csrf=token, error=None)
+    resp = render(request, "login.html", None, login_csrf=token, error=None)
     resp.set_cookie(
         LOGIN_CSRF, token, httponly=True, samesite="strict", secure=request.app.state.settings.secure_cookies
     )
@@ -111,58 +92,50 @@ def login(request: Request, s: SessionDep, form: FormDep) -> Response:
     cookie = request.cookies.get(LOGIN_CSRF, "")
     if not cookie or not secrets.compare_digest(cookie, form.get("login_csrf", "")):
         return render(
-            request, "login.html", None, None, 400, login_csrf=cookie, error="Please reload the page and try again."
+            request, "login.html", None, 400, login_csrf=cookie, error="Please reload the page and try again."
         )
-    username = form.get("username", "").strip()
-    if auth.login_locked(s, username):
-        audit(s, None, "login-locked", "web-login", detail=f"username {username[:40]}")
+    try:
+        client = request.client.host if request.client else None
+        done = service.open_web_session(s, form.get("username", ""), form.get("password", ""), client)
+    except service.LoginLocked:
         message = "Too many failed logins. Try again in 15 minutes."
-        return render(request, "login.html", None, None, 429, login_csrf=cookie, error=message)
-    user = auth.authenticate(s, username, form.get("password", ""))
-    if user is None:
-        audit(s, None, "login-failed", "web-login", detail=f"username {username[:40]}")
-        return render(request, "login.html", None, None, 401, login_csrf=cookie, error="Wrong username or password.")
-    token, _ = auth.create_session(s, user)
-    audit(s, user, "login", "web-login")
+        return render(request, "login.html", None, 429, login_csrf=cookie, error=message)
+    except service.LoginFailed:
+        return render(request, "login.html", None, 401, login_csrf=cookie, error="Wrong username or password.")
     resp = RedirectResponse("/", status_code=303)
     resp.set_cookie(
         COOKIE,
-        token,
+        done.token,
         httponly=True,
         samesite="lax",
         secure=request.app.state.settings.secure_cookies,
-        max_age=auth.SESSION_HOURS * 3600,
+        max_age=service.SESSION_HOURS * 3600,
     )
     resp.delete_cookie(LOGIN_CSRF)
     return resp
 
 
 @router.post("/logout")
-def logout(request: Request, s: SessionDep, form: FormDep) -> Response:
-    user, ws = current(request, s)
-    check_csrf(ws, form)
-    auth.end_session(s, request.cookies.get(COOKIE))
-    audit(s, user, "logout", "web-login")
+def logout(request: Request, s: SessionDep, who: WebUser, form: FormDep) -> Response:
+    check_csrf(who, form)
+    service.close_web_session(s, who.principal, request.cookies.get(COOKIE))
     resp = RedirectResponse("/login", status_code=303)
     resp.delete_cookie(COOKIE)
     return resp
 
 
 @router.get("/")
-def home(request: Request, s: SessionDep) -> Response:
-    user, _ = current(request, s)
-    return RedirectResponse("/me" if user.role == "patient" else "/worklist", status_code=303)
+def home(who: WebUser) -> Response:
+    return RedirectResponse("/me" if who.principal.role == "patient" else "/worklist", status_code=303)
 
 
 # ---------------------------------------------------------------- clinic
 @router.get("/worklist")
-def worklist_page(request: Request, s: SessionDep) -> HTMLResponse:
-    user, ws = current(request, s)
-    service.require_role(s, user, ("clinician", "admin"), "worklist", "web")
+def worklist_page(request: Request, s: SessionDep, who: WebUser) -> HTMLResponse:
     q = request.query_params
     if any("\x00" in v for v in q.values()):
         raise HTTPException(400, "search fields must not contain NUL characters")
-    flt = wl.WorklistFilter(
+    flt = WorklistQuery(
         severity=q.get("severity") or None,
         category=q.get("category") or None,
         indication=q.get("indication") or None,
@@ -170,25 +143,23 @@ def worklist_page(request: Request, s: SessionDep) -> HTMLResponse:
         search=q.get("q") or None,
         limit=200,
     )
-    entries, total = wl.worklist(s, flt)
-    audit(s, user, "read", f"worklist ({len(entries)})")
-    kb = _kb(request)
+    page = service.worklist(s, who.principal, flt, "web")
+    kb = knowledge(request)
     return render(
         request,
         "worklist.html",
-        user,
-        ws,
-        entries=entries,
-        total=total,
+        who,
+        entries=page.entries,
+        total=page.total,
         flt=flt,
         categories=sorted({f.category for f in kb.findings.values()} | {"lab", "trend", "interaction"}),
         indications=kb.indications,
     )
 
 
-def _patient_context(request: Request, s: Session, user: m.User, patient_id: int) -> dict[str, Any]:
-    kb = _kb(request)
-    view = service.patient_view(s, kb, user, patient_id, "web")
+def _patient_context(request: Request, s: Session, who: Principal, patient_id: int) -> dict[str, Any]:
+    kb = knowledge(request)
+    view = service.patient_page(s, kb, who, patient_id, "web")
     a = view.assessment
     interaction_by_med: dict[str, list[dict[str, Any]]] = {}
     for f in a["findings"]:
@@ -199,14 +170,6 @@ def _patient_context(request: Request, s: Session, user: m.User, patient_id: int
     if view.patient.birth_date:
         b, t = view.patient.birth_date, date.today()
         age = t.year - b.year - ((t.month, t.day) < (b.month, b.day))
-    indication = next(
-        (
-            c
-            for c in s.scalars(select(m.Condition).where(m.Condition.patient_id == patient_id))
-            if c.key in kb.indications
-        ),
-        None,
-    )
     monitoring = a["monitoring"]
     follow_ups = monitoring.get("follow_ups", [])
     open_follow_ups = sorted((u for u in follow_ups if u["state"] in ("open", "overdue")), key=lambda u: u["due"])
@@ -225,16 +188,16 @@ def _patient_context(request: Request, s: Session, user: m.User, patient_id: int
         "dismissed_follow_ups": [u for u in follow_ups if u["state"] == "dismissed"],
         "asked_by": asked_by,
         "finding_dates": {(f["code"], f["message"]): f.get("date") for f in a["findings"]},
-        # From the store, not the assessment: whether the hold form applies (an active row to withhold)
+        # From the record, not the assessment: whether the hold form applies (an active row to withhold)
         "aza_active": any(x.status == "active" for x in aza),
         "aza_on_hold": any(x.status == "on-hold" for x in aza),
         "age": age,
-        "indication": kb.indications[indication.key].label if indication and indication.key else None,
+        "indication": kb.indications[view.indication].label if view.indication else None,
         "interactions": interaction_by_med,
         "analytes": {
             k: v for k, v in kb.analytes.items() if v.group in ("FBC", "LFT", "renal", "vitals", "metabolites")
         },
-        "outcomes": wl.REVIEW_OUTCOMES,
+        "outcomes": service.REVIEW_OUTCOMES,
         "symptoms": kb.symptoms.items,
         "errors": {},
         "values": {},
@@ -243,66 +206,56 @@ def _patient_context(request: Request, s: Session, user: m.User, patient_id: int
 
 
 @router.get("/patients/{patient_id}")
-def patient_page(patient_id: PatientId, request: Request, s: SessionDep) -> HTMLResponse:
-    user, ws = current(request, s)
-    if user.role == "patient" and user.patient_id == patient_id:
-        return RedirectResponse("/me", 303)  # type: ignore[return-value]
-    ctx = _patient_context(request, s, user, patient_id)  # authorises: another patient's page is refused and audited
-    return render(request, "patient.html", user, ws, **ctx)
+def patient_page(patient_id: PatientId, request: Request, s: SessionDep, who: WebUser) -> Response:
+    if who.principal.role == "patient" and who.principal.patient_id == patient_id:
+        return RedirectResponse("/me", 303)
+    # patient_page authorises: another patient's page is refused and audited
+    ctx = _patient_context(request, s, who.principal, patient_id)
+    return render(request, "patient.html", who, **ctx)
 
 
 @router.get("/patients/{patient_id}/charts.svg")
-def patient_charts(patient_id: PatientId, request: Request, s: SessionDep) -> Response:
+def patient_charts(patient_id: PatientId, request: Request, s: SessionDep, who: WebUser) -> Response:
     from azaguard.web.charts import patient_chart_svg
 
-    user, _ = current(request, s)
-    service.authorise_patient(s, user, patient_id, "view-charts", "web")
-    labs = list(
-        s.scalars(
-            select(m.Observation).where(
-                m.Observation.patient_id == patient_id, m.Observation.current.is_(True), m.Observation.kind == "lab"
-            )
-        )
-    )
-    meds = list(
-        s.scalars(
-            select(m.Medication).where(m.Medication.patient_id == patient_id, m.Medication.drug == "azathioprine")
-        )
-    )
-    svg = patient_chart_svg(_kb(request), labs, meds)
+    data = service.chart_data(s, who.principal, patient_id, "web")
+    svg = patient_chart_svg(knowledge(request), data.labs, data.doses)
     return Response(svg, media_type="image/svg+xml")
 
 
-def _lab(s: Session, kb: Knowledge, u: m.User, pid: int, f: dict[str, str]) -> Any:
+FormAction = Callable[[Session, Knowledge, Principal, int, dict[str, str]], object]
+
+
+def _lab(s: Session, kb: Knowledge, u: Principal, pid: int, f: dict[str, str]) -> object:
     return service.add_lab(s, kb, u, pid, f.get("analyte", ""), f.get("value"), f.get("unit", ""), f.get("date"), "web")
 
 
-def _dose(s: Session, kb: Knowledge, u: m.User, pid: int, f: dict[str, str]) -> Any:
+def _dose(s: Session, kb: Knowledge, u: Principal, pid: int, f: dict[str, str]) -> object:
     return service.change_dose(s, kb, u, pid, f.get("mg_per_day"), f.get("start"), "web")
 
 
-def _medicine(s: Session, kb: Knowledge, u: m.User, pid: int, f: dict[str, str]) -> Any:
+def _medicine(s: Session, kb: Knowledge, u: Principal, pid: int, f: dict[str, str]) -> object:
     name, status = f.get("name", ""), f.get("status", "active")
     return service.add_medicine(s, kb, u, pid, name, status, f.get("start"), f.get("mg_per_day"), "web")
 
 
-def _vaccine(s: Session, kb: Knowledge, u: m.User, pid: int, f: dict[str, str]) -> Any:
+def _vaccine(s: Session, kb: Knowledge, u: Principal, pid: int, f: dict[str, str]) -> object:
     return service.add_vaccine(s, kb, u, pid, f.get("name", ""), f.get("status", ""), f.get("date"), "web")
 
 
-def _symptom(s: Session, kb: Knowledge, u: m.User, pid: int, f: dict[str, str]) -> Any:
+def _symptom(s: Session, kb: Knowledge, u: Principal, pid: int, f: dict[str, str]) -> object:
     return service.report_symptom(s, kb, u, pid, f.get("symptom", ""), f.get("date"), "web")
 
 
-def _hold(s: Session, kb: Knowledge, u: m.User, pid: int, f: dict[str, str]) -> Any:
+def _hold(s: Session, kb: Knowledge, u: Principal, pid: int, f: dict[str, str]) -> object:
     return service.hold_azathioprine(s, kb, u, pid, f.get("reason", ""), f.get("start") or None, "web")
 
 
-def _follow_up(s: Session, kb: Knowledge, u: m.User, pid: int, f: dict[str, str]) -> Any:
+def _follow_up(s: Session, kb: Knowledge, u: Principal, pid: int, f: dict[str, str]) -> object:
     return service.dismiss_follow_up(s, kb, u, pid, f.get("key", ""), f.get("reason", ""), "web")
 
 
-FORMS = {
+FORMS: dict[str, FormAction] = {
     "lab": _lab,
     "dose": _dose,
     "medicine": _medicine,
@@ -321,51 +274,47 @@ def patient_form(
     form_name: str,
     request: Request,
     s: SessionDep,
+    who: WebUser,
     form: FormDep,
 ) -> Response:
-    user, ws = current(request, s)
-    check_csrf(ws, form)
+    check_csrf(who, form)
     if form_name == "team":
-        service.require_role(s, user, ("clinician", "admin"), "set-team", "web", patient_id)
-        service.authorise_patient(s, user, patient_id, "set-team", "web", write=True)
-        from azaguard.store.writes import set_team
-
         try:
-            with s.begin_nested():
-                set_team(s, patient_id, form.get("team", ""))
-        except FormError as exc:  # only a hand-made request can send another value: a 400, not a 500
+            with service.attempt(s):
+                service.set_team(s, who.principal, patient_id, form.get("team", ""), "web")
+        except service.FormError as exc:  # only a hand-made request can send another value: a 400, not a 500
             return error_page(request, 400, f"{exc.field}: {exc.message}")
         return RedirectResponse(f"/patients/{patient_id}#summary", status_code=303)
     if form_name not in FORMS:
         return error_page(request, 404, "No such form.")
     action = FORMS[form_name]
     try:
-        with s.begin_nested():  # a bad form rolls back to here: nothing is saved half-way
-            action(s, _kb(request), user, patient_id, form)
-    except FormError as exc:
-        ctx = _patient_context(request, s, user, patient_id)
+        with service.attempt(s):  # a bad form rolls back to here: nothing is saved half-way
+            action(s, knowledge(request), who.principal, patient_id, form)
+    except service.FormError as exc:
+        ctx = _patient_context(request, s, who.principal, patient_id)
         ctx["errors"] = {form_name: {exc.field: exc.message}}
         ctx["values"] = {form_name: form}
-        return render(request, "patient.html", user, ws, 400, **ctx)
+        return render(request, "patient.html", who, 400, **ctx)
     return RedirectResponse(f"/patients/{patient_id}#{AFTER.get(form_name, 'findings')}", status_code=303)
 
 
 @router.post("/findings/{finding_id}/review")
-def review_form(finding_id: RowId, request: Request, s: SessionDep, form: FormDep) -> Response:
-    user, ws = current(request, s)
-    check_csrf(ws, form)
-    f = s.get(m.FindingRow, finding_id)
+def review_form(finding_id: RowId, request: Request, s: SessionDep, who: WebUser, form: FormDep) -> Response:
+    check_csrf(who, form)
+    f = service.finding(s, finding_id)
     if f is None:
         return error_page(request, 404, "No such finding.")
     try:
-        with s.begin_nested():
-            service.review(s, _kb(request), user, finding_id, form.get("outcome", ""), form.get("note", ""), "web")
-    except (wl.ReviewError, ValueError) as exc:
+        with service.attempt(s):
+            outcome, note = form.get("outcome", ""), form.get("note", "")
+            service.review(s, knowledge(request), who.principal, finding_id, outcome, note, "web")
+    except ValueError as exc:  # ReviewError, or a hold the review could not record
         if f.state not in ("open", "info"):  # already reviewed (double submit, two clinicians): no form to mark
             return error_page(request, 400, str(exc))
-        ctx = _patient_context(request, s, user, f.patient_id)
+        ctx = _patient_context(request, s, who.principal, f.patient_id)
         ctx["errors"] = {f"review-{finding_id}": {"outcome": str(exc)}}
-        return render(request, "patient.html", user, ws, 400, **ctx)
+        return render(request, "patient.html", who, 400, **ctx)
     back = form.get("next") or f"/patients/{f.patient_id}#findings"
     return RedirectResponse(
         back if back.startswith("/") and not back.startswith("//") else "/worklist", status_code=303
@@ -382,28 +331,32 @@ def _plain_result(kb: Knowledge, analyte: str, value: float) -> str:
     return "Within the range that is safe on azathioprine."
 
 
-@router.get("/me")
-def my_record(request: Request, s: SessionDep) -> Response:
-    user, ws = current(request, s)
-    if user.role != "patient" or user.patient_id is None:
-        return RedirectResponse("/worklist", status_code=303)
-    kb = _kb(request)
-    view = service.patient_view(s, kb, user, user.patient_id, "web")
-    a = view.assessment
-    latest: dict[str, m.Observation] = {}
+def _my_results(kb: Knowledge, view: PatientPage) -> list[dict[str, Any]]:
+    """The latest FBC, liver and kidney results, each with what it means, in plain language."""
+    latest: dict[str, ObservationOut] = {}
     for o in view.labs:
         latest[o.analyte or ""] = o
-    results = [
+    return [
         {
             "label": kb.analytes[k].label,
             "value": o.value,
             "unit": o.unit,
-            "date": o.effective,
+            "date": o.date,
             "meaning": _plain_result(kb, k, o.value or 0.0),
         }
         for k, o in latest.items()
         if k in kb.analytes and kb.analytes[k].group in ("FBC", "LFT", "renal") and o.value is not None
     ]
+
+
+@router.get("/me")
+def my_record(request: Request, s: SessionDep, who: WebUser) -> Response:
+    user = who.principal
+    if user.role != "patient" or user.patient_id is None:
+        return RedirectResponse("/worklist", status_code=303)
+    kb = knowledge(request)
+    view = service.patient_page(s, kb, user, user.patient_id, "web")
+    a = view.assessment
     groups = [g for g in a["monitoring"]["groups"] if g["next_due"]]
     next_due = min((g["next_due"] for g in groups), default=None)
     # The next test may be a repeat a finding asked for, earlier than the schedule alone
@@ -412,15 +365,14 @@ def my_record(request: Request, s: SessionDep) -> Response:
     return render(
         request,
         "me.html",
-        user,
-        ws,
+        who,
         p=view.patient,
         a=a,
         next_due=next_due,
         next_is_repeat=next_is_repeat,
         next_overdue=next_due is not None and next_due < date.today().isoformat(),
         treatment=a.get("treatment") or {"state": ""},
-        results=results,
+        results=_my_results(kb, view),
         medicines=[x for x in view.medicines if x.status in ("active", "draft")],
         notes=medicine_notes,
         symptoms=kb.symptoms.items,
@@ -431,31 +383,24 @@ def my_record(request: Request, s: SessionDep) -> Response:
 
 
 @router.post("/me/symptom")
-def my_symptom(request: Request, s: SessionDep, form: FormDep) -> Response:
-    user, ws = current(request, s)
-    check_csrf(ws, form)
-    if user.role != "patient" or user.patient_id is None:
-        audit(s, user, "denied", "report-symptom (patient view)")
-        s.commit()
-        raise service.Denied("only patients report symptoms here")
+def my_symptom(request: Request, s: SessionDep, who: WebUser, form: FormDep) -> Response:
+    check_csrf(who, form)
+    pid = service.own_record(s, who.principal, "report-symptom (patient view)", "only patients report symptoms here")
     try:
-        with s.begin_nested():
-            service.report_symptom(
-                s, _kb(request), user, user.patient_id, form.get("symptom", ""), form.get("date") or date.today(), "web"
-            )
-    except FormError as exc:
+        with service.attempt(s):
+            symptom, when = form.get("symptom", ""), form.get("date") or date.today()
+            service.report_symptom(s, knowledge(request), who.principal, pid, symptom, when, "web")
+    except service.FormError as exc:
         return error_page(request, 400, f"{exc.field}: {exc.message}")
     return RedirectResponse("/me?reported=1", status_code=303)
 
 
 @router.get("/me/next-test.ics")
-def my_ics(request: Request, s: SessionDep) -> Response:
-    user, _ = current(request, s)
-    if user.role != "patient" or user.patient_id is None:
-        audit(s, user, "denied", "calendar file (patient view)")
-        s.commit()
-        raise service.Denied("only patients have a personal calendar file")
-    view = service.patient_view(s, _kb(request), user, user.patient_id, "web")
+def my_ics(request: Request, s: SessionDep, who: WebUser) -> Response:
+    pid = service.own_record(
+        s, who.principal, "calendar file (patient view)", "only patients have a personal calendar file"
+    )
+    view = service.patient_page(s, knowledge(request), who.principal, pid, "web")
     dues = [g["next_due"] for g in view.assessment["monitoring"]["groups"] if g["next_due"]]
     if not dues:
         return error_page(request, 404, "No blood test is scheduled.")
@@ -468,7 +413,7 @@ def my_ics(request: Request, s: SessionDep) -> Response:
             "VERSION:2.0",
             "PRODID:-//azaguard//next blood test//EN",
             "BEGIN:VEVENT",
-            f"UID:azaguard-{user.patient_id}-{due.isoformat()}@azaguard",
+            f"UID:azaguard-{pid}-{due.isoformat()}@azaguard",
             f"DTSTAMP:{stamp}",
             f"DTSTART;VALUE=DATE:{due.strftime('%Y%m%d')}",
             f"DTEND;VALUE=DATE:{(due + timedelta(days=1)).strftime('%Y%m%d')}",
@@ -485,29 +430,18 @@ def my_ics(request: Request, s: SessionDep) -> Response:
 
 
 @router.get("/guide")
-def guide(request: Request, s: SessionDep) -> HTMLResponse:
-    user, ws = current(request, s)
-    kb = _kb(request)
-    return render(request, "guide.html", user, ws, sections=kb.guide, cite=kb.cite)
+def guide(request: Request, who: WebUser) -> HTMLResponse:
+    kb = knowledge(request)
+    return render(request, "guide.html", who, sections=kb.guide, cite=kb.cite)
 
 
 # ---------------------------------------------------------------- admin
 @router.get("/quarantine")
-def quarantine_page(request: Request, s: SessionDep) -> HTMLResponse:
-    user, ws = current(request, s)
-    service.require_role(s, user, ("admin",), "quarantine", "web")
+def quarantine_page(request: Request, s: SessionDep, who: WebUser) -> HTMLResponse:
     state = request.query_params.get("state", "open")
-    items = list(
-        s.scalars(
-            select(m.QuarantineItem)
-            .where(m.QuarantineItem.state == state)
-            .order_by(m.QuarantineItem.id.desc())
-            .limit(300)
-        )
-    )
-    audit(s, user, "read", "quarantine")
+    found = service.list_quarantine(s, who.principal, state, 300, "web")
     return render(
-        request, "quarantine.html", user, ws, items=items, state=state, message=request.query_params.get("msg")
+        request, "quarantine.html", who, items=found.items, state=state, message=request.query_params.get("msg")
     )
 
 
@@ -517,59 +451,59 @@ def quarantine_action(
     verb: str,
     request: Request,
     s: SessionDep,
+    who: WebUser,
     form: FormDep,
 ) -> Response:
-    user, ws = current(request, s)
-    check_csrf(ws, form)
+    check_csrf(who, form)
     try:
-        with s.begin_nested():
+        with service.attempt(s):
             if verb == "reprocess":
-                summary = service.reprocess_quarantine(s, _kb(request), user, item_id, "web")
-                msg = f"Re-processed: {summary.as_dict()}"
+                result = service.reprocess(s, knowledge(request), who.principal, item_id, "web")
+                counts = result.model_dump(exclude={"state"})
+                msg = f"Re-processed: {counts}"
             elif verb == "discard":
-                service.discard_quarantine(s, user, item_id, form.get("reason", ""), "web")
+                service.discard_quarantine(s, who.principal, item_id, form.get("reason", ""), "web")
                 msg = "Discarded."
             else:
                 return error_page(request, 404, "No such action.")
     except (ValueError, service.NotFound) as exc:
         msg = str(exc)
-    from urllib.parse import quote
-
     return RedirectResponse(f"/quarantine?msg={quote(msg)}", status_code=303)
 
 
 @router.get("/audit")
-def audit_page(request: Request, s: SessionDep) -> HTMLResponse:
-    user, ws = current(request, s)
-    service.require_role(s, user, ("admin",), "audit-log", "web")
-    events = list(s.scalars(select(m.AuditEvent).order_by(m.AuditEvent.id.desc()).limit(500)))
-    return render(request, "audit.html", user, ws, events=events)
+def audit_page(request: Request, s: SessionDep, who: WebUser) -> HTMLResponse:
+    found = service.audit_log(s, who.principal, None, 500, "web")
+    return render(request, "audit.html", who, events=found.events)
 
 
 @router.get("/import")
-def import_page(request: Request, s: SessionDep) -> HTMLResponse:
-    user, ws = current(request, s)
-    service.require_role(s, user, ("clinician", "admin"), "import", "web")
-    return render(request, "import.html", user, ws, summary=None, error=None)
+def import_page(request: Request, s: SessionDep, who: WebUser) -> HTMLResponse:
+    service.require_role(s, who.principal, ("clinician", "admin"), "import", "web")
+    return render(request, "import.html", who, summary=None, error=None)
 
 
 @router.post("/import")
 async def import_upload(request: Request) -> Response:
-    from azaguard.ingest import FormatError, parse_text
-
     form = await request.form()
     upload = form.get("file")
-    data = await upload.read() if upload is not None and hasattr(upload, "read") else b""
-    db = request.app.state.db
-    with db.session() as s:
-        user, ws = current(request, s)
-        check_csrf(ws, {"csrf": str(form.get("csrf", ""))})
-        service.require_role(s, user, ("clinician", "admin"), "import", "web")
-        name = getattr(upload, "filename", "upload") or "upload"
+    data = await upload.read() if isinstance(upload, UploadFile) else b""
+    name = (upload.filename if isinstance(upload, UploadFile) else None) or "upload"
+    csrf = str(form.get("csrf", ""))
+    # The database work runs on a worker thread, like every other route: never on the event loop.
+    return await run_in_threadpool(_import_upload, request, csrf, name, data)
+
+
+def _import_upload(request: Request, csrf: str, name: str, data: bytes) -> Response:
+    with database(request).session() as s:
+        who = service.web_identity(s, request.cookies.get(COOKIE))
+        if who is None:
+            raise LoginRequired()
+        check_csrf(who, {"csrf": csrf})
+        service.require_role(s, who.principal, ("clinician", "admin"), "import", "web")
         try:
             text = data.decode("utf-8")
-            parsed = parse_text(text, _kb(request), None, name)
-            summary = service.import_parsed(s, _kb(request), user, parsed, name, "web")
-        except (UnicodeDecodeError, FormatError) as exc:
-            return render(request, "import.html", user, ws, 400, summary=None, error=str(exc))
-        return render(request, "import.html", user, ws, summary=summary.as_dict(), error=None)
+            summary = service.import_text(s, knowledge(request), who.principal, text, None, name, "web")
+        except ValueError as exc:  # not UTF-8, empty, an unknown format
+            return render(request, "import.html", who, 400, summary=None, error=str(exc))
+        return render(request, "import.html", who, summary=summary.model_dump(), error=None)
