@@ -210,24 +210,42 @@ def change_dose(
         if row.start is not None and row.start >= begin:
             what = "the hold" if row.status == "on-hold" else "the current dose"
             raise FormError("start", f"must be after the start of {what} ({row.start.isoformat()})")
-    for row in current:
+    _end_before(current, begin, "stopped")
+    _end_before(held, begin)  # a hold keeps its status: the history shows when the drug was withheld
+    return _save(s, _azathioprine_row(patient_id, begin, dose, "active", f"Azathioprine {dose:g} mg daily", "1256"))
+
+
+def _end_before(rows: list[m.Medication], begin: date, status: str | None = None) -> None:
+    """Entries that a new one replaces end the day before it (optionally with a new status)."""
+    for row in rows:
         row.end = _day_before(begin, "start")
-        row.status = "stopped"
-    for row in held:
-        row.end = _day_before(begin, "start")
-    med = m.Medication(
+        if status is not None:
+            row.status = status
+
+
+def _azathioprine_row(
+    patient_id: int,
+    begin: date,
+    dose: float | None,
+    status: str,
+    name: str,
+    rxnorm: str | None,
+    reason: str | None = None,
+) -> m.Medication:
+    return m.Medication(
         patient_id=patient_id,
         drug="azathioprine",
-        name=f"Azathioprine {dose:g} mg daily",
-        rxnorm="1256",
+        name=name,
+        rxnorm=rxnorm,
         kind="statement",
-        status="active",
+        status=status,
         start=begin,
         daily_dose_mg=dose,
+        reason=reason,
+        status_date=begin if status == "on-hold" else None,
         source_key=_key("form"),
         created_at=now(),
     )
-    return _save(s, med)
 
 
 def hold_azathioprine(
@@ -258,24 +276,9 @@ def hold_azathioprine(
         if row.start is not None and row.start >= begin:
             raise FormError("start", f"must be after the current dose's start ({row.start.isoformat()})")
     current = active[-1]
-    for row in active:
-        row.end = _day_before(begin, "start")
-        row.status = "stopped"
-    med = m.Medication(
-        patient_id=patient_id,
-        drug="azathioprine",
-        name=current.name,
-        rxnorm=current.rxnorm,
-        kind="statement",
-        status="on-hold",
-        start=begin,
-        daily_dose_mg=current.daily_dose_mg,
-        reason=text,
-        status_date=begin,
-        source_key=_key("form"),
-        created_at=now(),
-    )
-    return _save(s, med)
+    _end_before(active, begin, "stopped")
+    row = _azathioprine_row(patient_id, begin, current.daily_dose_mg, "on-hold", current.name, current.rxnorm, text)
+    return _save(s, row)
 
 
 def dismiss_follow_up(
