@@ -9,14 +9,13 @@ was knowable then, which is what makes it reproducible.
 from __future__ import annotations
 
 import itertools
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
 from azaguard import domain as d
-from azaguard.knowledge import Knowledge
+from azaguard.knowledge import Knowledge, word_match
 
 AZA = "azathioprine"
 # Consecutive prescriptions count as one course when one ends the day before the next starts
@@ -178,7 +177,7 @@ class Context:
             if c.onset is not None and c.onset > self.as_of:
                 continue
             for key, other in self.kb.other_indications.items():
-                if (c.code and c.code in other.snomed) or _word_match(c.text, other.text):
+                if (c.code and c.code in other.snomed) or word_match(c.text, other.text):
                     return key
         return None
 
@@ -195,12 +194,6 @@ class Context:
             ):
                 out.append(med)
         return out
-
-
-def _word_match(text: str, needles: list[str]) -> bool:
-    """A needle at the start of a word ("sle" in "SLE flare", not in "measles")."""
-    low = text.lower()
-    return any(re.search(r"(?<![a-z0-9])" + re.escape(n), low) for n in needles)
 
 
 def build_context(record: d.PatientRecord, kb: Knowledge, as_of: date) -> Context:

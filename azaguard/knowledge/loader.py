@@ -23,6 +23,13 @@ DATA = "azaguard.knowledge.data"
 LOCAL_SOURCE_KEY = "local-protocol"
 
 
+def word_match(text: str, needles: list[str]) -> bool:
+    """A needle matches at the start of a word ("fever" in "high fever", not "aseptic" for
+    "sepsis"): how knowledge text lists are matched against free text, by readers and engine alike."""
+    low = text.lower()
+    return any(re.search(r"(?<![a-z0-9])" + re.escape(n), low) for n in needles)
+
+
 class KnowledgeError(Exception):
     """A knowledge or local-protocol file is malformed; the message names file and field."""
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from azaguard import domain as d
-from azaguard.knowledge import Knowledge
+from azaguard.knowledge import Knowledge, word_match
 
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
@@ -216,12 +216,6 @@ def _cc_search_text(cc: dict[str, Any] | None, where: str, field: str) -> str:
         return ""
     parts = [_str(cc, "text", where) or "", *(disp for _, _, disp in _codings(cc, where, field))]
     return " ".join(p for p in parts if p)
-
-
-def _text_match(text: str, needles: list[str]) -> bool:
-    """A needle matches at the start of a word ("fever" in "high fever", not "aseptic" for "sepsis")."""
-    low = text.lower()
-    return any(re.search(r"(?<![a-z0-9])" + re.escape(n), low) for n in needles)
 
 
 def _cc_label(cc: Any, where: str, field: str) -> str:
@@ -617,7 +611,7 @@ class _BundleReader:
                 (kb.local_code_index[c.lower()] for _, c, _ in codings if c.lower() in kb.local_code_index), None
             )
         if analyte is None and text:
-            analyte = next((k for k, a in kb.analytes.items() if a.text and _text_match(text, a.text)), None)
+            analyte = next((k for k, a in kb.analytes.items() if a.text and word_match(text, a.text)), None)
         if analyte is None:
             return  # not something azathioprine monitoring reads
         self._lab(res, where, analyte, loincs[0] if loincs else text)
@@ -838,7 +832,7 @@ class _BundleReader:
         when = self._obs_date(res, where)
         key = None
         for k, s in self.kb.symptoms.items.items():
-            if any(c in s.snomed for c in snomeds) or (_text_match(text, s.text) and not _text_match(text, s.exclude)):
+            if any(c in s.snomed for c in snomeds) or (word_match(text, s.text) and not word_match(text, s.exclude)):
                 key = k
                 break
         self.symptoms.append(d.Symptom(key, text or ",".join(snomeds), when, str(res.get("id", ""))))
@@ -1086,12 +1080,12 @@ class _BundleReader:
         )
         key = None
         for k, ind in self.kb.indications.items():
-            if snomeds & set(ind.snomed) or _text_match(search, ind.text):
+            if snomeds & set(ind.snomed) or word_match(search, ind.text):
                 key = k
                 break
         if key is None:
             for k, rule in self.kb.conditions.items():
-                if snomeds & set(rule.snomed) or _text_match(search, rule.text):
+                if snomeds & set(rule.snomed) or word_match(search, rule.text):
                     key = k
                     break
         code = next(iter(snomeds), None)
