@@ -185,9 +185,10 @@ def _backoff(row: Any, stamp: datetime) -> timedelta:
     return min(backoff, LOCKOUT)
 
 
-def _reserve(conn: Connection, username: str, client: str | None, stamp: datetime) -> int:
-    """Count one attempt on every counter, before the password is checked. Returns 0 if the attempt
-    may go on, else the seconds until a binding counter unlocks (the attempt is then not counted)."""
+def _reserve(conn: Connection, username: str, client: str | None, stamp: datetime) -> tuple[int, set[str]]:
+    """Count one attempt on every counter, before the password is checked. Returns (0, the counters
+    this attempt locked) if the attempt may go on, else (the seconds until a binding counter unlocks,
+    nothing): the attempt is then not counted."""
     begin_write(conn)  # SQLite: BEGIN IMMEDIATE, so the counters are read and written as one
     limits = _limits(conn, username, client, stamp)
     _upsert_missing(conn, sorted(limits))
@@ -197,7 +198,8 @@ def _reserve(conn: Connection, username: str, client: str | None, stamp: datetim
         rows[key] = conn.execute(select(t).where(t.key == key).with_for_update()).one()
     wait = max((_locked_for(rows[k], stamp) for k, (_, bind) in limits.items() if bind), default=0)
     if wait:
-        return wait
+        return wait, set()
+    locked_here: set[str] = set()
     for key, (limit, _) in limits.items():
         row = rows[key]
         failures, window, locked, lockouts, last_lockout = (
@@ -209,6 +211,7 @@ def _reserve(conn: Connection, username: str, client: str | None, stamp: datetim
         if failures >= limit and locked is None:  # this is the last attempt allowed: lock the rest out
             locked = stamp + _backoff(row, stamp)
             lockouts, last_lockout = lockouts + 1, stamp
+            locked_here.add(key)
         conn.execute(
             update(t)
             .where(t.key == key)
@@ -223,11 +226,15 @@ def _reserve(conn: Connection, username: str, client: str | None, stamp: datetim
             )
         )
         conn.execute(delete(t).where(t.key.startswith("ok:"), t.last_success < stamp - TRUSTED_FOR))
-    return 0
+    return 0, locked_here
 
 
-def _release(conn: Connection, username: str, client: str | None, stamp: datetime, success: bool) -> None:
-    """Take back an attempt that was not a failure (the right password, or never checked)."""
+def _release(
+    conn: Connection, username: str, client: str | None, stamp: datetime, success: bool, locked_here: set[str]
+) -> None:
+    """Take back an attempt that was not a failure (the right password, or never checked), and the
+    lock-outs it set itself (`locked_here`). A lock another attempt set stays: that attempt's
+    password was wrong, and taking back an earlier attempt must not open the door to the rest."""
     begin_write(conn)
     t = m.LoginThrottle
     limits = _limits(conn, username, client, stamp)
@@ -237,7 +244,7 @@ def _release(conn: Connection, username: str, client: str | None, stamp: datetim
             continue
         failures = row.failures - 1
         values: dict[str, Any] = {"failures": failures}
-        if row.locked_until is not None and failures < limits[key][0]:  # the lock this attempt set
+        if key in locked_here and row.locked_until is not None:  # the lock this attempt set
             values |= {"locked_until": None, "lockouts": max(0, row.lockouts - 1)}
         conn.execute(update(t).where(t.key == key).values(**values))
     if success:
@@ -275,12 +282,12 @@ def authenticate(s: Session, username: str, password: str, client: str | None = 
     (per-address limits apply only when it is given)."""
     name = _name(username)
     stamp = now()
-    wait = _counters(s, _reserve, name, client, stamp)
+    wait, locked_here = _counters(s, _reserve, name, client, stamp)
     if wait:
         audit(s, None, "login-locked", "login", detail=f"username {name[:40]} (limit reached meanwhile)", keep=True)
         raise TooManyAttempts(wait)
     if not _argon2_slots.acquire(timeout=ARGON2_WAIT):
-        _counters(s, _release, name, client, stamp, False)
+        _counters(s, _release, name, client, stamp, False, locked_here)
         audit(s, None, "login-refused", "login", detail=f"username {name[:40]} (server busy)", keep=True)
         raise LoginBusy()
     try:
@@ -288,7 +295,7 @@ def authenticate(s: Session, username: str, password: str, client: str | None = 
     finally:
         _argon2_slots.release()
     if user is not None:
-        _counters(s, _release, name, client, stamp, True)
+        _counters(s, _release, name, client, stamp, True, locked_here)
     return user
 
 

@@ -47,3 +47,29 @@ def test_web_login_locks_after_repeated_failures(sqlite_db, kb):
     for _ in range(auth.MAX_FAILED_LOGINS):
         assert attempt("wrong") == 401
     assert attempt("correct-horse") == 429
+
+
+def test_taking_back_an_unchecked_attempt_keeps_a_lock_another_attempt_set(db: Database) -> None:
+    """Five attempts counted at once; the fifth locks the account. The third then finds every
+    password-check slot busy and is taken back, unchecked: the lock the fifth set must stay (taking
+    back the third used to clear it, and the right password - or more guesses - got in)."""
+    from azaguard.store.records import now
+
+    with db.session() as s:
+        auth.create_user(s, "nurse", "correct-horse", "clinician")
+    stamp = now()
+    reserved = []
+    for _ in range(auth.MAX_FAILED_LOGINS):
+        with db.session() as s:
+            reserved.append(auth._counters(s, auth._reserve, "nurse", "10.0.0.9", stamp))
+    assert [wait for wait, _ in reserved] == [0] * auth.MAX_FAILED_LOGINS
+    assert not any(locked for _, locked in reserved[:-1]) and reserved[-1][1], "the last attempt locks"
+    with db.session() as s:  # the third attempt: never checked, taken back
+        auth._counters(s, auth._release, "nurse", "10.0.0.9", stamp, False, reserved[2][1])
+    with db.session() as s:
+        assert auth.login_locked(s, "nurse", "10.0.0.9")
+    # ... while the attempt that set a lock takes back its own lock with it.
+    with db.session() as s:
+        auth._counters(s, auth._release, "nurse", "10.0.0.9", stamp, False, reserved[-1][1])
+    with db.session() as s:
+        assert not auth.login_locked(s, "nurse", "10.0.0.9")
