@@ -20,13 +20,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from azaguard import __version__, service
 from azaguard.deps import LoginRequired
 from azaguard.deps import Settings as Settings  # re-exported: `from azaguard.app import Settings, create_app`
 from azaguard.knowledge import Knowledge, load_knowledge
-from azaguard.store.db import Database, DatabaseBusy
+from azaguard.store.db import Database, DatabaseBusy, InFlightLimit
 
 log = logging.getLogger("azaguard.app")
 WEB = Path(__file__).resolve().parent / "web"
@@ -34,6 +35,8 @@ WEB = Path(__file__).resolve().parent / "web"
 
 def create_app(db: Database | None = None, kb: Knowledge | None = None, settings: Settings | None = None) -> FastAPI:
     from azaguard.api.rest import router as api_router
+    from azaguard.web.admin import router as admin_router
+    from azaguard.web.apidocs import router as docs_router
     from azaguard.web.views import router as web_router
 
     app = FastAPI(
@@ -44,6 +47,8 @@ def create_app(db: Database | None = None, kb: Knowledge | None = None, settings
             "worklist, reviews, imports and quarantine. Authenticate with `POST /api/v1/token`, then send "
             "`Authorization: Bearer <token>`. Decision support only; every assessment states its knowledge version."
         ),
+        docs_url=None,  # /docs and /redoc: azaguard.web.apidocs, with their files served from the package
+        redoc_url=None,
     )
     app.state.db = db or Database()
     app.state.kb = kb or load_knowledge()
@@ -52,39 +57,16 @@ def create_app(db: Database | None = None, kb: Knowledge | None = None, settings
         start_refresher(app.state.db, app.state.kb)
     app.include_router(api_router)
     app.include_router(web_router)
+    app.include_router(admin_router)
+    app.include_router(docs_router)
     app.mount("/static", StaticFiles(directory=WEB / "static"), name="static")
     app.add_middleware(
         BodyLimit, default=body_limit("AZAGUARD_MAX_BODY_MB", 2), imports=body_limit("AZAGUARD_MAX_IMPORT_MB", 50)
     )
 
-    @app.middleware("http")
-    async def headers_and_safe_logging(request: Request, call_next: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except Exception as exc:
-            # Caught here so nothing re-raises to uvicorn, whose traceback log would carry database
-            # error text with patient values. Only the error type and route template are logged.
-            template = getattr(request.scope.get("route"), "path", "(unmatched)")
-            log.error("unhandled %s on %s %s", type(exc).__name__, request.method, template)
-            response = JSONResponse({"error": {"status": 500, "message": "internal error"}}, status_code=500)
-        route = request.scope.get("route")
-        template = getattr(route, "path", "(unmatched)")  # "/patients/{patient_id}", never the id itself
-        log.info(
-            "%s %s %s %.0fms", request.method, template, response.status_code, (time.perf_counter() - start) * 1000
-        )
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        response.headers.setdefault("Cache-Control", "no-store")
-        if response.headers.get("content-type", "").startswith("text/html") and not request.url.path.startswith(
-            ("/docs", "/redoc")
-        ):
-            # The pages use no script and no inline style: nothing else may run or load.
-            response.headers.setdefault("Content-Security-Policy", CSP)
-        if app.state.settings.secure_cookies or request.url.scheme == "https":
-            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
-        return response
+    app.add_middleware(SafeHeadersAndLogging, settings=app.state.settings)
+    # Outermost: requests beyond the limit wait here, holding no thread, connection or lock.
+    app.add_middleware(InFlightLimit)
 
     from azaguard.web.views import error_page
 
@@ -219,6 +201,58 @@ class BodyLimit:
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+class SafeHeadersAndLogging:
+    """Security headers on every response and one log line per request - without patient data.
+
+    A plain ASGI wrapper (Starlette's BaseHTTPMiddleware costs a task and a stream per request).
+    Unhandled errors are caught here so nothing re-raises to uvicorn, whose traceback log would
+    carry database error text with patient values: only the error type and the route template
+    ("/patients/{patient_id}", never the id itself) are logged.
+    """
+
+    def __init__(self, app: Any, settings: Settings) -> None:
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 0
+        path: str = scope.get("path", "")
+        secure = self.settings.secure_cookies or scope.get("scheme") == "https"
+
+        async def send_with_headers(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = MutableHeaders(scope=message)
+                headers.setdefault("X-Content-Type-Options", "nosniff")
+                headers.setdefault("X-Frame-Options", "DENY")
+                headers.setdefault("Referrer-Policy", "no-referrer")
+                headers.setdefault("Cache-Control", "no-store")
+                if headers.get("content-type", "").startswith("text/html") and not path.startswith(("/docs", "/redoc")):
+                    # The pages use no script and no inline style: nothing else may run or load.
+                    headers.setdefault("Content-Security-Policy", CSP)
+                if secure:
+                    headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception as exc:
+            log.error("unhandled %s on %s %s", type(exc).__name__, scope.get("method"), _template(scope))
+            if status == 0:
+                response = JSONResponse({"error": {"status": 500, "message": "internal error"}}, status_code=500)
+                await response(scope, receive, send_with_headers)
+        log.info("%s %s %s %.0fms", scope.get("method"), _template(scope), status, (time.perf_counter() - start) * 1000)
+
+
+def _template(scope: Any) -> str:
+    """The matched route's template ("/patients/{patient_id}"), never the path with its ids."""
+    return str(getattr(scope.get("route"), "path", "(unmatched)"))
 
 
 def start_refresher(db: Database, kb: Knowledge) -> threading.Thread:

@@ -332,11 +332,15 @@ def create_session(s: Session, user: m.User) -> tuple[str, str]:
 def session_user(s: Session, token: str | None) -> tuple[m.User, m.WebSession] | None:
     if not token:
         return None
-    ws = s.scalar(select(m.WebSession).where(m.WebSession.token_hash == _digest(token)))
-    if ws is None or ws.expires_at < datetime.now():
+    found = s.execute(
+        select(m.User, m.WebSession)
+        .join(m.WebSession, m.WebSession.user_id == m.User.id)
+        .where(m.WebSession.token_hash == _digest(token))
+    ).first()  # one query per page, not two
+    if found is None:
         return None
-    user = s.get(m.User, ws.user_id)
-    if user is None or not user.active:
+    user, ws = found
+    if ws.expires_at < datetime.now() or not user.active:
         return None
     return user, ws
 
@@ -394,8 +398,14 @@ def list_api_tokens(s: Session, user_id: int | None = None) -> list[m.ApiToken]:
 def token_user(s: Session, token: str | None) -> m.User | None:
     if not token:
         return None
-    row = s.scalar(select(m.ApiToken).where(m.ApiToken.token_hash == _digest(token)))
-    if row is None or (row.expires_at is not None and row.expires_at < datetime.now()):
+    found = s.execute(
+        select(m.User, m.ApiToken.expires_at)
+        .join(m.ApiToken, m.ApiToken.user_id == m.User.id)
+        .where(m.ApiToken.token_hash == _digest(token))
+    ).first()  # one query per request, not two: every API call comes through here
+    if found is None:
         return None
-    user = s.get(m.User, row.user_id)
-    return user if user is not None and user.active else None
+    user, expires_at = found
+    if expires_at is not None and expires_at < datetime.now():
+        return None
+    return user if user.active else None

@@ -116,7 +116,10 @@ def cmd_guide(args: argparse.Namespace) -> int:
         print(section.title.upper())
         print(textwrap.fill(section.text, 100))
         if section.correction:
-            print(textwrap.fill(f"Why this differs from older leaflets: {section.correction}", 100))
+            a = kb.guide_article
+            article = f"the article '{a.title}' ({a.author}, {a.published.isoformat()})" if a else "the article"
+            print(textwrap.fill(f"This corrects {article}, which says: {section.seed_claim}", 100))
+            print(textwrap.fill(f"What is different now: {section.correction}", 100))
         if args.sources:
             print(textwrap.fill("Sources: " + "; ".join(kb.cite(section.sources)), 100))
         print()
@@ -136,7 +139,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from azaguard.app import Settings, create_app
-    from azaguard.store.db import Database, InFlightLimit
+    from azaguard.store.db import Database
 
     started = time.perf_counter()
     url = args.database
@@ -162,14 +165,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"  {role:<9} {username:<10} password: {password}")
     sys.stdout.flush()
     if workers == 1:
-        settings = Settings(clinic_name=args.clinic_name, secure_cookies=secure, background_refresh=True)
-        app = InFlightLimit(create_app(db, settings=settings))
+        settings = Settings(secure_cookies=secure, background_refresh=True)
+        settings.clinic_name = args.clinic_name or settings.clinic_name
+        app = create_app(db, settings=settings)  # with its in-flight limit (azaguard.app)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
         return 0
     return _serve_processes(db, args.host, args.port, workers, args.clinic_name, secure)
 
 
-def _serve_processes(db: Any, host: str, port: int, workers: int, clinic_name: str, secure: bool) -> int:
+def _serve_processes(db: Any, host: str, port: int, workers: int, clinic_name: str | None, secure: bool) -> int:
     """`serve --workers N`: N server processes, each with its own listening socket on the same port
     (SO_REUSEPORT: the kernel spreads new connections evenly, where one shared socket lets one
     process take most keep-alive connections); this process re-assesses stale patients and stops
@@ -208,22 +212,23 @@ def _serve_processes(db: Any, host: str, port: int, workers: int, clinic_name: s
     return code
 
 
-def _serve_worker(url: str, host: str, port: int, clinic_name: str, secure: bool) -> None:
+def _serve_worker(url: str, host: str, port: int, clinic_name: str | None, secure: bool) -> None:
     """One server process of `serve --workers N`."""
     import socket
 
     import uvicorn
 
     from azaguard.app import Settings, create_app
-    from azaguard.store.db import Database, InFlightLimit
+    from azaguard.store.db import Database
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
-    settings = Settings(clinic_name=clinic_name, secure_cookies=secure, background_refresh=False)
-    app = InFlightLimit(create_app(Database(url, create=False), settings=settings))
+    settings = Settings(secure_cookies=secure, background_refresh=False)
+    settings.clinic_name = clinic_name or settings.clinic_name
+    app = create_app(Database(url, create=False), settings=settings)
     config = uvicorn.Config(app, log_level="warning", access_log=False)
     uvicorn.Server(config).run(sockets=[sock])
 
@@ -287,18 +292,11 @@ def _advance(bar: Any, task: Any, n: int) -> None:
 
 
 def _import_one(db: Any, kb: Any, parsed: Any, source: str, progress: Callable[[int], None]) -> dict[str, int]:
-    """One file through the chunked pipeline: re-assess the patients it touched, audit the import."""
-    from azaguard import worklist as wl
-    from azaguard.audit import audit
-    from azaguard.ingest.pipeline import ImportSummary, apply_in_chunks
+    """One file through the chunked pipeline, as the API and web imports: re-assess the patients it
+    touched, audit the import (with the ids of the patients it changed)."""
+    from azaguard import service
 
-    def refresh(s: Any, ids: list[int]) -> None:
-        wl.refresh_many(s, kb, ids)
-
-    def finish(s: Any, summary: ImportSummary) -> None:
-        audit(s, None, "import", f"{parsed.format} {source}"[:80], detail=str(summary.as_dict()), channel="cli")
-
-    summary = apply_in_chunks(db, parsed, source, "cli", progress=progress, refresh=refresh, finish=finish)
+    summary = service.import_in_chunks(db, kb, None, parsed, source, "cli", progress)
     result: dict[str, int] = summary.as_dict()
     return result
 
@@ -399,6 +397,63 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reminders(args: argparse.Namespace) -> int:
+    """Send the blood-test reminders due today (run daily, after `azaguard refresh`): each once."""
+    from azaguard import service
+    from azaguard.notify import ConfigError, ReminderConfig
+
+    try:
+        config = ReminderConfig.from_env()
+        if not args.dry_run and "email" in config.channel_names and not (config.smtp_host and config.smtp_from):
+            raise ConfigError("set AZAGUARD_SMTP_HOST and AZAGUARD_SMTP_FROM to send e-mail reminders")
+        run = service.send_reminders(_db(args), config, _as_of(args.as_of), dry_run=args.dry_run)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    what = f"{run.patients} patient(s): {run.due} test(s) falling due, {run.overdue} overdue"
+    if run.dry_run:
+        print(f"reminders as of {run.as_of} (dry run, nothing sent): would remind {what}")
+    else:
+        print(f"reminders as of {run.as_of}: {what}; {run.sent} sent, {run.failed} failed, {run.skipped} skipped")
+    return 0
+
+
+def cmd_letters(args: argparse.Namespace) -> int:
+    """`letters --gp-this-month --as USER [--out DIR]`: a GP letter (PDF, stored with the patient's
+    documents) for each patient moved to GP care this month who has none since the move."""
+    from sqlalchemy import select
+
+    from azaguard import service
+    from azaguard.deps import Settings
+    from azaguard.knowledge import load_knowledge
+    from azaguard.service_models import ClinicContact
+    from azaguard.store import models as m
+
+    if not args.gp_this_month:
+        raise UsageError("say which letters to write: --gp-this-month")
+    settings = Settings(clinic_name=args.clinic_name) if args.clinic_name else Settings()
+    contact = ClinicContact(settings.clinic_name, settings.clinic_phone, settings.out_of_hours)
+    with _db(args).session() as s:
+        user = s.scalar(select(m.User).where(m.User.username == args.as_user, m.User.active.is_(True)))
+        if user is None:
+            raise UsageError(f"no active user '{args.as_user}' (the letters' author: a clinician or admin)")
+        who = service.principal_of(user)
+        try:
+            done = service.gp_letters_batch(s, load_knowledge(), who, contact, "cli")
+        except service.Denied as exc:
+            raise UsageError(str(exc)) from None
+        files = [service.get_document(s, who, d.id, "cli") for d in done.made] if args.out else []
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            (args.out / f.filename).write_bytes(f.content)
+    where = f" in {args.out}" if args.out else ""
+    print(
+        f"GP letters for {done.month}: {len(done.made)} written{where}, {len(done.already_written)} already written "
+        f"({done.transferred} patient(s) moved to GP care)"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="azaguard",
@@ -427,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--database", help=db_help)
     p.add_argument("--patients", type=int, default=240, help="demo clinic size (default 240)")
     p.add_argument("--demo-db", default="azaguard-demo.db", help="file for the demo database (recreated each time)")
-    p.add_argument("--clinic-name", default="Neuromuscular clinic (demo)")
+    p.add_argument("--clinic-name", default=None, help="the clinic named on the pages (default: AZAGUARD_CLINIC_NAME)")
     p.add_argument(
         "--workers", type=int, default=1, help="server processes (default 1; one per CPU core for a busy clinic)"
     )
@@ -457,6 +512,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--as-of")
     p.add_argument("--database", help=db_help)
     p.set_defaults(func=cmd_refresh)
+
+    p = sub.add_parser("reminders", help="e-mail patients whose blood test falls due soon or is overdue (run daily)")
+    p.add_argument("--as-of", help="the day to send for, YYYY-MM-DD (default: today)")
+    p.add_argument("--dry-run", action="store_true", help="count what would be sent; send and record nothing")
+    p.add_argument("--database", help=db_help)
+    p.set_defaults(func=cmd_reminders)
+
+    p = sub.add_parser("letters", help="write the GP letters of everyone moved to GP care this month (PDF)")
+    p.add_argument("--gp-this-month", action="store_true", help="patients moved from the specialist team to the GP")
+    p.add_argument("--as", dest="as_user", required=True, metavar="USER", help="the letters' author (clinician)")
+    p.add_argument("--out", type=Path, help="also write each new letter's PDF into this folder")
+    p.add_argument("--clinic-name", help="the clinic named in the letters")
+    p.add_argument("--database", help=db_help)
+    p.set_defaults(func=cmd_letters)
 
     user = sub.add_parser("user", help="manage users").add_subparsers(dest="user_command", required=True)
     p = user.add_parser("add", help="add a user (clinician, patient bound to one record, or admin)")
@@ -490,6 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from azaguard.knowledge import KnowledgeError
+
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse exits 2 with a usage line on bad options
     try:
@@ -499,9 +570,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except BrokenPipeError:
         return 0
+    except KnowledgeError as exc:  # a knowledge file or setting (AZAGUARD_HOLIDAYS) that cannot be used
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:  # last line of defence: one clear line, never a traceback
         if os.environ.get("AZAGUARD_DEBUG"):
             raise
+        from azaguard.notify import ConfigError
+
+        if isinstance(exc, ConfigError):  # AZAGUARD_SMTP_* / AZAGUARD_REMINDER_* settings (e.g. at `serve`)
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         from azaguard.store.db import busy_timeout, is_busy
 
         if is_busy(exc):

@@ -224,6 +224,9 @@ class FollowUp:
     state: Literal["open", "overdue", "dismissed"]
     answered_by: tuple[str, ...] = ()
     dismissed_reason: str = ""
+    # The date `since` + days gave when it fell on a non-working day, so `due` is the working day
+    # before it (engine.schedule.working_day); None when the date was not moved.
+    moved_from: date | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +269,9 @@ class MonitoringGroup:
     # Earliest open follow-up for this group (next_due already takes it into account)
     follow_up_due: date | None = None
     due_reason: Literal["schedule", "follow-up", "baseline", ""] = ""
+    # The date the schedule (or follow-up) gave when it fell on a weekend or public holiday:
+    # next_due is then the working day before it, never after. None when not moved.
+    moved_from: date | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +280,7 @@ class MonitoringPlan:
     groups: tuple[MonitoringGroup, ...]
     treatment_start: date | None = None
     follow_ups: tuple[FollowUp, ...] = ()
+    calendar: str | None = None  # the working-day calendar due dates were moved by ("GB-ENG"), or None
 
 
 @dataclass(frozen=True, slots=True)

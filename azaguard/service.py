@@ -3,63 +3,94 @@
 This is the one door to the clinic's data. Every read or write of a patient's data, every query a
 page or an API answer shows, every login and every audit record goes through here, so
 authorisation and the audit trail cannot be forgotten by one channel: a patient may only see and
-report on their own record; clinicians and admins see every patient; only admins see quarantine
-and audit. Callers get view models (azaguard.service_models), never database rows.
+report on their own record; clinicians and admins see every patient; only admins see the audit
+log and act on quarantine (a clinician sees, read-only, what their own imports left there).
+Callers get view models (azaguard.service_models), never database rows.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import re
-from collections.abc import Callable
-from contextlib import AbstractContextManager
-from datetime import date
+import secrets
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from datetime import date, datetime, time, timedelta
+from typing import IO, Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, SessionTransaction
 
-from azaguard import auth
+from azaguard import auth, results_view
+from azaguard import reminders as rem
 from azaguard import worklist as wl
 from azaguard.audit import audit
+from azaguard.auth import LoginRefused as LoginRefused  # re-exported: 429/503 refusals of a login attempt
 from azaguard.ingest import parse_text
 from azaguard.ingest.items import Parsed
-from azaguard.ingest.pipeline import ImportSummary, apply
+from azaguard.ingest.pipeline import ImportSummary, apply, apply_in_chunks
 from azaguard.knowledge import Knowledge
+from azaguard.notify import Channel, ReminderConfig, SendResult, compose, load_channels
+from azaguard.render import letter as letters
 from azaguard.render.json import SCHEMA_VERSION
+from azaguard.results_view import GRID_DATES as GRID_DATES  # result dates the patient page's grid shows
+from azaguard.results_view import group_label as group_label  # a test group's name ("full blood count")
 from azaguard.service_models import (
     AssessmentOut,
     AuditEventOut,
     AuditList,
+    AuditPage,
+    AuditQuery,
+    AuditRow,
     ChartData,
+    ClinicContact,
     DiscardOut,
+    DocumentFile,
+    DocumentList,
+    DocumentOut,
     FindingList,
     FindingOut,
     FollowUpDismissalOut,
+    GpTransfer,
     ImportResult,
+    LetterBatchOut,
     MedicineList,
     MedicineOut,
     ObservationList,
     ObservationOut,
+    OwnerOut,
+    PanelOut,
     PatientList,
     PatientOut,
     PatientPage,
+    PatientReminders,
     Principal,
     QuarantineItemOut,
     QuarantineList,
+    ReminderPrefs,
+    ReminderRun,
+    ReminderSentRow,
     ReprocessResult,
     ReviewOut,
     SymptomOut,
+    TeamMemberOut,
     TokenOut,
     VaccineOut,
     WebIdentity,
     WebLogin,
+    WorklistCounts,
     WorklistEntryOut,
     WorklistPage,
     WorklistQuery,
 )
 from azaguard.store import models as m
 from azaguard.store import writes
-from azaguard.store.records import now
+from azaguard.store.db import Database, Deferred, database_of
+from azaguard.store.records import load_record, now
 from azaguard.store.writes import FormError as FormError  # re-exported: the channels catch it by this name
+from azaguard.store.writes import PanelError as PanelError  # a FormError naming every wrong field of a panel
+from azaguard.store.writes import panel_analytes as panel_analytes  # the tests a panel form offers
 from azaguard.worklist import REVIEW_OUTCOMES as REVIEW_OUTCOMES
 from azaguard.worklist import ReviewError as ReviewError
 
@@ -71,7 +102,13 @@ class Denied(PermissionError):
 
 
 class NotFound(LookupError):
-    pass
+    """No such row - or one the user may not see: both get the same answer (NO_PATIENT, NO_FINDING),
+    so a refusal never tells whether an id exists. The audit log tells them apart."""
+
+
+NO_PATIENT = "this patient does not exist or you may not see it"
+NO_FINDING = "this finding does not exist or you may not see it"
+CSRF_REFUSAL = "the form has expired or did not come from this site; reload the page and try again"
 
 
 class LoginFailed(Exception):
@@ -110,10 +147,43 @@ def _audit(
     patient_id: int | None = None,
     detail: str = "",
     channel: str = "web",
+    keep: bool = False,
+    failed: dict[str, object] | None = None,
+) -> Deferred | None:
+    """The one place the use cases write the audit trail (`keep`, `failed`: see audit.audit)."""
+    return audit(s, who, action, resource, patient_id, detail, channel, keep, failed)
+
+
+def _refusal(
+    s: Session, who: Principal | None, action: str, resource: str, patient_id: int | None, detail: str, channel: str
 ) -> None:
-    """The one place the use cases write the audit trail."""
-    user = None if who is None else s.get(m.User, who.id)  # in the session's identity map already
-    audit(s, user, action, resource, patient_id, detail, channel)
+    """Audit a refused request: the row is kept although the request then fails (written after its
+    rollback, in a short transaction of its own)."""
+    if _audit(s, who, action, resource, patient_id, detail, channel, keep=True) is None:
+        s.commit()  # a session made outside Database: the row must not roll back with the request
+
+
+def record_unauthenticated(s: Session, resource: str, reason: str, channel: str) -> None:
+    """Audit a request refused for want of a valid token or session (401, or the web's redirect to
+    the login page): the route, never the token or anything the request carried."""
+    _refusal(s, None, "unauthenticated", resource, None, reason, channel)
+
+
+def check_form_token(
+    s: Session, who: WebIdentity, sent: str | None, resource: str, patient_id: int | None = None
+) -> None:
+    """A web form must carry its session's CSRF token; a refusal (403) is audited. `patient_id`: the
+    record the form was aimed at (audited only if it exists)."""
+    if secrets.compare_digest((sent or "").encode(), who.csrf.encode()):
+        return
+    known = patient_id if patient_id is not None and s.get(m.Patient, patient_id) is not None else None
+    _refusal(s, who.principal, "denied", resource, known, "CSRF token missing or wrong", "web")
+    raise Denied(CSRF_REFUSAL)
+
+
+def record_login_form_refusal(s: Session) -> None:
+    """The login form came without its own CSRF token (a stale page, or another site)."""
+    _audit(s, None, "denied", "web-login", detail="login form CSRF token missing or wrong", channel="web")
 
 
 def _login(s: Session, username: str, password: str, channel: str, client: str | None) -> m.User:
@@ -166,22 +236,81 @@ def can_read_patient(who: Principal, patient_id: int) -> bool:
 
 
 def _deny(s: Session, who: Principal, resource: str, channel: str, patient_id: int | None, message: str) -> Denied:
-    _audit(s, who, "denied", resource, patient_id, channel=channel)
-    s.commit()  # the denial is recorded even though the request fails
+    """A 403 that tells nothing about any record (a role's refusal, or a write the user's role may
+    not make on a record they may see); audited, the row kept although the request fails."""
+    _refusal(s, who, "denied", resource, patient_id, "", channel)
     return Denied(message)
 
 
+def _unseen(
+    s: Session, who: Principal, resource: str, channel: str, what: str, patient_id: int | None, message: str
+) -> NotFound:
+    """The one answer (404, `message`) for an id that does not exist and for one the user may not
+    see, so the answer never tells whether it exists. The audit log tells them apart: `denied` with
+    the patient's id when the record exists, else `not-found` with the id asked for in `detail`."""
+    if patient_id is not None:
+        _refusal(s, who, "denied", resource, patient_id, "", channel)
+    else:
+        _refusal(s, who, "not-found", resource, None, what, channel)
+    return NotFound(message)
+
+
 def _authorise_patient(
-    s: Session, who: Principal, patient_id: int, action: str, channel: str, write: bool = False, detail: str = ""
+    s: Session,
+    who: Principal,
+    patient_id: int,
+    action: str,
+    channel: str,
+    write: bool = False,
+    detail: str = "",
+    record: bool = True,
 ) -> m.Patient:
-    """Check access, audit the attempt (allowed or denied), return the patient."""
-    if not can_read_patient(who, patient_id) or (write and who.role == "patient" and action != "report-symptom"):
-        raise _deny(s, who, action, channel, patient_id, f"not allowed to {action} for this patient")
+    """Check access, audit the attempt (allowed or refused), return the patient. A patient the user
+    may not see is answered exactly as one that does not exist (NotFound, NO_PATIENT); a write the
+    user's role may not make on a record they may see is Denied (403). `record` False: the caller
+    audits the allowed access itself."""
     p = s.get(m.Patient, patient_id)
-    if p is None:
-        raise NotFound(f"patient {patient_id} does not exist")
-    _audit(s, who, "write" if write else "read", action, patient_id, detail, channel)
+    if p is None or not can_read_patient(who, patient_id):
+        raise _unseen(s, who, action, channel, f"patient {patient_id}", None if p is None else p.id, NO_PATIENT)
+    if write and who.role == "patient" and action != "report-symptom":
+        raise _deny(s, who, action, channel, patient_id, f"not allowed to {action} for this patient")
+    if record:
+        _audit(s, who, "write" if write else "read", action, patient_id, detail, channel)
     return p
+
+
+def _failure(exc: BaseException) -> str:
+    """What went wrong, for the audit row of a failed write: the error's type and the field it
+    names, never its message (which may quote the value entered)."""
+    field = getattr(exc, "field", None)
+    return f"failed: {type(exc).__name__}" + (f" ({field})" if isinstance(field, str) and field else "")
+
+
+@contextmanager
+def _recorded(
+    s: Session, who: Principal | None, action: str, patient_id: int | None, channel: str, detail: str = ""
+) -> Iterator[None]:
+    """Audit a write (`write`), or - if it fails - its attempt and outcome (`write-failed`, with the
+    error's type): when the write raises here (also inside a savepoint the request then survives),
+    and when the unit of work fails later (its commit), the row is written after the rollback in a
+    short transaction of its own. Use it after authorising: refusals are audited on their own."""
+    entry = _audit(s, who, "write", action, patient_id, detail, channel, failed={"action": "write-failed"})
+    try:
+        yield
+    except BaseException as exc:
+        if entry is not None:
+            entry.fail(detail=f"{_failure(exc)}; {detail}"[:400] if detail else _failure(exc))
+        raise
+
+
+@contextmanager
+def _writing(
+    s: Session, who: Principal, patient_id: int, action: str, channel: str, detail: str = ""
+) -> Iterator[m.Patient]:
+    """Authorise a write to a patient's record, then audit it as `_recorded` does."""
+    p = _authorise_patient(s, who, patient_id, action, channel, write=True, record=False)
+    with _recorded(s, who, action, patient_id, channel, detail):
+        yield p
 
 
 def require_role(
@@ -216,7 +345,8 @@ def _patient_out(p: m.Patient) -> PatientOut:
     )
 
 
-def _observation_out(o: m.Observation) -> ObservationOut:
+def _observation_out(o: Any) -> ObservationOut:
+    """An observation row (an ORM object or a row of `_OBSERVATION_COLUMNS`) as its view model."""
     reported = None
     if o.original_value:
         reported = f"{o.original_value} {o.original_unit}" if o.original_unit else o.original_value
@@ -232,6 +362,14 @@ def _observation_out(o: m.Observation) -> ObservationOut:
         status=o.status,
         review_state=o.review_state,
     )
+
+
+# The columns a list of observations shows: a list reads these, not whole ORM objects (4x faster).
+_OBSERVATION_COLUMNS = (
+    m.Observation.id, m.Observation.kind, m.Observation.analyte, m.Observation.code, m.Observation.value,
+    m.Observation.unit, m.Observation.original_value, m.Observation.original_unit, m.Observation.effective,
+    m.Observation.status, m.Observation.review_state,
+)  # fmt: skip
 
 
 def _medicine_out(x: m.Medication) -> MedicineOut:
@@ -275,7 +413,19 @@ def _review_out(r: m.Review) -> ReviewOut:
 
 
 def _import_result(summary: ImportSummary) -> ImportResult:
-    return ImportResult(**summary.as_dict())
+    counts = summary.as_dict()
+    return ImportResult(**counts, message=import_message(counts))
+
+
+def import_message(counts: dict[str, int | None]) -> str:
+    """What a batch that added nothing says: its records were all stored before ("" otherwise)."""
+    new = sum(counts.get(k) or 0 for k in ("imported", "corrected", "deleted", "patients_created"))
+    n, q = counts.get("duplicates") or 0, counts.get("quarantined") or 0
+    if new or not n:
+        return ""
+    records = f"all {n} records were" if n > 1 else "the 1 record was"
+    said = f"nothing new: {records} already imported"
+    return f"{said} ({q} in quarantine)" if q else said
 
 
 # ---------------------------------------------------------------- patients
@@ -309,17 +459,23 @@ def create_patient(
 ) -> PatientOut:
     """Register a patient (clinicians and admins) and assess them at once."""
     require_role(s, who, ("clinician", "admin"), "create-patient", channel)
-    p = writes.add_patient(s, identifier, name, birth_date, sex, team)
-    _audit(s, who, "write", "create-patient", p.id, channel=channel)
-    wl.refresh_patient(s, kb, p.id)
+    try:
+        p = writes.add_patient(s, identifier, name, birth_date, sex, team)
+        wl.refresh_patient(s, kb, p.id)
+    except BaseException as exc:  # the new row rolls back: its attempt is audited without an id
+        _audit(s, who, "write-failed", "create-patient", None, _failure(exc), channel, keep=True)
+        raise
+    failed: dict[str, object] = {"action": "write-failed", "patient_id": None}  # a failed commit: no such id
+    _audit(s, who, "write", "create-patient", p.id, channel=channel, failed=failed)
     return _patient_out(p)
 
 
 def set_team(s: Session, who: Principal, patient_id: int, team: str, channel: str) -> PatientOut:
     """Who monitors the patient's blood tests: the specialist team or the GP (shared care)."""
-    require_role(s, who, ("clinician", "admin"), "set-team", channel, patient_id)
-    p = _authorise_patient(s, who, patient_id, "set-team", channel, write=True)
-    writes.set_team(s, patient_id, team)
+    before = s.scalar(select(m.Patient.monitoring_team).where(m.Patient.id == patient_id))
+    detail = f"{before} -> {team}"[:60] if before is not None else ""  # TEAM_TO_GP: a move to GP care
+    with _writing(s, who, patient_id, "set-team", channel, detail) as p:  # a patient may not: 403 (404 for another's)
+        writes.set_team(s, patient_id, team)
     return _patient_out(p)
 
 
@@ -327,12 +483,12 @@ def list_observations(
     s: Session, who: Principal, patient_id: int, analyte: str | None, include_history: bool, channel: str
 ) -> ObservationList:
     _authorise_patient(s, who, patient_id, "list-observations", channel)
-    q = select(m.Observation).where(m.Observation.patient_id == patient_id)
+    q = select(*_OBSERVATION_COLUMNS).where(m.Observation.patient_id == patient_id)
     if not include_history:
         q = q.where(m.Observation.current.is_(True))
     if analyte:
         q = q.where(m.Observation.analyte == analyte)
-    rows = s.scalars(q.order_by(m.Observation.effective, m.Observation.id))
+    rows = s.execute(q.order_by(m.Observation.effective, m.Observation.id))
     return ObservationList(observations=[_observation_out(o) for o in rows])
 
 
@@ -353,16 +509,25 @@ def list_findings(s: Session, who: Principal, patient_id: int, channel: str) -> 
 
 
 def _labs(s: Session, patient_id: int, ordered: bool = True) -> list[ObservationOut]:
-    q = select(m.Observation).where(
+    q = select(*_OBSERVATION_COLUMNS).where(
         m.Observation.patient_id == patient_id, m.Observation.current.is_(True), m.Observation.kind == "lab"
     )
     if ordered:
         q = q.order_by(m.Observation.effective, m.Observation.id)
-    return [_observation_out(o) for o in s.scalars(q)]
+    return [_observation_out(o) for o in s.execute(q)]
 
 
-def patient_page(s: Session, kb: Knowledge, who: Principal, patient_id: int, channel: str = "web") -> PatientPage:
-    """Everything the patient page (clinicians) and the patient's own page show, assessed as of today."""
+def patient_page(
+    s: Session,
+    kb: Knowledge,
+    who: Principal,
+    patient_id: int,
+    channel: str = "web",
+    grid_dates: int | None = results_view.GRID_DATES,
+) -> PatientPage:
+    """Everything the patient page (clinicians) and the patient's own page show, assessed as of today.
+
+    `grid_dates`: how many result dates (columns) the results grid shows, the latest first (None: all)."""
     p = _authorise_patient(s, who, patient_id, "view-patient", channel)
     row = _fresh_assessment(s, kb, patient_id)
     conditions = s.scalars(select(m.Condition.key).where(m.Condition.patient_id == patient_id))
@@ -371,16 +536,20 @@ def patient_page(s: Session, kb: Knowledge, who: Principal, patient_id: int, cha
     symptoms = s.scalars(select(m.Symptom).where(m.Symptom.patient_id == patient_id).order_by(m.Symptom.when))
     reviews = s.scalars(select(m.Review).where(m.Review.patient_id == patient_id).order_by(m.Review.created_at))
     findings = wl.order_findings(wl.open_findings(s, patient_id), row.result)
+    labs = _labs(s, patient_id)
+    summary, grid = results_view.page_results(kb, labs, load_record(s, patient_id), row.as_of, grid_dates)
     return PatientPage(
         patient=_patient_out(p),
         assessment=row.result,
         indication=indication,
         findings=[_finding_out(f) for f in findings],
-        labs=_labs(s, patient_id),
+        labs=labs,
         medicines=_medicines(s, patient_id),
         vaccines=[_vaccine_out(v) for v in vaccines],
         symptoms=[_symptom_out(x) for x in symptoms],
         reviews=[_review_out(r) for r in reviews],
+        summary=summary,
+        results=grid,
     )
 
 
@@ -392,9 +561,16 @@ def chart_data(s: Session, who: Principal, patient_id: int, channel: str = "web"
 
 
 def _fresh_assessment(s: Session, kb: Knowledge, patient_id: int) -> m.AssessmentRow:
-    """The stored assessment, re-assessed first if it is older than today or in an older JSON schema."""
+    """The stored assessment, re-assessed first if it is older than today, in an older JSON schema,
+    or made with other knowledge or another working-day calendar (due dates move with it)."""
     row = s.get(m.AssessmentRow, patient_id)
-    if row is None or row.as_of < date.today() or row.result.get("schema_version") != SCHEMA_VERSION:
+    if (
+        row is None
+        or row.as_of < date.today()
+        or row.result.get("schema_version") != SCHEMA_VERSION
+        or row.result.get("knowledge_version") != kb.version
+        or row.result.get("monitoring", {}).get("calendar") != (kb.calendar.code if kb.calendar else None)
+    ):
         wl.refresh_patient(s, kb, patient_id)
         row = s.get(m.AssessmentRow, patient_id)
     assert row is not None
@@ -402,17 +578,16 @@ def _fresh_assessment(s: Session, kb: Knowledge, patient_id: int) -> m.Assessmen
 
 
 def assessment(s: Session, kb: Knowledge, who: Principal, patient_id: int, channel: str = "api") -> AssessmentOut:
-    """The patient re-assessed as of today, in the JSON contract of docs/assessment-json.md."""
+    """The patient assessed as of today, in the JSON contract of docs/assessment-json.md.
+
+    Every write to a record re-assesses its patient in the same unit of work, so the stored
+    assessment is current unless the day, the JSON schema or the knowledge version has changed
+    since: only then is it assessed again here (a read, not a write, in the usual case)."""
     _authorise_patient(s, who, patient_id, "view-assessment", channel)
-    wl.refresh_patient(s, kb, patient_id)
-    return AssessmentOut.model_validate(wl.stored_assessment(s, patient_id) or {})
+    return AssessmentOut.model_validate(_fresh_assessment(s, kb, patient_id).result)
 
 
 # ---------------------------------------------------------------- writes to a patient's record
-def _write(s: Session, who: Principal, patient_id: int, action: str, channel: str, detail: str = "") -> None:
-    _authorise_patient(s, who, patient_id, action, channel, write=True, detail=detail)
-
-
 def add_lab(
     s: Session,
     kb: Knowledge,
@@ -424,18 +599,43 @@ def add_lab(
     when: date | str | None,
     channel: str,
 ) -> ObservationOut:
-    _write(s, who, pid, "add-lab", channel)
-    row = writes.add_lab(s, kb, pid, analyte, value, unit, when)
-    wl.refresh_patient(s, kb, pid)
+    with _writing(s, who, pid, "add-lab", channel):
+        row = writes.add_lab(s, kb, pid, analyte, value, unit, when)
+        wl.refresh_patient(s, kb, pid)
     return _observation_out(row)
+
+
+def add_panel(
+    s: Session,
+    kb: Knowledge,
+    who: Principal,
+    pid: int,
+    group: str,
+    when: date | str | None,
+    values: Mapping[str, float | str | None],
+    units: Mapping[str, str],
+    channel: str,
+) -> PanelOut:
+    """A whole panel (FBC, LFT or renal: knowledge `schedule.panels`) on one date, in one unit of
+    work: every field is checked first (PanelError names each wrong one and nothing is saved), then
+    every result is added and the patient is re-assessed once."""
+    with _writing(s, who, pid, "add-panel", channel, detail=group[:40]):
+        rows = writes.add_panel(s, kb, pid, group, when, values, units)
+        wl.refresh_patient(s, kb, pid)
+    return PanelOut(
+        group=group,
+        label=results_view.group_label(kb, group),
+        date=rows[0].effective,
+        observations=[_observation_out(r) for r in rows],
+    )
 
 
 def change_dose(
     s: Session, kb: Knowledge, who: Principal, pid: int, mg: float | str | None, start: date | str | None, channel: str
 ) -> MedicineOut:
-    _write(s, who, pid, "change-dose", channel)
-    row = writes.change_dose(s, kb, pid, mg, start)
-    wl.refresh_patient(s, kb, pid)
+    with _writing(s, who, pid, "change-dose", channel):
+        row = writes.change_dose(s, kb, pid, mg, start)
+        wl.refresh_patient(s, kb, pid)
     return _medicine_out(row)
 
 
@@ -450,28 +650,40 @@ def add_medicine(
     mg: float | str | None,
     channel: str,
 ) -> MedicineOut:
-    _write(s, who, pid, "add-medicine", channel)
-    row = writes.add_medicine(s, kb, pid, name, status, start, mg)
-    wl.refresh_patient(s, kb, pid)
+    with _writing(s, who, pid, "add-medicine", channel):
+        row = writes.add_medicine(s, kb, pid, name, status, start, mg)
+        wl.refresh_patient(s, kb, pid)
     return _medicine_out(row)
 
 
 def add_vaccine(
     s: Session, kb: Knowledge, who: Principal, pid: int, name: str, status: str, when: date | str | None, channel: str
 ) -> VaccineOut:
-    _write(s, who, pid, "add-vaccine", channel)
-    row = writes.add_vaccine(s, kb, pid, name, status, when)
-    wl.refresh_patient(s, kb, pid)
+    with _writing(s, who, pid, "add-vaccine", channel):
+        row = writes.add_vaccine(s, kb, pid, name, status, when)
+        wl.refresh_patient(s, kb, pid)
     return _vaccine_out(row)
 
 
 def report_symptom(
     s: Session, kb: Knowledge, who: Principal, pid: int, symptom: str, when: date | str | None, channel: str
 ) -> SymptomOut:
-    _write(s, who, pid, "report-symptom", channel)
-    by = "patient" if who.role == "patient" else "clinician"
-    row = writes.add_symptom(s, kb, pid, symptom, when, by)
-    wl.refresh_patient(s, kb, pid)
+    with _writing(s, who, pid, "report-symptom", channel):
+        by = "patient" if who.role == "patient" else "clinician"
+        row = writes.add_symptom(s, kb, pid, symptom, when, by)
+        wl.refresh_patient(s, kb, pid)
+    return _symptom_out(row)
+
+
+def report_my_symptom(
+    s: Session, kb: Knowledge, who: Principal, symptom: str, how_bad: str, since: str | None, details: str, channel: str
+) -> SymptomOut:
+    """The patient's own report (the form on /me): what, how bad, since when, in their words.
+    Only a patient, on their own record; re-assessed at once (a fever reaches the worklist)."""
+    pid = own_record(s, who, "report-symptom (patient view)", "only patients report symptoms here", channel)
+    with _writing(s, who, pid, "report-symptom", channel):
+        row = writes.add_patient_report(s, kb, pid, symptom, how_bad, since, details)
+        wl.refresh_patient(s, kb, pid)
     return _symptom_out(row)
 
 
@@ -479,9 +691,9 @@ def hold_azathioprine(
     s: Session, kb: Knowledge, who: Principal, pid: int, reason: str, start: date | str | None, channel: str
 ) -> MedicineOut:
     """Withhold azathioprine (on hold, not stopped); a dose change restarts it."""
-    _write(s, who, pid, "hold-azathioprine", channel, detail=(reason or "").strip())
-    row = writes.hold_azathioprine(s, kb, pid, reason, start)
-    wl.refresh_patient(s, kb, pid)
+    with _writing(s, who, pid, "hold-azathioprine", channel, detail=(reason or "").strip()):
+        row = writes.hold_azathioprine(s, kb, pid, reason, start)
+        wl.refresh_patient(s, kb, pid)
     return _medicine_out(row)
 
 
@@ -491,23 +703,32 @@ def dismiss_follow_up(
     """Drop an open follow-up with a reason (clinicians and admins). Only a follow-up the current
     assessment has open can be dropped; the engine then shows it as dismissed."""
     detail = f"{(key or '').strip()[:120]}: {(reason or '').strip()}"
-    _write(s, who, pid, "dismiss-follow-up", channel, detail=detail)
-    row_a = _fresh_assessment(s, kb, pid)
-    open_keys = {
-        u["key"] for u in row_a.result["monitoring"].get("follow_ups", []) if u["state"] in ("open", "overdue")
-    }
-    row = writes.dismiss_follow_up(s, kb, pid, key, reason, who.id, open_keys)
-    wl.refresh_patient(s, kb, pid)
+    with _writing(s, who, pid, "dismiss-follow-up", channel, detail=detail):
+        row_a = _fresh_assessment(s, kb, pid)
+        open_keys = {
+            u["key"] for u in row_a.result["monitoring"].get("follow_ups", []) if u["state"] in ("open", "overdue")
+        }
+        row = writes.dismiss_follow_up(s, kb, pid, key, reason, who.id, open_keys)
+        wl.refresh_patient(s, kb, pid)
     return FollowUpDismissalOut(
         id=row.id, patient_id=row.patient_id, key=row.key, reason=row.reason, created_at=row.created_at
     )
 
 
 # ---------------------------------------------------------------- reviews and the worklist
-def finding(s: Session, finding_id: int) -> FindingOut | None:
-    """A finding instance by id, for routing a review form (no patient data is shown from it)."""
+def _visible_finding(s: Session, who: Principal, finding_id: int, action: str, channel: str) -> m.FindingRow:
+    """A finding of a patient the user may see; else NotFound (NO_FINDING), the same whether it
+    does not exist or belongs to someone else, audited."""
     f = s.get(m.FindingRow, finding_id)
-    return None if f is None else _finding_out(f)
+    if f is None or not can_read_patient(who, f.patient_id):
+        pid = None if f is None else f.patient_id
+        raise _unseen(s, who, action, channel, f"finding {finding_id}", pid, NO_FINDING)
+    return f
+
+
+def finding(s: Session, who: Principal, finding_id: int, channel: str = "web") -> FindingOut:
+    """A finding the user may see, by id, for routing a review form (no patient data is shown from it)."""
+    return _finding_out(_visible_finding(s, who, finding_id, "review", channel))
 
 
 def review(
@@ -516,20 +737,21 @@ def review(
     """Record what was done about a finding. "Azathioprine withheld" also puts the drug on hold
     from today (the finding's message is the reason), unless it is already on hold or not being
     taken, and re-assesses the patient."""
-    f = s.get(m.FindingRow, finding_id)
-    if f is None:
-        raise NotFound(f"finding {finding_id} does not exist")
+    f = _visible_finding(s, who, finding_id, "review", channel)
     require_role(s, who, ("clinician", "admin"), "review", channel, f.patient_id)
-    _authorise_patient(s, who, f.patient_id, "review", channel, write=True)
-    r = wl.record_review(s, finding_id, who.id, outcome, note)
+    with _writing(s, who, f.patient_id, "review", channel):
+        r = wl.record_review(s, finding_id, who.id, outcome, note)
+        held = outcome == "withheld" and _takes_azathioprine(s, f.patient_id)
+        if held:
+            try:
+                writes.hold_azathioprine(s, kb, f.patient_id, _AGE.sub("", f.message))
+            except FormError as exc:
+                raise ReviewError(f"azathioprine could not be recorded as withheld: {exc.message}") from None
+            wl.refresh_patient(s, kb, f.patient_id)
+    # Only once the review is recorded (a failed one is audited as write-failed above)
     _audit(s, who, "review", f"finding {f.code}: {outcome}", f.patient_id, note, channel)
-    if outcome == "withheld" and _takes_azathioprine(s, f.patient_id):
-        try:
-            writes.hold_azathioprine(s, kb, f.patient_id, _AGE.sub("", f.message))
-        except FormError as exc:
-            raise ReviewError(f"azathioprine could not be recorded as withheld: {exc.message}") from None
+    if held:
         _audit(s, who, "write", "hold-azathioprine", f.patient_id, f"review of finding {f.code}", channel)
-        wl.refresh_patient(s, kb, f.patient_id)
     return _review_out(r)
 
 
@@ -566,10 +788,36 @@ def worklist(s: Session, who: Principal, query: WorklistQuery, channel: str) -> 
         query.search,
         limit=query.limit,
         offset=query.offset,
+        needs=query.needs,
+        owner_id=who.id if query.mine else None,
+        sort=query.sort,
     )
-    entries, total = wl.worklist(s, flt)
+    entries, total, counts = wl.worklist_with_counts(s, flt)
     _audit(s, who, "read", f"worklist ({len(entries)})", channel=channel)
-    return WorklistPage(total=total, entries=[WorklistEntryOut(**vars(e)) for e in entries])
+    return WorklistPage(
+        total=total, entries=[WorklistEntryOut(**vars(e)) for e in entries], counts=WorklistCounts(**vars(counts))
+    )
+
+
+def set_owner(s: Session, who: Principal, patient_id: int, username: str | None, channel: str) -> OwnerOut:
+    """Claim a patient (`username` is the asking user's own), assign them to another clinician or
+    admin, or unassign them (None or ""): clinicians and admins; audited as claim-patient,
+    assign-patient or unassign-patient with the new owner's username."""
+    name = (username or "").strip()
+    action = "unassign-patient" if not name else "claim-patient" if name == who.username else "assign-patient"
+    with _writing(s, who, patient_id, action, channel, detail=f"owner {name[:80] or 'nobody'}"):
+        user = writes.set_owner(s, patient_id, name)
+    if user is None:
+        return OwnerOut(patient_id=patient_id, owner=None, owner_name=None)
+    return OwnerOut(patient_id=patient_id, owner=user.username, owner_name=user.display_name or user.username)
+
+
+def team_members(s: Session, who: Principal, channel: str) -> list[TeamMemberOut]:
+    """The active clinicians and admins a patient can be assigned to, by name (clinicians and admins)."""
+    require_role(s, who, writes.OWNER_ROLES, "team-members", channel)
+    q = select(m.User.username, m.User.display_name).where(m.User.active.is_(True), m.User.role.in_(writes.OWNER_ROLES))
+    rows = s.execute(q.order_by(func.lower(func.coalesce(func.nullif(m.User.display_name, ""), m.User.username))))
+    return [TeamMemberOut(username=r.username, name=r.display_name or r.username) for r in rows]
 
 
 # ---------------------------------------------------------------- imports and quarantine
@@ -587,19 +835,81 @@ def import_parsed(
         require_role(s, who, ("clinician", "admin"), "import", channel)
     summary = apply(s, parsed, source, who.username if who else "cli", progress=progress)
     wl.refresh_many(s, kb, sorted(summary.patients))
+    _audit_import_patients(s, who, parsed.format, source, sorted(summary.patients), channel)
     _audit(s, who, "import", f"{parsed.format} {source}"[:80], detail=str(summary.as_dict()), channel=channel)
     return summary
 
 
-def import_text(
-    s: Session, kb: Knowledge, who: Principal, text: str, fmt: str | None, filename: str, channel: str
-) -> ImportResult:
-    """Import an uploaded file (web page, REST API): format detected unless given."""
+def _audit_import_patients(
+    s: Session, who: Principal | None, fmt: str, source: str, patient_ids: list[int], channel: str
+) -> None:
+    """One audit row for each patient whose records an import changed: their database id, never a
+    name, identifier or value (the batch's own row, with its counts, has no patient)."""
+    for pid in patient_ids:
+        _audit(s, who, "import", f"{fmt} {source}"[:80], pid, detail="records changed", channel=channel)
+
+
+def import_in_chunks(
+    db: Database,
+    kb: Knowledge,
+    who: Principal | None,
+    parsed: Parsed,
+    source: str,
+    channel: str,
+    progress: Callable[[int], None] | None = None,
+) -> ImportSummary:
+    """Store what a reader parsed in chunks, each a short transaction of its own
+    (`ingest.pipeline.apply_in_chunks`: atomic, idempotent, resumable by importing the same input
+    again), so other users wait at most about one chunk for the write lock. Then the patients it
+    touched are re-assessed and audited (one row each, in the same small transactions), and the
+    batch's own audit row is written in the transaction that marks it done. `who` None: the CLI."""
+    if who is not None and who.role not in ("clinician", "admin"):
+        with db.session() as s:
+            require_role(s, who, ("clinician", "admin"), "import", channel)
+
+    def refresh(s: Session, patient_ids: list[int]) -> None:
+        wl.refresh_many(s, kb, patient_ids)
+        _audit_import_patients(s, who, parsed.format, source, patient_ids, channel)
+
+    def finish(s: Session, summary: ImportSummary) -> None:
+        _audit(s, who, "import", f"{parsed.format} {source}"[:80], detail=str(summary.as_dict()), channel=channel)
+
+    username = who.username if who else "cli"
+    return apply_in_chunks(db, parsed, source, username, progress=progress, refresh=refresh, finish=finish)
+
+
+def may_import(s: Session, who: Principal, channel: str) -> None:
+    """Refuse (and audit) anyone but a clinician or admin before their upload is read; then end the
+    unit of work's reads, so no connection or snapshot is held while the upload arrives."""
     require_role(s, who, ("clinician", "admin"), "import", channel)
+    s.commit()
+
+
+def _upload_text(upload: IO[bytes]) -> str:
+    upload.seek(0)
+    try:
+        text = upload.read().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("the body must be UTF-8 text") from None
+    if "\x00" in text:
+        raise ValueError("the body must not contain NUL characters")
     if not text.strip():
         raise ValueError("the body is empty")
-    parsed = parse_text(text, kb, fmt, filename)
-    return _import_result(import_parsed(s, kb, who, parsed, filename, channel))
+    return text
+
+
+def import_upload(
+    s: Session, kb: Knowledge, who: Principal, upload: IO[bytes], fmt: str | None, filename: str, channel: str
+) -> ImportResult:
+    """Import an uploaded file (web page, REST API), which the channel streamed to a temporary file:
+    format detected unless given; committed in chunks (`import_in_chunks`), as the CLI imports."""
+    require_role(s, who, ("clinician", "admin"), "import", channel)
+    parsed = parse_text(_upload_text(upload), kb, fmt, filename)
+    db = database_of(s)
+    if db is None:  # a session made outside Database has no units of work to chunk into
+        return _import_result(import_parsed(s, kb, who, parsed, filename, channel))
+    s.commit()  # the request holds no lock while the chunks take the write lock one at a time
+    return _import_result(import_in_chunks(db, kb, who, parsed, filename, channel))
 
 
 def _record_tail(ref: str) -> str:
@@ -680,10 +990,14 @@ def discard_quarantine(s: Session, who: Principal | None, item_id: int, reason: 
 def list_quarantine(
     s: Session, who: Principal | None, state: str, limit: int | None, channel: str, newest_first: bool = True
 ) -> QuarantineList:
-    """What imports could not accept, with the reason and the original (admins; `who` None: the CLI)."""
+    """What imports could not accept, with the reason and the original. Admins (and the CLI: `who`
+    None) see every item; a clinician sees, read-only, the items of the imports they ran themselves."""
     if who is not None:
-        require_role(s, who, ("admin",), "quarantine", channel)
+        require_role(s, who, ("clinician", "admin"), "quarantine", channel)
     q = select(m.QuarantineItem).where(m.QuarantineItem.state == state)
+    if who is not None and who.role != "admin":
+        mine = select(m.ImportBatch.id).where(m.ImportBatch.username == who.username)
+        q = q.where(m.QuarantineItem.batch_id.in_(mine))
     q = q.order_by(m.QuarantineItem.id.desc() if newest_first else m.QuarantineItem.id)
     if limit is not None:
         q = q.limit(limit)
@@ -724,3 +1038,472 @@ def audit_log(s: Session, who: Principal, patient_id: int | None, limit: int, ch
         for e in s.scalars(q)
     ]
     return AuditList(events=events)
+
+
+# Actions the audit trail records (the audit page offers them as suggestions; any value filters).
+AUDIT_ACTIONS = (
+    "read",
+    "write",
+    "write-failed",
+    "review",
+    "import",
+    "denied",
+    "not-found",
+    "login",
+    "login-failed",
+    "login-locked",
+    "login-refused",
+    "logout",
+    "revoke-token",
+)
+AUDIT_EXPORT_LIMIT = 100_000  # events in one CSV export, newest first
+
+
+def _audit_conditions(query: AuditQuery) -> list[Any]:
+    conds: list[Any] = []
+    if query.user:
+        conds.append(m.AuditEvent.username == query.user)
+    if query.patient:
+        conds.append(m.AuditEvent.patient_id.in_(select(m.Patient.id).where(m.Patient.identifier == query.patient)))
+    if query.action:
+        conds.append(m.AuditEvent.action == query.action)
+    if query.since:
+        conds.append(m.AuditEvent.at >= datetime.combine(query.since, time()))
+    if query.until:
+        conds.append(m.AuditEvent.at < datetime.combine(query.until + timedelta(days=1), time()))
+    return conds
+
+
+def _audit_rows(s: Session, query: AuditQuery, limit: int, offset: int) -> list[AuditRow]:
+    q = (
+        select(m.AuditEvent, m.Patient.identifier)
+        .outerjoin(m.Patient, m.Patient.id == m.AuditEvent.patient_id)
+        .where(*_audit_conditions(query))
+        .order_by(m.AuditEvent.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    return [
+        AuditRow(
+            at=e.at,
+            user=e.username,
+            action=e.action,
+            resource=e.resource,
+            patient=ident or ("" if e.patient_id is None else "(deleted record)"),
+            channel=e.channel,
+            detail=e.detail,
+        )
+        for e, ident in s.execute(q)
+    ]
+
+
+def audit_search(s: Session, who: Principal, query: AuditQuery, channel: str = "web") -> AuditPage:
+    """One page of the audit trail, newest first, filtered by user, patient identifier, action and
+    dates (admins). Patients appear by their clinic identifier, never by database id."""
+    require_role(s, who, ("admin",), "audit-log", channel)
+    total = s.scalar(select(func.count()).select_from(m.AuditEvent).where(*_audit_conditions(query))) or 0
+    return AuditPage(total=total, rows=_audit_rows(s, query, query.limit, query.offset))
+
+
+def audit_export(s: Session, who: Principal, query: AuditQuery, channel: str = "web") -> list[AuditRow]:
+    """The events matching the filters, newest first, at most AUDIT_EXPORT_LIMIT, for a CSV file
+    (admins). The export itself is audited as a read, with the filters it used."""
+    require_role(s, who, ("admin",), "audit-log export", channel)
+    rows = _audit_rows(s, query, AUDIT_EXPORT_LIMIT, 0)
+    used = {
+        "user": query.user,
+        "patient": query.patient,
+        "action": query.action,
+        "from": query.since,
+        "to": query.until,
+    }
+    detail = " ".join(f"{k}={v}" for k, v in used.items() if v) or "no filters"
+    _audit(s, who, "read", "audit-log export", detail=f"{detail}; {len(rows)} events", channel=channel)
+    return rows
+
+
+# ---------------------------------------------------------------- reminders (issue 8 item 7)
+_reminder_log = logging.getLogger("azaguard.reminders")
+_EMAIL = re.compile(r"[^@\s<>\"(),;:]+@[^@\s<>\"(),;:]+\.[^@\s<>\"(),;:.]+")
+
+
+def _prefs_view(row: m.ReminderPref | None, offered: dict[str, Channel], config: ReminderConfig) -> ReminderPrefs:
+    return ReminderPrefs(
+        channel=row.channel if row else "none",
+        email=row.email if row else "",
+        chosen=row is not None,
+        options=[(c.name, c.label) for c in offered.values()],
+        days_before=config.days_before,
+    )
+
+
+def reminder_prefs(s: Session, who: Principal, config: ReminderConfig, channel: str = "web") -> ReminderPrefs:
+    """The signed-in patient's reminder choice and the channels on offer (their own page only)."""
+    pid = own_record(s, who, "reminder-prefs", "only patients choose their reminders", channel)
+    _audit(s, who, "read", "reminder-prefs", pid, channel=channel)
+    return _prefs_view(rem.prefs(s, pid), load_channels(config), config)
+
+
+def set_reminder_prefs(
+    s: Session, who: Principal, config: ReminderConfig, choice: str, email: str, channel: str = "web"
+) -> ReminderPrefs:
+    """The patient chooses a channel (and gives an e-mail address) or opts out ("none"). Audited
+    with the channel chosen, never the address; a bad form raises FormError naming the field."""
+    pid = own_record(s, who, "reminder-prefs", "only patients choose their reminders", channel)
+    offered = load_channels(config)
+    choice, email = (choice or "").strip(), (email or "").strip()
+    with _recorded(s, who, "reminder-prefs", pid, channel, detail=f"channel {choice[:16]}"):
+        if choice != "none" and choice not in offered:
+            raise FormError("channel", "choose how you want to be reminded, or no reminders")
+        if email and (len(email) > 254 or not _EMAIL.fullmatch(email)):
+            raise FormError("email", "this does not look like an e-mail address (name@example.org)")
+        if choice != "none" and offered[choice].contact == "email" and not email:
+            raise FormError("email", "enter the e-mail address the reminders should go to")
+        row = rem.set_prefs(s, pid, choice, email)
+    return _prefs_view(row, offered, config)
+
+
+def patient_reminders(s: Session, who: Principal, patient_id: int, channel: str = "web") -> PatientReminders:
+    """The patient's reminder choice and the reminders sent to them (the patient page)."""
+    _authorise_patient(s, who, patient_id, "view-reminders", channel)
+    row = rem.prefs(s, patient_id)
+    return PatientReminders(
+        channel=row.channel if row else "none",
+        chosen=row is not None,
+        rows=[
+            ReminderSentRow(
+                sent_at=r.sent_at,
+                kind=r.kind,
+                group=r.test_group,
+                due_date=r.due_date,
+                channel=r.channel,
+                status=r.status,
+                error_type=r.error_type,
+                attempts=r.attempts,
+            )
+            for r in rem.sent(s, patient_id)
+        ],
+    )
+
+
+def send_reminders(
+    db: Database,
+    config: ReminderConfig,
+    as_of: date | None = None,
+    dry_run: bool = False,
+    channel: str = "cli",
+) -> ReminderRun:
+    """Remind every patient who chose a channel of the tests falling due within
+    `config.days_before` days and of those overdue, by the stored assessment (reminders.py), once
+    each. Each reminder is claimed in a short transaction, sent with no transaction open, then
+    recorded and audited (channel, tests, due date, outcome: never the address). A failure is
+    recorded with the error's type; the log gets counts and error types only."""
+    as_of = as_of or date.today()
+    offered = load_channels(config)
+    with db.session() as s:
+        planned = rem.plan(s, as_of, config.days_before, {n: c.contact for n, c in offered.items()})
+    items = [i for p in planned for i in p.items]
+    counts = {"due": sum(i.kind == "due" for i in items), "overdue": sum(i.kind == "overdue" for i in items)}
+    sent = failed = skipped = 0
+    for p in [] if dry_run else planned:
+        with db.write() as s:
+            claimed = rem.claim(s, p)
+        if not claimed:
+            skipped += 1
+            continue
+        message = compose(p.contact, claimed, config, as_of, uid_seed=f"{p.patient_id}")
+        try:
+            result = offered[p.channel].send(message)
+        except Exception as exc:  # a channel added by configuration that raises instead of reporting
+            result = SendResult(False, type(exc).__name__)
+        what = "; ".join(f"{i.kind} {i.group} {i.due.isoformat()}" for i in claimed)
+        outcome = "sent" if result.ok else f"failed: {result.error_type}"
+        with db.write() as s:
+            rem.finish(s, p.patient_id, claimed, result.ok, result.error_type)
+            _audit(s, None, "reminder", f"reminder {p.channel}", p.patient_id, f"{what}: {outcome}"[:400], channel)
+        if result.ok:
+            sent += 1
+        else:
+            failed += 1
+            _reminder_log.warning("a reminder was not sent (%s); recorded as failed", result.error_type)
+    if not dry_run:
+        _reminder_log.info("reminders as of %s: %d sent, %d failed, %d skipped", as_of, sent, failed, skipped)
+    return ReminderRun(as_of, dry_run, len(planned), counts["due"], counts["overdue"], sent, failed, skipped)
+
+
+# ---------------------------------------------------------------- letters and documents (shared care)
+NO_DOCUMENT = "this document does not exist or you may not see it"
+LETTER_RECIPIENTS = ("gp", "specialist")
+# set_team's audit detail for a move to GP care: the letters batch finds this month's moves by it
+TEAM_TO_GP = "specialist -> gp"
+
+# A document's columns without its bytes (and their length): lists never load a PDF.
+_DOCUMENT_COLUMNS = (
+    m.Document.id, m.Document.patient_id, m.Document.kind, m.Document.recipient, m.Document.title,
+    m.Document.created_at, m.Document.author, m.Document.knowledge_version, m.Document.media_type,
+    m.Document.sha256, func.length(m.Document.content).label("size"),
+)  # fmt: skip
+
+
+def _document_out(d: Any) -> DocumentOut:
+    """A documents row (an ORM object, or a row of `_DOCUMENT_COLUMNS`) as its view model."""
+    size = d.size if hasattr(d, "size") else len(d.content)
+    return DocumentOut(
+        id=d.id,
+        patient_id=d.patient_id,
+        kind=d.kind,
+        recipient=d.recipient,
+        title=d.title,
+        created_at=d.created_at,
+        author=d.author,
+        knowledge_version=d.knowledge_version,
+        media_type=d.media_type,
+        size=size,
+        sha256=d.sha256,
+    )
+
+
+def _letter_results(s: Session, kb: Knowledge, patient_id: int, as_of: date) -> list[letters.ResultGroup]:
+    """The latest result of each analyte of each scheduled test group (FBC, LFT, renal), with its date."""
+    groups = {g: [k for k, a in kb.analytes.items() if a.group == g] for g in kb.schedule.groups}
+    wanted = [k for keys in groups.values() for k in keys]
+    q = (
+        select(m.Observation.analyte, m.Observation.value, m.Observation.unit, m.Observation.effective)
+        .where(
+            m.Observation.patient_id == patient_id,
+            m.Observation.current.is_(True),
+            m.Observation.kind == "lab",
+            m.Observation.analyte.in_(wanted),
+            m.Observation.value.is_not(None),
+            m.Observation.effective <= as_of,
+        )
+        .order_by(m.Observation.effective, m.Observation.id)
+    )
+    latest = {row.analyte: row for row in s.execute(q)}
+    return [
+        letters.ResultGroup(
+            group,
+            [
+                letters.Result(kb.analytes[k].label, latest[k].value, latest[k].unit or "", latest[k].effective)
+                for k in keys
+                if k in latest
+            ],
+        )
+        for group, keys in groups.items()
+    ]
+
+
+def _letter_actions(s: Session, patient_id: int, result: dict[str, Any]) -> list[letters.Action]:
+    """The patient's open findings (warning and critical, not yet reviewed), most serious first, each
+    with the sources the stored assessment gives for it."""
+    stated = {(f["code"], f["message"]): f for f in result.get("findings", [])}
+    by_code = {f["code"]: f for f in result.get("findings", [])}
+    rows = [f for f in wl.order_findings(wl.open_findings(s, patient_id), result) if f.state == "open"]
+    out = []
+    for f in rows:
+        found = stated.get((f.code, f.message)) or by_code.get(f.code) or {}
+        out.append(
+            letters.Action(f.severity, f.code, f.message, f.action, list(found.get("sources", [])), found.get("date"))
+        )
+    return out
+
+
+def _compose_letter(
+    s: Session, kb: Knowledge, who: Principal, p: m.Patient, contact: ClinicContact, recipient: str
+) -> tuple[str, bytes]:
+    """The letter as a PDF, from the patient's assessment (re-assessed first if stale) and record:
+    (the knowledge version it was made with, the PDF). Reads only, so no write lock is held while
+    the PDF is drawn."""
+    if recipient not in LETTER_RECIPIENTS:
+        raise FormError("recipient", "must be gp or specialist")
+    row = _fresh_assessment(s, kb, p.id)
+    result = row.result
+    as_of = date.fromisoformat(result["as_of"])
+    conditions = s.scalars(select(m.Condition.key).where(m.Condition.patient_id == p.id))
+    indication = next((kb.indications[k].label for k in conditions if k in kb.indications), None)
+    weight = s.execute(
+        select(m.Observation.value, m.Observation.effective)
+        .where(
+            m.Observation.patient_id == p.id,
+            m.Observation.current.is_(True),
+            m.Observation.analyte == "weight",
+            m.Observation.value.is_not(None),
+            m.Observation.effective <= as_of,
+        )
+        .order_by(m.Observation.effective.desc(), m.Observation.id.desc())
+        .limit(1)
+    ).first()
+    letter = letters.Letter(
+        recipient=recipient,
+        patient_name=p.name,
+        identifier=p.identifier,
+        birth_date=p.birth_date,
+        monitoring_team=p.monitoring_team,
+        indication=indication,
+        assessment=result,
+        weight_kg=weight.value if weight else None,
+        weight_date=weight.effective if weight else None,
+        results=_letter_results(s, kb, p.id, as_of),
+        actions=_letter_actions(s, p.id, result),
+        clinic_name=contact.name,
+        clinic_phone=contact.phone,
+        out_of_hours=contact.out_of_hours,
+        author=who.display_name if who.display_name == who.username else f"{who.display_name} ({who.username})",
+        made_at=now(),
+    )
+    return str(result["knowledge_version"]), letters.render_letter_pdf(letter)
+
+
+def _store_letter(s: Session, who: Principal, p: m.Patient, recipient: str, knowledge: str, pdf: bytes) -> m.Document:
+    doc = m.Document(
+        patient_id=p.id,
+        kind=letters.kind_of(recipient),
+        recipient=recipient,
+        title=letters.title_of(recipient),
+        created_at=now(),
+        author_id=who.id,
+        author=who.username,
+        knowledge_version=knowledge[:200],
+        media_type="application/pdf",
+        content=pdf,
+        sha256=hashlib.sha256(pdf).hexdigest(),
+    )
+    s.add(doc)
+    s.flush()
+    return doc
+
+
+def make_letter(
+    s: Session,
+    kb: Knowledge,
+    who: Principal,
+    patient_id: int,
+    contact: ClinicContact,
+    recipient: str = "gp",
+    channel: str = "web",
+) -> DocumentOut:
+    """Write a shared-care letter to the GP or the specialist team from the patient's assessment and
+    store it as a PDF document with its date, author and knowledge version (clinicians and admins;
+    a patient is refused, 403 on their own record and 404 on another's)."""
+    with _writing(s, who, patient_id, "write-letter", channel, detail=(recipient or "")[:20]) as p:
+        knowledge, pdf = _compose_letter(s, kb, who, p, contact, recipient)
+        doc = _store_letter(s, who, p, recipient, knowledge, pdf)
+    return _document_out(doc)
+
+
+def list_documents(s: Session, who: Principal, patient_id: int, channel: str, record: bool = True) -> DocumentList:
+    """The patient's documents, newest first (a patient: their own). `record` False: the caller's
+    page already audits its read of the record (the patient page)."""
+    _authorise_patient(s, who, patient_id, "list-documents", channel, record=record)
+    q = (
+        select(*_DOCUMENT_COLUMNS)
+        .where(m.Document.patient_id == patient_id)
+        .order_by(m.Document.created_at.desc(), m.Document.id.desc())
+    )
+    return DocumentList(documents=[_document_out(d) for d in s.execute(q)])
+
+
+def _document_file(d: m.Document, identifier: str) -> DocumentFile:
+    safe = re.sub(r"[^A-Za-z0-9_-]+", "-", identifier).strip("-")[:40] or "patient"
+    filename = f"{d.kind}-{safe}-{d.created_at:%Y-%m-%d}-{d.id}.pdf"
+    return DocumentFile(id=d.id, patient_id=d.patient_id, filename=filename, media_type=d.media_type, content=d.content)
+
+
+def get_document(s: Session, who: Principal, document_id: int, channel: str) -> DocumentFile:
+    """A document's bytes: clinicians and admins any, a patient their own; any other id is answered
+    as one that does not exist (NO_DOCUMENT), audited."""
+    d = s.get(m.Document, document_id)
+    if d is None or not can_read_patient(who, d.patient_id):
+        pid = None if d is None else d.patient_id
+        raise _unseen(s, who, "read-document", channel, f"document {document_id}", pid, NO_DOCUMENT)
+    p = _authorise_patient(s, who, d.patient_id, "read-document", channel, detail=f"document {d.id}")
+    return _document_file(d, p.identifier)
+
+
+def patient_document(s: Session, who: Principal, patient_id: int, document_id: int, channel: str) -> DocumentFile:
+    """A document of this patient (the web download): the patient must be one the user may see
+    (else NO_PATIENT), and the document theirs (else NO_DOCUMENT); both audited."""
+    p = _authorise_patient(s, who, patient_id, "read-document", channel, record=False)
+    d = s.get(m.Document, document_id)
+    if d is None or d.patient_id != patient_id:
+        hidden = d.patient_id if d is not None and not can_read_patient(who, d.patient_id) else None
+        raise _unseen(s, who, "read-document", channel, f"document {document_id}", hidden, NO_DOCUMENT)
+    _audit(s, who, "read", "read-document", patient_id, f"document {d.id}", channel)
+    return _document_file(d, p.identifier)
+
+
+def _month_of(today: date) -> tuple[datetime, datetime]:
+    start = datetime(today.year, today.month, 1)
+    end = datetime(today.year + 1, 1, 1) if today.month == 12 else datetime(today.year, today.month + 1, 1)
+    return start, end
+
+
+def _gp_moves(s: Session, today: date) -> list[tuple[m.Patient, datetime, str]]:
+    """Patients moved from the specialist team to GP care in `today`'s month (set_team's audit rows)
+    and still monitored by their GP: (patient, the latest move, who made it), by the move's time."""
+    start, end = _month_of(today)
+    q = (
+        select(m.AuditEvent.patient_id, m.AuditEvent.at, m.AuditEvent.username)
+        .where(
+            m.AuditEvent.at >= start,
+            m.AuditEvent.at < end,
+            m.AuditEvent.action == "write",
+            m.AuditEvent.resource == "set-team",
+            m.AuditEvent.detail == TEAM_TO_GP,
+            m.AuditEvent.patient_id.is_not(None),
+        )
+        .order_by(m.AuditEvent.at, m.AuditEvent.id)
+    )
+    latest: dict[int, tuple[datetime, str]] = {}
+    for pid, at, username in s.execute(q):
+        if pid is not None:
+            latest[pid] = (at, username)
+    if not latest:
+        return []
+    patients = s.scalars(select(m.Patient).where(m.Patient.id.in_(latest), m.Patient.monitoring_team == "gp"))
+    found = [(p, *latest[p.id]) for p in patients]
+    return sorted(found, key=lambda x: (x[1], x[0].id))
+
+
+def _gp_letters_since(s: Session, moves: list[tuple[m.Patient, datetime, str]]) -> dict[int, DocumentOut]:
+    """The newest GP letter of each moved patient written since their move."""
+    since = {p.id: at for p, at, _ in moves}
+    q = (
+        select(*_DOCUMENT_COLUMNS)
+        .where(m.Document.patient_id.in_(since), m.Document.kind == letters.kind_of("gp"))
+        .order_by(m.Document.created_at, m.Document.id)
+    )
+    return {d.patient_id: _document_out(d) for d in s.execute(q) if d.created_at >= since[d.patient_id]}
+
+
+def gp_moves(s: Session, who: Principal, channel: str, today: date | None = None) -> list[GpTransfer]:
+    """The patients moved to GP care this month, each with the GP letter written since, if any
+    (clinicians and admins)."""
+    require_role(s, who, ("clinician", "admin"), "gp-letters", channel)
+    moves = _gp_moves(s, today or date.today())
+    written = _gp_letters_since(s, moves)
+    _audit(s, who, "read", f"gp-letters ({len(moves)})", channel=channel)
+    return [GpTransfer(_patient_out(p), at, by, written.get(p.id)) for p, at, by in moves]
+
+
+def gp_letters_batch(
+    s: Session, kb: Knowledge, who: Principal, contact: ClinicContact, channel: str, today: date | None = None
+) -> LetterBatchOut:
+    """One GP letter for each patient moved to GP care this month who has none since the move
+    (clinicians and admins); each letter is audited on its patient like make_letter, the batch once.
+    The PDFs are drawn first and stored together, so the write lock is held only to store them."""
+    require_role(s, who, ("clinician", "admin"), "gp-letters-batch", channel)
+    when = today or date.today()
+    moves = _gp_moves(s, when)
+    written = _gp_letters_since(s, moves)
+    drawn = []
+    for p, _at, _by in moves:
+        if p.id in written:
+            continue
+        with _writing(s, who, p.id, "write-letter", channel, detail="gp (batch)"):
+            drawn.append((p, *_compose_letter(s, kb, who, p, contact, "gp")))
+    made = [_document_out(_store_letter(s, who, p, "gp", knowledge, pdf)) for p, knowledge, pdf in drawn]
+    month = f"{when:%Y-%m}"
+    detail = f"month {month}: {len(moves)} moved, {len(made)} written, {len(written)} already written"
+    _audit(s, who, "write", f"gp-letters-batch ({len(made)})", detail=detail, channel=channel)
+    return LetterBatchOut(month=month, transferred=len(moves), made=made, already_written=sorted(written))

@@ -202,11 +202,47 @@ class WorklistEntryOut(Out):
     phase: str
     awaiting: list[str] = Field(description="test groups with an open follow-up (awaiting a result)")
     treatment: str = Field(description="not-started, active, on-hold or stopped")
+    urgent_code: str | None = Field(description="the code of the most urgent open finding, or null when none is open")
+    urgent: str = Field(
+        description="the most urgent open finding in the engine's words (without its age on the day it was assessed)"
+    )
+    urgent_value: str = Field(description='the newest result it rests on with its unit ("0.9 10*9/L"), or ""')
+    urgent_date: dt.date | None = Field(description="the finding's date (the newest fact it rests on)")
+    urgent_age: str = Field(description='how old that date is today: "today", "1 day ago", "3 days ago", or ""')
+    days_overdue: int | None = Field(description="days since the next blood test fell due, or null when not overdue")
+    owner: str | None = Field(description="username of the team member who owns the patient (claimed or assigned)")
+    owner_name: str | None = Field(description="the owner's display name")
+
+
+class WorklistCounts(Out):
+    """Patients on the list (under every filter but `needs`) by what they need; each is the total of
+    the list filtered by that `needs` value."""
+
+    critical: int = Field(description="the worst open finding is critical")
+    warning: int = Field(description="the worst open finding is a warning")
+    overdue: int = Field(description="the next blood test is overdue")
+    awaiting: int = Field(description="a repeat test's result is awaited")
 
 
 class WorklistPage(Out):
     total: int
     entries: list[WorklistEntryOut]
+    counts: WorklistCounts
+
+
+class OwnerOut(Out):
+    """Who owns a patient on the worklist after a claim, an assignment or an unassignment."""
+
+    patient_id: int
+    owner: str | None = Field(description="username of the owner, or null: nobody")
+    owner_name: str | None = Field(description="the owner's display name")
+
+
+class TeamMemberOut(Out):
+    """A clinician or admin a patient can be assigned to."""
+
+    username: str
+    name: str
 
 
 # ---------------------------------------------------------------- imports, quarantine, audit
@@ -218,6 +254,10 @@ class ImportResult(Out):
     quarantined: int
     patients_created: int
     deleted: int
+    message: str = Field(
+        default="",
+        description='"nothing new: all N records were already imported" when the batch added nothing, else empty',
+    )
 
 
 class ReprocessResult(ImportResult):
@@ -332,6 +372,7 @@ class MonitoringGroupJson(Contract):
     interval: str
     follow_up_due: str | None
     due_reason: str | None
+    moved_from: str | None = Field(None, description="the schedule's date, when next_due moved off a non-working day")
 
 
 class FollowUpJson(Contract):
@@ -345,6 +386,7 @@ class FollowUpJson(Contract):
     reason: str
     answered_by: list[str]
     dismissed_reason: str | None
+    moved_from: str | None = Field(None, description="since + days, when that fell on a non-working day")
 
 
 class MonitoringJson(Contract):
@@ -352,6 +394,7 @@ class MonitoringJson(Contract):
     treatment_start: str | None
     groups: list[MonitoringGroupJson]
     follow_ups: list[FollowUpJson]
+    calendar: str | None = Field(None, description='the working-day calendar used ("GB-ENG"), or null')
 
 
 class PgxJson(Contract):
@@ -389,12 +432,90 @@ class PatientPage:
     vaccines: list[VaccineOut]
     symptoms: list[SymptomOut]
     reviews: list[ReviewOut]
+    summary: SummaryStrip | None = None  # the strip at the top of the clinician's page
+    results: ResultsGrid | None = None  # the cumulative results grid
 
 
 @dataclass(frozen=True)
 class ChartData:
     labs: list[ObservationOut]
     doses: list[MedicineOut]  # azathioprine rows
+
+
+# ---------------------------------------------------------------- patient page: summary strip, results grid, panels
+@dataclass(frozen=True)
+class ResultCell:
+    """One result in the grid: the value in the test's display unit, flagged by the engine."""
+
+    id: int
+    value: str  # the number in the display unit ("0.9")
+    reported: str | None  # as it arrived ("9 g/dL"), only when that differs from value and unit
+    flag: str | None  # critical | warning: the engine's lab checks as of the result's date; else None
+    why: tuple[str, ...]  # the finding codes that flag it (lab-neutrophils-low)
+    review_state: str  # pending | auto | flagged
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    analyte: str
+    label: str  # knowledge display name ("Neutrophils")
+    unit: str  # knowledge display unit ("x10^9/L")
+    group: str  # the test group (FBC, LFT, renal, vitals, ...)
+    cells: tuple[tuple[ResultCell, ...], ...]  # one entry per grid date (empty: not measured that day)
+
+
+@dataclass(frozen=True)
+class ResultGroup:
+    key: str  # FBC, LFT, renal, ...
+    label: str  # knowledge panel label ("full blood count"), else the key
+    rows: tuple[ResultRow, ...]
+
+
+@dataclass(frozen=True)
+class ResultsGrid:
+    """Tests x dates, the latest date on the left."""
+
+    dates: tuple[dt.date, ...]  # newest first
+    groups: tuple[ResultGroup, ...]
+    older_dates: int  # result dates left out (older than the last column)
+
+
+@dataclass(frozen=True)
+class LatestResult:
+    analyte: str
+    label: str
+    value: str  # in the display unit
+    unit: str
+    date: dt.date
+    flag: str | None  # critical | warning (as in the grid)
+    reported: str | None  # as it arrived, when different
+
+
+@dataclass(frozen=True)
+class LatestGroup:
+    key: str  # FBC, LFT, renal
+    label: str
+    date: dt.date | None  # the newest result of the group
+    results: tuple[LatestResult, ...]
+
+
+@dataclass(frozen=True)
+class SummaryStrip:
+    """The top of the clinician's patient page (treatment state and TPMT/NUDT15 come from the assessment)."""
+
+    groups: tuple[LatestGroup, ...]  # the monitored test groups, in the knowledge's order
+    weight: LatestResult | None
+    allergies: tuple[str, ...]  # as recorded
+    pregnancy: tuple[tuple[str, dt.date], ...]  # (pregnant | breastfeeding | planning-pregnancy, recorded on)
+
+
+class PanelOut(Out):
+    """A panel entered on one date in one save (one result per test filled in)."""
+
+    group: str = Field(description="the test group of the panel: FBC, LFT or renal")
+    label: str = Field(description="the panel's name, e.g. full blood count")
+    date: dt.date
+    observations: list[ObservationOut]
 
 
 @dataclass(frozen=True)
@@ -406,3 +527,144 @@ class WorklistQuery:
     search: str | None = None
     limit: int = 200
     offset: int = 0
+    needs: str | None = None  # critical | warning | overdue | awaiting (the counts at the top)
+    mine: bool = False  # only the patients the asking user owns
+    sort: str = "urgency"  # urgency | due | name | owner
+
+
+# ---------------------------------------------------------------- reminders (issue 8 item 7)
+@dataclass(frozen=True)
+class ReminderPrefs:
+    """A patient's reminder choice, and the channels the clinic offers (name, label)."""
+
+    channel: str  # a channel's name, or "none" (also when the patient has not chosen)
+    email: str
+    chosen: bool  # False: never chosen (no reminders)
+    options: list[tuple[str, str]]
+    days_before: int
+
+
+@dataclass(frozen=True)
+class ReminderSentRow:
+    sent_at: dt.datetime  # the latest attempt
+    kind: str  # due | overdue
+    group: str
+    due_date: dt.date
+    channel: str
+    status: str  # pending | sent | failed
+    error_type: str | None
+    attempts: int
+
+
+@dataclass(frozen=True)
+class PatientReminders:
+    """What staff see on the patient page: the patient's choice and the reminders sent."""
+
+    channel: str  # as ReminderPrefs.channel
+    chosen: bool
+    rows: list[ReminderSentRow]
+
+
+@dataclass(frozen=True)
+class ReminderRun:
+    """The outcome of one `azaguard reminders` run (counts only: no patient data)."""
+
+    as_of: dt.date
+    dry_run: bool
+    patients: int  # patients with something to remind of (dry run: who would get a reminder)
+    due: int  # items (test group x due date) falling due
+    overdue: int
+    sent: int  # reminders (messages) sent
+    failed: int
+    skipped: int  # claimed by another run meanwhile, or no channel to send it
+
+
+# ---------------------------------------------------------------- the audit page (admins)
+@dataclass(frozen=True)
+class AuditQuery:
+    """The audit page's and CSV export's filters (each optional; dates inclusive, server local time)."""
+
+    user: str | None = None  # username, exact
+    patient: str | None = None  # the patient's clinic identifier, exact
+    action: str | None = None  # read, write, denied, login, ...
+    since: dt.date | None = None
+    until: dt.date | None = None
+    limit: int = 50
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    """One audit event as people read it: the patient's clinic identifier, never a database id."""
+
+    at: dt.datetime
+    user: str
+    action: str
+    resource: str
+    patient: str  # the clinic identifier ("" when no patient; "(deleted)" when the record is gone)
+    channel: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    total: int  # events matching the filters
+    rows: list[AuditRow]  # newest first, `limit` of them from `offset`
+
+
+# ---------------------------------------------------------------- letters and documents (issue 8 item 5)
+@dataclass(frozen=True)
+class ClinicContact:
+    """Whom a letter says to call: the clinic's name, telephone and out-of-hours advice (settings)."""
+
+    name: str
+    phone: str
+    out_of_hours: str
+
+
+class DocumentOut(Out):
+    """A stored document (a shared-care letter) without its bytes: GET /api/v1/documents/{id} gives them."""
+
+    id: int
+    patient_id: int
+    kind: str = Field(description="gp-letter or specialist-letter")
+    recipient: str = Field(description="gp or specialist")
+    title: str
+    created_at: LocalTime
+    author: str = Field(description="username of the user who made it")
+    knowledge_version: str = Field(description="the knowledge version of the assessment it was made from")
+    media_type: str = Field(description="application/pdf")
+    size: int = Field(description="bytes")
+    sha256: str = Field(description="SHA-256 of the bytes (hex)")
+
+
+class DocumentList(Out):
+    documents: list[DocumentOut] = Field(description="newest first")
+
+
+class LetterBatchOut(Out):
+    month: str = Field(description="YYYY-MM: the month whose moves to GP care were looked at")
+    transferred: int = Field(description="patients moved to GP care that month and still monitored by their GP")
+    made: list[DocumentOut] = Field(description="the GP letters written now, one per patient")
+    already_written: list[int] = Field(description="ids of patients who already had a GP letter since their move")
+
+
+@dataclass(frozen=True)
+class DocumentFile:
+    """A document's bytes, for a download."""
+
+    id: int
+    patient_id: int
+    filename: str
+    media_type: str
+    content: bytes
+
+
+@dataclass(frozen=True)
+class GpTransfer:
+    """A patient moved to GP care this month and still monitored by their GP (the /letters page)."""
+
+    patient: PatientOut
+    moved_at: dt.datetime  # the latest move this month
+    moved_by: str  # username
+    letter: DocumentOut | None  # the newest GP letter written since the move, if any

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, func, insert, or_, select, update
+from sqlalchemy import CursorResult, case, func, insert, or_, select, update
 from sqlalchemy.orm import Session, defer
 from sqlalchemy.orm.attributes import set_committed_value
 
 from azaguard import domain as d
 from azaguard.engine import assess
+from azaguard.engine.findings import age_text, fmt_num
 from azaguard.knowledge import Knowledge
 from azaguard.render.json import assessment_to_dict
 from azaguard.store import models as m
@@ -137,6 +139,7 @@ def _plan(
     seen: set[str] = set()
     flagged_ids: set[str] = set()
     open_sev: list[tuple[int, str]] = []
+    urgent: d.Finding | None = None  # the first open finding in the engine's order: the most urgent
     new_findings: list[dict[str, Any]] = []
     updates: list[tuple[m.FindingRow, dict[str, Any]]] = []
     for f in a.findings:
@@ -167,6 +170,7 @@ def _plan(
                 updates.append((found, change))
         if state == "open":
             open_sev.append((d.SEVERITY_RANK[f.severity], f.category))
+            urgent = urgent or f
     for fp, row in rows.items():
         if fp not in seen and row.state != "resolved":
             updates.append((row, {"state": "resolved"}))
@@ -188,12 +192,32 @@ def _plan(
         "awaiting": f" {' '.join(waiting)} " if waiting else "",
         "treatment": a.treatment.state,
         "result_digest": _digest(result),
+        **(NO_URGENT if urgent is None else _urgent(urgent.code, urgent.message, urgent.evidence, urgent.date)),
     }
     plan = _Plan(
         pid, a, None if stored is None else stored.revision, stored, values, new_findings, updates, auto, flagged
     )
     plan.values["result"] = result  # compared through its digest (see `changed`), written with the rest
     return plan
+
+
+# "(63 days ago)", "(latest 3 days ago)": true on the day of the assessment only; the worklist shows
+# the age on the day it is read, next to the words.
+_AGE = re.compile(r" \((?:latest )?(?:today|1 day ago|\d+ days ago)\)")
+NO_URGENT: dict[str, Any] = {"urgent_code": "", "urgent_message": "", "urgent_value": "", "urgent_date": None}
+
+
+def without_age(message: str) -> str:
+    return _AGE.sub("", message)
+
+
+def _urgent(code: str, message: str, evidence: Sequence[dict[str, Any]], day: date | None) -> dict[str, Any]:
+    """The assessment row's columns for its most urgent open finding: code, words, the newest result
+    it rests on ("0.9 10*9/L", "" when it rests on none) and the finding's date."""
+    labs = [e for e in evidence if e.get("type") == "lab" and isinstance(e.get("value"), int | float)]
+    newest = max(labs, key=lambda e: str(e.get("date") or ""), default=None)
+    value = "" if newest is None else f"{fmt_num(newest['value'])} {newest.get('unit') or ''}".strip()
+    return {"urgent_code": code, "urgent_message": without_age(message), "urgent_value": value, "urgent_date": day}
 
 
 def lock_patients(s: Session, ids: list[int]) -> None:
@@ -284,9 +308,13 @@ def refresh_stale(s: Session, kb: Knowledge, as_of: date | None = None, limit: i
     return len(ids)
 
 
+SORTS = ("urgency", "due", "name", "owner")  # the worklist's orders (urgency: the default)
+NEEDS = ("critical", "warning", "overdue", "awaiting")  # the counts at the top of the list, each a filter
+
+
 @dataclass
 class WorklistFilter:
-    severity: str | None = None  # critical | warning
+    severity: str | None = None  # critical | warning (warning includes critical)
     category: str | None = None
     indication: str | None = None
     team: str | None = None  # specialist | gp
@@ -294,6 +322,11 @@ class WorklistFilter:
     include_due_days: int = 7
     limit: int = 200
     offset: int = 0
+    # One of NEEDS: the worst open finding is critical / is a warning (not critical), the next blood
+    # test is overdue, a follow-up result is awaited. Each count at the top is the total of its filter.
+    needs: str | None = None
+    owner_id: int | None = None  # only the patients this user owns ("my patients")
+    sort: str = "urgency"  # one of SORTS
 
 
 @dataclass
@@ -311,23 +344,53 @@ class WorklistEntry:
     phase: str
     awaiting: list[str]  # test groups with an open follow-up ("awaiting FBC result")
     treatment: str  # not-started | active | on-hold | stopped ("" before the first assessment with it)
+    urgent_code: str | None = None  # the most urgent open finding (None: nothing open)
+    urgent: str = ""  # its words, as the engine wrote them (without the age on the day it was assessed)
+    urgent_value: str = ""  # the newest result it rests on, with its unit ("" when it rests on none)
+    urgent_date: date | None = None  # the finding's date (the newest fact it rests on)
+    urgent_age: str = ""  # that date's age today: "today", "1 day ago", "3 days ago"
+    days_overdue: int | None = None  # days since the next blood test fell due (None: not overdue)
+    owner: str | None = None  # username of the team member who owns the patient
+    owner_name: str | None = None  # their display name (the username when they have none)
+
+
+@dataclass
+class WorklistCounts:
+    """How many patients on the list (under every filter but `needs`) match each of NEEDS."""
+
+    critical: int = 0
+    warning: int = 0
+    overdue: int = 0
+    awaiting: int = 0
 
 
 def worklist(s: Session, flt: WorklistFilter, today: date | None = None) -> tuple[list[WorklistEntry], int]:
     """Patients who need action: open critical first, then warning, then overdue, then due soon.
     A patient awaiting a follow-up result stays on the list until the result (or a dismissal)."""
+    entries, total, _ = worklist_with_counts(s, flt, today)
+    return entries, total
+
+
+def worklist_with_counts(
+    s: Session, flt: WorklistFilter, today: date | None = None
+) -> tuple[list[WorklistEntry], int, WorklistCounts]:
+    """The page of the worklist `flt` asks for, the number of patients it holds, and the counts by
+    need. Two queries, both on the stored assessments (nobody is assessed here): one aggregate for
+    the total and the counts, one for the page's rows."""
     today = today or date.today()
+    if flt.sort not in SORTS:
+        raise ValueError(f"sort must be one of {', '.join(SORTS)}")
+    if flt.needs is not None and flt.needs not in NEEDS:
+        raise ValueError(f"needs must be one of {', '.join(NEEDS)}")
     due_limit = today + timedelta(days=flt.include_due_days)
-    a, p = m.AssessmentRow, m.Patient
-    # Only the columns the list shows: the stored assessment JSON (kilobytes per row) stays on disk.
-    cols = (
-        p.id, p.identifier, p.name, p.monitoring_team, a.indication, a.worst_open, a.open_count,
-        a.categories, a.next_due, a.phase, a.awaiting, a.treatment,
-    )  # fmt: skip
-    needs_action = or_(a.open_count > 0, a.next_due <= due_limit, a.awaiting != "")
-    q = select(*cols).join(p, p.id == a.patient_id).where(needs_action)
-    count_q = select(func.count(a.patient_id)).join(p, p.id == a.patient_id).where(needs_action)
-    conditions = []
+    a, p, u = m.AssessmentRow, m.Patient, m.User
+    need = {
+        "critical": (a.worst_open == d.SEVERITY_RANK["critical"]) & (a.open_count > 0),
+        "warning": (a.worst_open == d.SEVERITY_RANK["warning"]) & (a.open_count > 0),
+        "overdue": a.next_due < today,
+        "awaiting": a.awaiting != "",
+    }
+    conditions = [or_(a.open_count > 0, a.next_due <= due_limit, a.awaiting != "")]
     if flt.severity in ("critical", "warning"):
         conditions += [a.worst_open <= d.SEVERITY_RANK[flt.severity], a.open_count > 0]
     if flt.category:
@@ -336,13 +399,35 @@ def worklist(s: Session, flt: WorklistFilter, today: date | None = None) -> tupl
         conditions.append(a.indication == flt.indication)
     if flt.team:
         conditions.append(p.monitoring_team == flt.team)
+    if flt.owner_id is not None:
+        conditions.append(p.owner_id == flt.owner_id)
     if flt.search:
         term = f"%{flt.search.strip().lower()}%"
         conditions.append(or_(func.lower(p.name).like(term), func.lower(p.identifier).like(term)))
-    if conditions:
-        q, count_q = q.where(*conditions), count_q.where(*conditions)
-    total = s.scalar(count_q) or 0
-    q = q.order_by(a.worst_open, a.next_due.is_(None), a.next_due, p.name).limit(flt.limit).offset(flt.offset)
+    tally = select(
+        func.count(a.patient_id), *(func.coalesce(func.sum(case((need[k], 1), else_=0)), 0) for k in NEEDS)
+    ).join(p, p.id == a.patient_id)
+    everyone, *by_need = s.execute(tally.where(*conditions)).one()
+    counts = WorklistCounts(*(int(n) for n in by_need))
+    total = int(getattr(counts, flt.needs) if flt.needs else everyone)
+    if flt.needs:
+        conditions.append(need[flt.needs])
+    # Only the columns the list shows: the stored assessment JSON (kilobytes per row) stays on disk.
+    cols = (
+        p.id, p.identifier, p.name, p.monitoring_team, a.indication, a.worst_open, a.open_count,
+        a.categories, a.next_due, a.phase, a.awaiting, a.treatment, a.urgent_code, a.urgent_message,
+        a.urgent_value, a.urgent_date, u.username.label("owner"), u.display_name.label("owner_name"),
+    )  # fmt: skip
+    q = select(*cols).join(p, p.id == a.patient_id).outerjoin(u, u.id == p.owner_id).where(*conditions)
+    urgency = (a.worst_open, a.next_due.is_(None), a.next_due)
+    owner_label = func.coalesce(func.nullif(u.display_name, ""), u.username)
+    order = {
+        "urgency": (*urgency, p.name),
+        "due": (a.next_due.is_(None), a.next_due, a.worst_open, p.name),
+        "name": (p.name, p.identifier),
+        "owner": (u.id.is_(None), owner_label, *urgency, p.name),
+    }[flt.sort]
+    q = q.order_by(*order, p.id).limit(flt.limit).offset(flt.offset)  # the id last: pages never overlap
     names = {v: k for k, v in d.SEVERITY_RANK.items()}
     out = [
         WorklistEntry(
@@ -359,10 +444,18 @@ def worklist(s: Session, flt: WorklistFilter, today: date | None = None) -> tupl
             phase=r.phase,
             awaiting=r.awaiting.split(),
             treatment=r.treatment,
+            urgent_code=r.urgent_code or None,
+            urgent=r.urgent_message if r.urgent_code else "",
+            urgent_value=r.urgent_value if r.urgent_code else "",
+            urgent_date=r.urgent_date if r.urgent_code else None,
+            urgent_age=age_text(today, r.urgent_date) if r.urgent_code and r.urgent_date else "",
+            days_overdue=(today - r.next_due).days if r.next_due is not None and r.next_due < today else None,
+            owner=r.owner,
+            owner_name=(r.owner_name or r.owner) if r.owner else None,
         )
         for r in s.execute(q)
     ]
-    return out, total
+    return out, total, counts
 
 
 class ReviewError(ValueError):
@@ -420,6 +513,20 @@ def _update_counts(s: Session, patient_id: int) -> None:
         row_a.open_count = len(rows)
         row_a.worst_open = min((d.SEVERITY_RANK[r.severity] for r in rows), default=3)
         row_a.categories = _categories(rows)
+        for k, v in _urgent_open(rows, row_a.result).items():
+            setattr(row_a, k, v)
+
+
+def _urgent_open(rows: Sequence[m.FindingRow], result: dict[str, Any] | None) -> dict[str, Any]:
+    """The most urgent of the open finding rows, in the stored assessment's order (the engine's:
+    worst severity, then newest), for the assessment row's urgent_* columns."""
+    still = {(r.code, r.message) for r in rows}
+    for f in (result or {}).get("findings", []):
+        if (f.get("code"), f.get("message")) in still:
+            day = date.fromisoformat(f["date"]) if f.get("date") else None
+            return _urgent(f["code"], f["message"], f.get("evidence") or [], day)
+    top = order_findings(rows, result)
+    return _urgent(top[0].code, top[0].message, [], None) if top else NO_URGENT
 
 
 def open_findings(s: Session, patient_id: int) -> list[m.FindingRow]:

@@ -113,6 +113,23 @@ def free_port() -> int:
         return port
 
 
+SERVER_PIDS: dict[str, int] = {}  # base URL -> the `azaguard serve` process
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and its children (the workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat.parent.name) == pid or int(fields[1]) == pid:  # fields[1]: the parent's pid
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
 @contextmanager
 def server(url: str, log: Path, workers: int) -> Iterator[str]:
     """`azaguard serve` on the database, on a free loopback port, stopped afterwards."""
@@ -137,6 +154,7 @@ def server(url: str, log: Path, workers: int) -> Iterator[str]:
             env=env,
         )
         base = f"http://127.0.0.1:{port}"
+        SERVER_PIDS[base] = proc.pid
         try:
             deadline = time.monotonic() + 120
             while True:
@@ -439,9 +457,16 @@ def bench_database(label: str, url: str, args: argparse.Namespace, folder: Path)
         creds = log_in(base)
         run_level(base, clinic, creds, 10, min(3.0, args.seconds), seed=1)  # warm-up, not reported
         for level in args.levels:
+            server_cpu, client_cpu = tree_cpu(SERVER_PIDS[base]), time.process_time()
             st = run_level(base, clinic, creds, level, args.seconds, seed=level)
+            server_cpu, client_cpu = tree_cpu(SERVER_PIDS[base]) - server_cpu, time.process_time() - client_cpu
             lines.append(row(label, "mix", level, st))
             print(lines[-1], flush=True)
+            per = 1000 / max(st.requests, 1)
+            print(
+                f"{'':<11}  CPU per request: server {server_cpu * per:.1f} ms, clients {client_cpu * per:.1f} ms "
+                f"({server_cpu / st.seconds:.2f} + {client_cpu / st.seconds:.2f} of {os.cpu_count()} cores busy)"
+            )
             for what, n in (st.errors + Counter()).most_common(5):
                 print(f"{'':<11}  error  {n} x {what}")
             for what, n in st.refused.most_common(3):

@@ -534,6 +534,9 @@ def _11() -> BundleBuilder:
         "absent": ["lab-neutrophils-low", "lab-wbc-low", "trend-wbc-falling", "trend-platelets-falling"],
         "phase": "stable",
         "overdue": {"FBC": False},
+        # The repeat FBC the trend asks for, 2 weeks after 2026-05-11, falls on Monday 25 May 2026, the
+        # Spring Bank Holiday (England and Wales): brought forward to Friday 22 May, never later.
+        "next_due": {"FBC": "2026-05-22"},
     },
 )
 def _12() -> BundleBuilder:
@@ -967,6 +970,9 @@ def _26() -> BundleBuilder:
         "phase": "stable",
         # 95 kg: 190-237.5 mg, capped at 200 mg/day -> 200-200 mg/day.
         "recommended_mg_per_day": {"low": 200, "high": 200},
+        # 12 weeks after 2026-10-05 is Monday 28 December 2026, the Boxing Day bank holiday (observed);
+        # 25-27 December are Christmas Day and a weekend: brought forward to Thursday 24 December.
+        "next_due": {"FBC": "2026-12-24", "LFT": "2026-12-24", "renal": "2026-12-24"},
     },
 )
 def _27() -> BundleBuilder:

@@ -63,7 +63,13 @@ from dbfixtures import db, pg_admin_url, pg_template, sqlite_db, sqlite_template
 # Every test gets pg (the PostgreSQL half of a test parametrised over both engines), browser,
 # slow, or else fast. `pytest -m "not pg and not browser and not slow"` runs the fast tests alone
 # (the engine, readers, knowledge, imports and the clinic on SQLite); plain `pytest` runs them all.
-BROWSER_FILES = {"test_browser.py"}
+BROWSER_FILES = {
+    "test_browser.py",
+    "test_browser_access.py",
+    "test_browser_letters.py",
+    "test_browser_patient_view.py",
+    "test_browser_worklist.py",
+}
 # Whole files of slow tests: generated requests against the whole API, the 2,000-post import fuzz,
 # CLI runs in subprocesses, password guessing (argon2 by design costs ~0.1 s a guess), and the
 # suites that drive the whole app over HTTP with argon2-hashed users (API, access control,

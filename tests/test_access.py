@@ -3,16 +3,19 @@
 Every patient-scoped route - every route whose path has {patient_id} or {finding_id}, read from the app's
 route table so a new route cannot escape - is called
   (a) with no token or cookie: 401 (API) or a redirect to /login (web), and no patient data;
-  (b) by patient A on patient B's record: 403, B's name, identifier and results absent from the answer;
+  (b) by patient A on patient B's record: 404, the very answer a missing id gets (so A cannot tell whether
+      an id exists), B's name, identifier and results absent from it, the refusal audited with B's id;
   (c) by patient A on A's own record: reads and symptom reports allowed, every other write refused;
   (d) by a clinician: allowed.
-Role-only routes are refused to the wrong role (worklist, import and reviews for patients; quarantine and the
-audit log for clinicians). Every allowed read or write and every denial leaves an audit row naming the user,
-the action, the patient and the time; a refused write changes nothing.
+Role-only routes are refused to the wrong role (worklist, import, quarantine and reviews for patients; acting on
+quarantine and the audit log for clinicians, who see only their own imports' quarantine, read-only). Every
+allowed read or write and every denial leaves an audit row naming the user, the action, the patient and the
+time; a refused write changes nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -42,6 +45,7 @@ WHEN = (TODAY - timedelta(days=2)).isoformat()
 # Patient B's data: none of it may appear in an answer to anyone but B and the clinic.
 B_NAME, B_IDENT, B_VALUE = "Bertram Secretname", "ACC-B-990217", "0.37"
 SERIAL = itertools.count(1)
+NO_ROW = 987_654_321  # an id no patient or finding has
 
 
 def days_ago(n: int) -> str:
@@ -82,10 +86,17 @@ KIND: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/findings/{finding_id}/reviews"): "write",
     ("GET", "/patients/{patient_id}"): "read",
     ("GET", "/patients/{patient_id}/charts.svg"): "read",
+    ("POST", "/api/v1/patients/{patient_id}/letters"): "write",
+    ("GET", "/api/v1/patients/{patient_id}/documents"): "read",
+    ("POST", "/patients/{patient_id}/letters"): "write",
+    ("GET", "/patients/{patient_id}/documents/{document_id}.pdf"): "read",  # a document of that patient
+    ("POST", "/api/v1/patients/{patient_id}/owner"): "write",  # claim / assign / unassign
+    ("POST", "/patients/{patient_id}/owner"): "write",
     ("POST", WEB_FORMS_ROUTE): "form",  # one target per form name below
     ("POST", "/findings/{finding_id}/review"): "write",
 }
 FORM_KIND = {"symptom": "symptom"}  # every other form is a clinic write
+SETS_A_VALUE = {"/api/v1/patients/{patient_id}/owner"}  # API writes that create nothing: 200, not 201
 
 # Valid request bodies (JSON for the API, form fields for the web), so a refusal is never a validation error.
 BODY: dict[str, dict[str, Any]] = {
@@ -97,7 +108,11 @@ BODY: dict[str, dict[str, Any]] = {
     "/api/v1/patients/{patient_id}/follow-ups/dismiss": {"key": f"FBC|{days_ago(3)}", "reason": "repeated elsewhere"},
     "/api/v1/patients/{patient_id}/vaccines": {"name": "Influenza vaccine", "status": "given", "date": WHEN},
     "/api/v1/patients/{patient_id}/symptoms": {"symptom": "sore-throat", "date": WHEN},
+    "/api/v1/patients/{patient_id}/letters": {"recipient": "gp"},
+    "/patients/{patient_id}/letters": {"recipient": "gp"},
     "/api/v1/findings/{finding_id}/reviews": {"outcome": "patient-contacted", "note": "phoned"},
+    "/api/v1/patients/{patient_id}/owner": {"username": "clin"},
+    "/patients/{patient_id}/owner": {"username": "clin"},
     "/findings/{finding_id}/review": {"outcome": "patient-contacted", "note": "phoned"},
     "lab": {"analyte": "wbc", "value": "5.1", "unit": "10*9/L", "date": WHEN},
     "dose": {"mg_per_day": "75", "start": WHEN},
@@ -106,6 +121,7 @@ BODY: dict[str, dict[str, Any]] = {
     "medicine": {"name": "Prednisolone 5 mg", "status": "active", "start": WHEN},
     "vaccine": {"name": "Influenza vaccine", "status": "given", "date": WHEN},
     "symptom": {"symptom": "sore-throat", "date": WHEN},
+    "panel": {"panel": "FBC", "date": WHEN, "value-wbc": "5.1", "value-neutrophils": "3.2", "value-platelets": "250"},
     "team": {"team": "gp"},
 }
 
@@ -125,8 +141,9 @@ class Target:
     def id(self) -> str:
         return f"{self.method} {self.route.replace('{form_name}', self.form or '{form_name}')}"
 
-    def url(self, patient_id: int, finding_id: int) -> str:
-        return self.route.format(patient_id=patient_id, finding_id=finding_id, form_name=self.form)
+    def url(self, patient_id: int, finding_id: int, document_id: int = NO_ROW) -> str:
+        ids = {"patient_id": patient_id, "finding_id": finding_id, "document_id": document_id}
+        return self.route.format(**ids, form_name=self.form)
 
     def body(self) -> dict[str, Any] | None:
         return BODY.get(self.form or self.route)
@@ -159,6 +176,14 @@ def test_every_patient_scoped_route_is_classified() -> None:
 
 
 # ---------------------------------------------------------------- the clinic
+def add_document(s: Any, patient_id: int) -> None:
+    """A stored letter of the patient, for the download route (its bytes stand in for a PDF)."""
+    content = b"%PDF-1.7 access test"
+    fields = {"kind": "gp-letter", "recipient": "gp", "title": "Letter", "author": "tests", "knowledge_version": "-"}
+    digest = hashlib.sha256(content).hexdigest()
+    s.add(m.Document(patient_id=patient_id, created_at=now(), content=content, sha256=digest, **fields))
+
+
 @dataclass
 class Clinic:
     db: Database
@@ -170,7 +195,7 @@ class Clinic:
     ids: dict[str, int] = field(default_factory=dict)
 
     def request(self, who: str, t: Target, patient_id: int, finding_id: int) -> Any:
-        url, body = t.url(patient_id, finding_id), t.body()
+        url, body = t.url(patient_id, finding_id, self.document_of(patient_id)), t.body()
         if t.api:
             headers = {"Authorization": f"Bearer {self.tokens[who]}"} if who != "anon" else {}
             return self.api.request(t.method, url, headers=headers, json=body if t.method == "POST" else None)
@@ -178,6 +203,12 @@ class Clinic:
         if t.method == "POST":
             return client.post(url, data={**(body or {}), "csrf": self.csrf.get(who, "")})
         return client.get(url)
+
+    def document_of(self, patient_id: int) -> int:
+        """A document of this patient (for the download route), or NO_ROW when there is none."""
+        with self.db.session() as s:
+            found = s.scalar(select(m.Document.id).where(m.Document.patient_id == patient_id).limit(1))
+            return found or NO_ROW
 
     def audit_mark(self) -> int:
         with self.db.session() as s:
@@ -200,6 +231,7 @@ class Clinic:
                     m.Review,
                     m.Patient,
                     m.FollowUpDismissal,
+                    m.Document,
                 )
             )
             teams = tuple(s.scalars(select(m.Patient.monitoring_team).order_by(m.Patient.id)))
@@ -214,6 +246,7 @@ class Clinic:
             add_lab(s, kb, p.id, "neutrophils", 0.5, "10*9/L", days_ago(3))
             wl.refresh_patient(s, kb, p.id)
             fid = next(f.id for f in wl.open_findings(s, p.id) if f.code == "lab-neutrophils-low")
+            add_document(s, p.id)
             return p.id, fid
 
 
@@ -243,6 +276,8 @@ def clinic(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         import_parsed(s, kb, None, parse_text(csv, kb, "csv", "q.csv"), "q.csv", "cli")
         qid = s.scalar(select(func.max(m.QuarantineItem.id)))
         assert qid is not None
+        for p in (a, b):
+            add_document(s, p.id)
         ids = {"a": a.id, "b": b.id, "fa": finding[a.id], "fb": finding[b.id], "q": qid}
     app = create_app(db, kb)
     web = {"anon": TestClient(app, follow_redirects=False)}
@@ -307,12 +342,18 @@ def test_a_patient_cannot_touch_another_patients_record(clinic: Clinic, t: Targe
     assert t.kind != "unclassified", t.id
     before, mark = clinic.snapshot(), clinic.audit_mark()
     r = clinic.request("alma", t, clinic.ids["b"], clinic.ids["fb"])
-    assert r.status_code == 403, (r.status_code, r.text[:300])
+    assert r.status_code == 404, (r.status_code, r.text[:300])
+    missing = clinic.request("alma", t, NO_ROW, NO_ROW)
+    assert (missing.status_code, missing.text) == (404, r.text), "B's id is answered unlike an id that does not exist"
+    assert missing.headers["content-type"] == r.headers["content-type"]
     if t.api:
-        assert r.json()["error"]["status"] == 403
+        assert r.json()["error"]["status"] == 404
     assert_no_patient_data(r.text, B_NAME, B_IDENT, B_VALUE)
     assert clinic.snapshot() == before, "a refused request changed data"
-    assert_audited(clinic.audit_since(mark), "alma", "denied", clinic.ids["b"], "api" if t.api else "web")
+    rows = clinic.audit_since(mark)
+    channel = "api" if t.api else "web"
+    assert_audited(rows, "alma", "denied", clinic.ids["b"], channel)
+    assert_audited(rows, "alma", "not-found", None, channel)  # the missing id: audited too, told apart here
 
 
 # ---------------------------------------------------------------- (c) the patient's own record
@@ -351,7 +392,8 @@ def test_a_clinician_may_read_and_write_any_record(clinic: Clinic, kb: Knowledge
     mark = clinic.audit_mark()
     r = clinic.request("clin", t, pid, fid)
     if t.api:
-        assert r.status_code == (200 if t.method == "GET" else 201), (r.status_code, r.text[:300])
+        created = t.method == "POST" and t.route not in SETS_A_VALUE
+        assert r.status_code == (201 if created else 200), (r.status_code, r.text[:300])
     else:
         assert r.status_code == (200 if t.method == "GET" else 303), (r.status_code, r.text[:300])
     action = "read" if t.kind == "read" else "write"
@@ -374,17 +416,21 @@ ROLE_ROUTES = {
     "api-worklist": RoleRoute("GET", "/api/v1/worklist", ("clinician", "admin")),
     "api-import": RoleRoute("POST", "/api/v1/import", ("clinician", "admin"), content=CSV),
     "api-create-patient": RoleRoute("POST", "/api/v1/patients", ("clinician", "admin"), json={"identifier": "NEW-1"}),
-    "api-quarantine": RoleRoute("GET", "/api/v1/quarantine", ("admin",)),
+    "api-quarantine": RoleRoute("GET", "/api/v1/quarantine", ("clinician", "admin")),  # a clinician: own imports
     "api-reprocess": RoleRoute("POST", "/api/v1/quarantine/{q}/reprocess", ("admin",)),
     "api-discard": RoleRoute("POST", "/api/v1/quarantine/{q}/discard", ("admin",), json={"reason": "x"}),
     "api-audit": RoleRoute("GET", "/api/v1/audit", ("admin",)),
     "web-worklist": RoleRoute("GET", "/worklist", ("clinician", "admin")),
     "web-import-page": RoleRoute("GET", "/import", ("clinician", "admin")),
     "web-import": RoleRoute("POST", "/import", ("clinician", "admin"), form={}),
-    "web-quarantine": RoleRoute("GET", "/quarantine", ("admin",)),
+    "web-quarantine": RoleRoute("GET", "/quarantine", ("clinician", "admin")),  # read-only, own imports
     "web-reprocess": RoleRoute("POST", "/quarantine/{q}/reprocess", ("admin",), form={}),
     "web-discard": RoleRoute("POST", "/quarantine/{q}/discard", ("admin",), form={"reason": "x"}),
     "web-audit": RoleRoute("GET", "/audit", ("admin",)),
+    "web-audit-csv": RoleRoute("GET", "/audit.csv", ("admin",)),
+    "api-letters-batch": RoleRoute("POST", "/api/v1/letters/batch", ("clinician", "admin")),
+    "web-letters": RoleRoute("GET", "/letters", ("clinician", "admin")),
+    "web-letters-batch": RoleRoute("POST", "/letters/batch", ("clinician", "admin"), form={}),
 }
 REFUSALS = [
     pytest.param(name, who, id=f"{name}-as-{who}")

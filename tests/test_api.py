@@ -157,7 +157,7 @@ def test_every_api_route_needs_a_token(clinic: Clinic) -> None:
     routes = api_routes(clinic.client.app)
     assert len(routes) >= 20
     for method, path in sorted(routes - {("POST", "/api/v1/token")}):
-        concrete = path.format(patient_id=clinic.ids["alma"], finding_id=clinic.ids["open"], item_id=1)
+        concrete = path.format(patient_id=clinic.ids["alma"], finding_id=clinic.ids["open"], item_id=1, document_id=1)
         r = clinic.client.request(method, concrete, json={})
         assert_error(r, 401, "bearer token")
 
@@ -288,6 +288,12 @@ def test_every_endpoint_happy_path(clinic: Clinic, kb: Knowledge) -> None:
     work = call("clin", "GET", "/api/v1/worklist", params={"search": f"HP-{tag}"})
     assert work["total"] == 1 and work["entries"][0]["patient_id"] == p["id"]
     assert set(work["entries"][0]) >= {"identifier", "name", "worst", "open_count", "categories", "next_due", "overdue"}
+    assert set(work["entries"][0]) >= {"urgent", "urgent_value", "urgent_date", "urgent_age", "days_overdue", "owner"}
+    assert set(work["counts"]) == {"critical", "warning", "overdue", "awaiting"}
+    mine = call("clin", "POST", "/api/v1/patients/{patient_id}/owner", path=pid, json={"username": "clin"})
+    assert mine == {"patient_id": p["id"], "owner": "clin", "owner_name": mine["owner_name"]}
+    work = call("clin", "GET", "/api/v1/worklist", params={"mine": True, "sort": "owner", "needs": "critical"})
+    assert [e["patient_id"] for e in work["entries"]] == [p["id"]] and work["entries"][0]["owner"] == "clin"
 
     # Import: one row for a known patient, one for a patient not yet registered (quarantined).
     csv = (
@@ -327,6 +333,20 @@ def test_every_endpoint_happy_path(clinic: Clinic, kb: Knowledge) -> None:
     assert gone == {"id": bad["id"], "state": "discarded"}
     discarded = call("boss", "GET", "/api/v1/quarantine", params={"state": "discarded"})["items"]
     assert bad["id"] in {i["id"] for i in discarded}
+
+    # Shared care: a GP letter made from the assessment, listed, downloaded as its PDF; the month's batch.
+    doc = call("clin", "POST", "/api/v1/patients/{patient_id}/letters", 201, path=pid, json={"recipient": "gp"})
+    assert doc["patient_id"] == p["id"] and doc["recipient"] == "gp" and doc["author"] == "clin"
+    docs = call("clin", "GET", "/api/v1/patients/{patient_id}/documents", path=pid)["documents"]
+    assert [x["id"] for x in docs] == [doc["id"]]
+    seen.add(("GET", "/api/v1/documents/{document_id}"))
+    pdf = c.call("clin", "GET", f"/api/v1/documents/{doc['id']}")
+    assert pdf.status_code == 200 and pdf.headers["content-type"] == "application/pdf"
+    assert pdf.content.startswith(b"%PDF")
+    batch = call("clin", "POST", "/api/v1/letters/batch")
+    assert batch["month"] == TODAY.strftime("%Y-%m") and batch["transferred"] == len(batch["made"]) + len(
+        batch["already_written"]
+    )
 
     events = call("boss", "GET", "/api/v1/audit", params={"patient_id": p["id"], "limit": 500})["events"]
     assert {e["patient_id"] for e in events} == {p["id"]}
@@ -385,6 +405,10 @@ R = {
     "assessment": "/api/v1/patients/{patient_id}/assessment",
     "findings": "/api/v1/patients/{patient_id}/findings",
     "reviews": "/api/v1/findings/{finding_id}/reviews",
+    "owner": "/api/v1/patients/{patient_id}/owner",
+    "letters": "/api/v1/patients/{patient_id}/letters",
+    "documents": "/api/v1/patients/{patient_id}/documents",
+    "document": "/api/v1/documents/{document_id}",
     "worklist": "/api/v1/worklist",
     "import": "/api/v1/import",
     "quarantine": "/api/v1/quarantine",
@@ -424,6 +448,17 @@ BAD: dict[str, Bad] = {
     "findings-id-text": Bad("clin", "GET", R["findings"], 422, "patient_id", path=(("patient_id", "x"),)),
     "review-bad-outcome": Bad("clin", "POST", R["reviews"], 422, "outcome", FIND, json={"outcome": "ignored"}),
     "worklist-bad-severity": Bad("clin", "GET", R["worklist"], 422, "severity", params={"severity": "info"}),
+    "worklist-bad-sort": Bad("clin", "GET", R["worklist"], 422, "sort", params={"sort": "age"}),
+    "worklist-bad-needs": Bad("clin", "GET", R["worklist"], 422, "needs", params={"needs": "info"}),
+    "owner-no-username": Bad("clin", "POST", R["owner"], 422, "username", P, json={}),
+    "owner-a-patient": Bad("clin", "POST", R["owner"], 400, "not an active clinician", P, json={"username": "alma"}),
+    "owner-missing": Bad("clin", "POST", R["owner"], 404, "does not exist", NOBODY, json={"username": "clin"}),
+    "letter-bad-recipient": Bad("clin", "POST", R["letters"], 422, "recipient", P, json={"recipient": "dentist"}),
+    "letter-missing": Bad("clin", "POST", R["letters"], 404, "does not exist", NOBODY, json={"recipient": "gp"}),
+    "documents-id-text": Bad("clin", "GET", R["documents"], 422, "patient_id", path=(("patient_id", "x"),)),
+    "documents-missing": Bad("clin", "GET", R["documents"], 404, "does not exist", NOBODY),
+    "document-id-text": Bad("clin", "GET", R["document"], 422, "document_id", path=(("document_id", "x"),)),
+    "document-missing": Bad("clin", "GET", R["document"], 404, "does not exist", (("document_id", "missing"),)),
     "import-bad-format": Bad("clin", "POST", R["import"], 422, "format", params={"format": "xml"}, content="x"),
     "quarantine-bad-state": Bad("boss", "GET", R["quarantine"], 422, "state", params={"state": "all"}),
     "reprocess-id-text": Bad("boss", "POST", R["reprocess"], 422, "item_id", path=(("item_id", "one"),)),
@@ -503,12 +538,14 @@ BAD: dict[str, Bad] = {
     ),
     # 403: authenticated, not allowed (the patient-scoped routes are covered in full by test_access.py)
     "patient-creates-patient": Bad("alma", "POST", R["patients"], 403, "needs the role", json={"identifier": "Z"}),
-    "patient-reads-other": Bad("alma", "GET", R["patient"], 403, "not allowed", (("patient_id", "other"),)),
+    # Another patient's record is answered as a missing one (404), so its existence is not told
+    "patient-reads-other": Bad("alma", "GET", R["patient"], 404, "does not exist", (("patient_id", "other"),)),
     "patient-adds-own-lab": Bad("alma", "POST", R["obs"], 403, "not allowed", P, json=LAB),
+    "patient-claims-self": Bad("alma", "POST", R["owner"], 403, "not allowed", P, json={"username": "clin"}),
     "patient-reviews": Bad("alma", "POST", R["reviews"], 403, "clinician", FIND, json={"outcome": "withheld"}),
     "patient-worklist": Bad("alma", "GET", R["worklist"], 403, "clinician"),
     "patient-imports": Bad("alma", "POST", R["import"], 403, "clinician", content="patient_id\n"),
-    "clinician-quarantine": Bad("clin", "GET", R["quarantine"], 403, "admin"),
+    "patient-quarantine": Bad("alma", "GET", R["quarantine"], 403, "clinician or admin"),
     "clinician-reprocess": Bad("clin", "POST", R["reprocess"], 403, "admin", (("item_id", "discarded"),)),
     "clinician-discard": Bad(
         "clin", "POST", R["discard"], 403, "admin", (("item_id", "discarded"),), json={"reason": "x"}
@@ -572,7 +609,8 @@ def test_the_error_table_covers_every_route_and_status(clinic: Clinic) -> None:
     by_status: dict[int, set[tuple[str, str]]] = {}
     for bad in BAD.values():
         by_status.setdefault(bad.status, set()).add((bad.method, bad.route))
-    takes_input = routes - {("DELETE", "/api/v1/token")}  # no body, no parameters: nothing can be invalid
+    # no body, no parameters: nothing can be invalid
+    takes_input = routes - {("DELETE", "/api/v1/token"), ("POST", "/api/v1/letters/batch")}
     assert by_status[422] >= takes_input, f"no 422 case for {sorted(takes_input - by_status[422])}"
     with_ids = {r for r in routes if "{" in r[1]}
     assert by_status[404] >= with_ids, f"no 404 case for {sorted(with_ids - by_status[404])}"

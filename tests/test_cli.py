@@ -446,12 +446,13 @@ def test_json_output_parses_and_has_the_contract_keys(results):
     assert rec is None or set(rec) == {"low", "high"}
     assert all(set(step) == {"from", "mg_per_day"} for step in out["dose"]["plan"])
     mon = out["monitoring"]
-    assert set(mon) == {"phase", "treatment_start", "groups", "follow_ups"}
+    assert set(mon) == {"phase", "treatment_start", "groups", "follow_ups", "calendar"}
     assert mon["phase"] in ("pre-treatment", "initiation", "dose-change", "stable", "stopped")
     assert mon["treatment_start"] == "2025-01-06"
     assert [g["name"] for g in mon["groups"]] == ["FBC", "LFT", "renal"]
+    group_keys = {"name", "last", "next_due", "overdue", "interval", "follow_up_due", "due_reason", "moved_from"}
     for g in mon["groups"]:
-        assert set(g) == {"name", "last", "next_due", "overdue", "interval", "follow_up_due", "due_reason"}
+        assert set(g) == group_keys
         assert isinstance(g["overdue"], bool)
     assert out["pgx"] == {"tpmt": "Normal Metabolizer", "nudt15": "Normal Metabolizer", "category": "normal"}
 

@@ -34,7 +34,7 @@ from azaguard.ingest import parse_text, pipeline
 from azaguard.ingest.pipeline import ImportSummary, apply_in_chunks
 from azaguard.knowledge import Knowledge
 from azaguard.store import models as m
-from azaguard.store.db import Database, InFlightLimit
+from azaguard.store.db import Database
 from azaguard.store.records import now
 from azaguard.store.writes import add_lab, add_patient, add_symptom
 
@@ -102,7 +102,7 @@ class LiveServer:
 
 @pytest.fixture
 def clinic(db: Database, kb: Knowledge) -> Iterator[tuple[Database, LiveServer, dict[str, Any]]]:
-    """The app behind a real server (the InFlightLimit `azaguard serve` adds), two clinicians with an
+    """The app behind a real server (with the InFlightLimit every app has), two clinicians with an
     API token and a web session each, and two patients."""
     with db.session() as s:
         ids = [add_patient(s, f"CONC-{i}", f"Pat {i}", "1960-01-01", "male").id for i in range(2)]
@@ -113,7 +113,7 @@ def clinic(db: Database, kb: Knowledge) -> Iterator[tuple[Database, LiveServer, 
             who[name] = {"token": auth.create_api_token(s, user, "tests"), "cookie": cookie, "csrf": csrf}
         for pid in ids:
             wl.refresh_patient(s, kb, pid)
-    with LiveServer(InFlightLimit(create_app(db, kb))) as live:
+    with LiveServer(create_app(db, kb)) as live:
         yield db, live, who
 
 

@@ -24,5 +24,7 @@ def test_every_guide_section_is_cited_with_known_sources(kb):
 def test_guide_command_prints_corrections_and_sources():
     out = subprocess.run([sys.executable, "-m", "azaguard.cli", "guide", "--sources"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "Why this differs from older leaflets" in out.stdout
+    # each correction names the article it corrects (the seed article, shared/seed/)
+    assert "This corrects the article 'Azathioprine and Neuromuscular Disorders: A Comprehensive Guide'" in out.stdout
+    assert "What is different now:" in out.stdout
     assert "BSR2016:" in out.stdout

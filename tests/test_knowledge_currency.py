@@ -238,7 +238,8 @@ def test_low_risk_extended_interval_is_off_by_default_and_a_protocol_option(tmp_
     path.write_text(LOW_RISK, encoding="utf-8")
     local = load_knowledge(path)
     fbc = {g.name: g for g in run(stable(), AS_OF, local).monitoring.groups}["FBC"]
-    assert fbc.next_due == date(2026, 3, 8)  # 6 months
+    # 6 months after 2025-09-08 is Sunday 8 March 2026: brought forward to Friday 6 March (never later)
+    assert (fbc.next_due, fbc.moved_from) == (date(2026, 3, 6), date(2026, 3, 8))
     fbc = {g.name: g for g in run(stable(abnormal=True), AS_OF, local).monitoring.groups}["FBC"]
     assert fbc.next_due == date(2025, 12, 1)  # a low count in the past year: not low risk
 

@@ -6,7 +6,8 @@
 - Follow-ups stay until answered: a finding's repeat test marks the patient as awaiting that test
   on the worklist; a review does not clear the mark, a complete panel dated after the finding does,
   and so does a clinician dropping the follow-up with a reason (audited).
-- Access: a patient can neither hold nor dismiss (403, audited); unknown patients are 404.
+- Access: a patient can neither hold nor dismiss (403 on their own record; 404 on another's, as for
+  an unknown patient; audited).
 
 The engine's contract these tests rely on (docs/assessment-json.md, azaguard/domain.py): a neutrophil
 count of 1.2 x10^9/L on azathioprine is a critical lab-neutrophils-low finding whose follow-up is an
@@ -30,7 +31,9 @@ from sqlalchemy.orm import Session
 from azaguard import auth, service
 from azaguard import worklist as wl
 from azaguard.app import create_app
+from azaguard.engine.schedule import working_day
 from azaguard.knowledge import Knowledge
+from azaguard.plain import long_date
 from azaguard.service_models import Principal
 from azaguard.store import models as m
 from azaguard.store.db import Database
@@ -191,7 +194,9 @@ def test_the_awaiting_mark_survives_a_review_and_a_complete_fbc_clears_it(
         row = stored(s, pid)
         (fu,) = fbc_follow_ups(row)
         assert fu["finding_code"] == "lab-neutrophils-low" and fu["since"] == ago(2)
-        assert fu["due"] == (TODAY - timedelta(days=2) + timedelta(days=14)).isoformat()
+        # 14 days after the low count; on a weekend or bank holiday, the working day before (never later)
+        asked = TODAY - timedelta(days=2)
+        assert fu["due"] == working_day(kb.calendar, asked + timedelta(days=14), asked).isoformat()
         assert "FBC" in row.awaiting.split() and row.awaiting.startswith(" ") and row.awaiting.endswith(" ")
         fbc_group = next(g for g in row.result["monitoring"]["groups"] if g["name"] == "FBC")
         assert fbc_group["next_due"] == fu["due"] and fbc_group["due_reason"] == "follow-up"
@@ -256,9 +261,12 @@ def test_dismissing_a_follow_up_needs_a_reason_and_is_audited(
         assert "FBC" not in row.awaiting.split() and fbc_follow_ups(row) == []
         (gone,) = fbc_follow_ups(row, ("dismissed",))
         assert gone["dismissed_reason"] == "FBC repeated at the district hospital"
-        (event,) = audit_rows(s, pid, "dismiss-follow-up")
+        *refused, event = audit_rows(s, pid, "dismiss-follow-up")
         assert (event.action, event.username, event.channel) == ("write", "nurse", "web")
         assert fu["key"] in event.detail and "district hospital" in event.detail
+        # The two refused attempts above are audited too, with their outcome (kept after the rollback)
+        outcomes = [(e.action, e.detail.split(";")[0]) for e in refused]
+        assert outcomes == [("write-failed", "failed: FormError (reason)"), ("write-failed", "failed: FormError (key)")]
     with pytest.raises(FormError, match="already been dismissed"), db.session() as s:
         service.dismiss_follow_up(s, kb, clinician, pid, fu["key"], "again", "api")
 
@@ -442,9 +450,9 @@ def test_api_a_patient_cannot_hold_or_dismiss(clinic: Clinic, kb: Knowledge, rou
     body = {"reason": "I feel fine"} if route == "hold" else {"key": "FBC|2026-01-01", "reason": "I feel fine"}
     own = clinic.ids["own"]
     other = new_patient(clinic, kb, f"API-OTHER-{route.replace('/', '-')}")
-    for pid in (own, other):
+    for pid, status, says in ((own, 403, "not allowed"), (other, 404, "does not exist")):
         r = clinic.call("pat", "POST", f"/api/v1/patients/{pid}/{route}", json=body)
-        assert_error(r, 403, "not allowed")
+        assert_error(r, status, says)
         assert "Nora" not in r.text
         with clinic.db.session() as s:
             events = [(e.username, e.action, e.channel) for e in audit_rows(s, pid, action)]
@@ -513,9 +521,12 @@ def test_web_patient_view_says_paused_and_gives_the_repeat_date(clinic: Clinic, 
     me = TestClient(clinic.api.app, follow_redirects=False, cookies={COOKIE: token})
     html = me.get("/me").text
     assert 'id="paused"' not in html
-    # The repeat FBC the low count asked for (14 days after it) comes before the scheduled test.
-    expected = (TODAY - timedelta(days=2) + timedelta(days=14)).isoformat()
-    assert f'<p class="big">{expected}</p>' in html and 'id="next-repeat"' in html
+    # The repeat FBC the low count asked for (14 days after it, or the working day before) comes
+    # before the scheduled test; the page writes it with its weekday, the machine-readable date beside it.
+    asked = TODAY - timedelta(days=2)
+    expected = working_day(kb.calendar, asked + timedelta(days=14), asked)
+    assert f'<time datetime="{expected.isoformat()}">{long_date(expected)}</time>' in html
+    assert 'id="next-repeat"' in html
     with clinic.db.session() as s:
         hold_azathioprine(s, kb, pid, "neutropenia")
         wl.refresh_patient(s, kb, pid)

@@ -1,7 +1,9 @@
 """Monitoring schedule (BSR/BHPR 2017 default): FBC, LFT and renal function 2-weekly until the dose
 has been stable for 6 weeks, then monthly for 3 months, then every 12 weeks; a dose increase
 restarts 2-weekly testing. Expected dates are computed here from that rule with calendar
-arithmetic, independently of the engine.
+arithmetic, independently of the engine. The schedule is tested without a working-day calendar
+(holidays="none"): moving a due date off a weekend or bank holiday, which the engine does on top of
+it, is tested in test_patient_language.py.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from azaguard import domain as d
 from azaguard.fhirbuild import BundleBuilder
 from azaguard.knowledge import load_knowledge
 
-KB = load_knowledge()
+KB = load_knowledge(holidays="none")  # the schedule alone (see the docstring)
 START = date(2025, 1, 6)
 GROUPS = ("FBC", "LFT", "renal")
 ONE = timedelta(days=1)

@@ -66,10 +66,10 @@ class Site:
         with self.db.session() as s:
             tables = (
                 m.Observation, m.Medication, m.Immunization, m.Symptom, m.Review, m.ImportBatch, m.Patient,
-                m.FollowUpDismissal,
+                m.FollowUpDismissal, m.Document, m.ReminderPref,
             )  # fmt: skip
             counts = tuple(s.scalar(select(func.count()).select_from(t)) or 0 for t in tables)
-            teams = tuple(s.scalars(select(m.Patient.monitoring_team).order_by(m.Patient.id)))
+            teams = tuple(s.execute(select(m.Patient.monitoring_team, m.Patient.owner_id).order_by(m.Patient.id)))
             findings = tuple(s.scalars(select(m.FindingRow.state).order_by(m.FindingRow.id)))
             quarantine = tuple(s.scalars(select(m.QuarantineItem.state).order_by(m.QuarantineItem.id)))
             return counts, teams, findings, quarantine
@@ -246,25 +246,40 @@ CSRF_FORMS: dict[str, tuple[str, str, dict[str, str]]] = {
             "symptom": {"symptom": "fever", "date": WHEN},
             "team": {"team": "gp"},
             "hold": {"reason": "infection"},
+            "panel": {
+                "panel": "FBC",
+                "date": WHEN,
+                "value-wbc": "5.1",
+                "value-neutrophils": "3.2",
+                "value-platelets": "250",
+            },
             # the follow-up FBC the fixture's low neutrophil count (4 days ago) opens
             "follow-up": {"key": f"FBC|{days_ago(4)}", "reason": "repeated elsewhere"},
         }.items()
     },
     "review": ("clin", "/findings/{f}/review", {"outcome": "withheld", "note": "held"}),
-    "my-symptom": ("alma", "/me/symptom", {"symptom": "fever"}),
+    "my-symptom": ("alma", "/me/symptom", {"symptom": "fever", "how_bad": "moderate", "since": WHEN}),
+    "my-reminders": ("alma", "/me/reminders", {"channel": "email", "email": "alma@example.org"}),
     "reprocess": ("boss", "/quarantine/{q}/reprocess", {}),
     "discard": ("boss", "/quarantine/{q}/discard", {"reason": "junk"}),
     "import": ("clin", "/import", {}),
     "logout": ("clin", "/logout", {}),
+    "letters": ("clin", "/patients/{p}/letters", {"recipient": "gp"}),
+    "letters-batch": ("clin", "/letters/batch", {}),
+    "owner": ("clin", "/patients/{p}/owner", {"username": "clin"}),  # claim the patient
 }
 # Which route template each case covers (for the completeness check below).
 CSRF_ROUTE = {
     "review": "/findings/{finding_id}/review",
     "my-symptom": "/me/symptom",
+    "my-reminders": "/me/reminders",
     "reprocess": "/quarantine/{item_id}/{verb}",
     "discard": "/quarantine/{item_id}/{verb}",
     "import": "/import",
     "logout": "/logout",
+    "letters": "/patients/{patient_id}/letters",
+    "letters-batch": "/letters/batch",
+    "owner": "/patients/{patient_id}/owner",
 }
 
 

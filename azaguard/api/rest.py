@@ -8,29 +8,36 @@ OpenAPI schema describes every answer.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
-from typing import Annotated, Any, Literal, ParamSpec, TypeVar
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from typing import IO, Annotated, Any, Literal, ParamSpec, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from azaguard import service
-from azaguard.deps import ApiUser, KbDep, SessionDep, bearer
+from azaguard.deps import ApiUser, KbDep, SessionDep, SettingsDep, bearer
 from azaguard.service_models import (
     AssessmentOut,
     AuditList,
+    ClinicContact,
     DiscardOut,
+    DocumentList,
+    DocumentOut,
     ErrorOut,
     FindingList,
     FollowUpDismissalOut,
     ImportResult,
+    LetterBatchOut,
     MedicineList,
     MedicineOut,
     ObservationList,
     ObservationOut,
+    OwnerOut,
     PatientList,
     PatientOut,
+    Principal,
     QuarantineList,
     ReprocessResult,
     ReviewOut,
@@ -155,6 +162,13 @@ class FollowUpDismissIn(Body):
         min_length=1, max_length=200, description="the follow-up's key from the assessment's monitoring.follow_ups"
     )
     reason: str = Field(min_length=1, max_length=2000, description="why the repeat test is not needed (required)")
+
+
+class OwnerIn(Body):
+    username: str | None = Field(
+        max_length=80,
+        description="the clinician or admin who owns the patient from now on (one's own: a claim), or null: nobody",
+    )
 
 
 def _run(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -340,20 +354,50 @@ def get_worklist(
     search: Annotated[str | None, Query(max_length=100, pattern=NO_NUL)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    needs: Annotated[
+        Literal["critical", "warning", "overdue", "awaiting"] | None,
+        Query(description="only the patients one of the counts counts (`counts` in the answer)"),
+    ] = None,
+    mine: Annotated[bool, Query(description="only the patients the caller owns")] = False,
+    sort: Annotated[
+        Literal["urgency", "due", "name", "owner"], Query(description="urgency: critical, warning, then by due date")
+    ] = "urgency",
 ) -> WorklistPage:
-    query = WorklistQuery(severity, category, indication, team, search, limit=limit, offset=offset)
+    query = WorklistQuery(
+        severity, category, indication, team, search, limit=limit, offset=offset, needs=needs, mine=mine, sort=sort
+    )
     return _run(service.worklist, s, who, query, "api")
 
 
-async def raw_body(request: Request) -> str:
-    raw = await request.body()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise HTTPException(400, "the body must be UTF-8 text") from None
-    if "\x00" in text:
-        raise HTTPException(400, "the body must not contain NUL characters")
-    return text
+@router.post(
+    "/patients/{patient_id}/owner",
+    tags=["reviews"],
+    summary="Claim a patient, assign them to a clinician or admin, or unassign them (null)",
+    response_model=OwnerOut,
+)
+def set_owner(patient_id: PatientId, body: OwnerIn, s: SessionDep, who: ApiUser) -> OwnerOut:
+    return _run(service.set_owner, s, who, patient_id, body.username, "api")
+
+
+def import_user(s: SessionDep, who: ApiUser) -> Principal:
+    """A clinician or admin, checked before the upload is read: anyone else gets 401 or 403 and
+    their body is never read."""
+    service.may_import(s, who, "api")
+    return who
+
+
+SPOOL_BYTES = 1024 * 1024  # an upload stays in memory up to this size, then goes to a temporary file
+
+
+async def spooled_body(request: Request) -> AsyncIterator[IO[bytes]]:
+    """The request body, streamed chunk by chunk into a temporary file (deleted after the request).
+    app.BodyLimit counts each chunk as it arrives and cuts an upload over the import limit off with
+    413, so the server never holds more than one chunk of it in memory while it arrives."""
+    with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as upload:
+        async for chunk in request.stream():
+            upload.write(chunk)
+        upload.seek(0)
+        yield upload
 
 
 IMPORT_BODY = {
@@ -377,12 +421,14 @@ IMPORT_BODY = {
 def import_data(
     s: SessionDep,
     kb: KbDep,
-    who: ApiUser,
-    body: Annotated[str, Depends(raw_body)],
+    who: Annotated[Principal, Depends(import_user)],  # before the body: dependencies are solved in order
+    body: Annotated[IO[bytes], Depends(spooled_body, scope="function")],
     format: Literal["fhir", "ndjson", "hl7v2", "csv"] | None = None,
     filename: Annotated[str, Query(max_length=200, pattern=NO_NUL)] = "upload",
 ) -> ImportResult:
-    return _run(service.import_text, s, kb, who, body, format, filename, "api")
+    """Streamed to a temporary file, then committed in chunks (each atomic; sending the same file
+    again after a failure continues where it stopped). `message` says when nothing was new."""
+    return _run(service.import_upload, s, kb, who, body, format, filename, "api")
 
 
 @router.get("/quarantine", tags=["import"], response_model=QuarantineList)
@@ -413,3 +459,70 @@ def audit_log(
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> AuditList:
     return _run(service.audit_log, s, who, patient_id, limit, "api")
+
+
+# ---------------------------------------------------------------- letters and documents (shared care)
+DocumentId = Annotated[int, Path(ge=1, le=MAX_ID)]
+PDF_ANSWER: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The document as it was stored (a PDF), as an attachment",
+        "content": {"application/pdf": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+
+class LetterIn(Body):
+    recipient: Literal["gp", "specialist"] = Field(default="gp", description="the patient's GP or the specialist team")
+
+
+def _contact(settings: SettingsDep) -> ClinicContact:
+    return ClinicContact(settings.clinic_name, settings.clinic_phone, settings.out_of_hours)
+
+
+@router.post(
+    "/patients/{patient_id}/letters",
+    tags=["documents"],
+    status_code=201,
+    summary="Write a shared-care letter (PDF) to the GP or the specialist team from the assessment, and store it",
+    response_model=DocumentOut,
+)
+def write_letter(
+    patient_id: PatientId,
+    s: SessionDep,
+    kb: KbDep,
+    who: ApiUser,
+    contact: Annotated[ClinicContact, Depends(_contact)],
+    body: LetterIn | None = None,
+) -> DocumentOut:
+    recipient = body.recipient if body else "gp"
+    return _run(service.make_letter, s, kb, who, patient_id, contact, recipient, "api")
+
+
+@router.get("/patients/{patient_id}/documents", tags=["documents"], response_model=DocumentList)
+def list_documents(patient_id: PatientId, s: SessionDep, who: ApiUser) -> DocumentList:
+    return _run(service.list_documents, s, who, patient_id, "api")
+
+
+@router.get(
+    "/documents/{document_id}",
+    tags=["documents"],
+    summary="A stored document's bytes (a letter's PDF)",
+    response_class=Response,
+    responses=PDF_ANSWER,
+)
+def get_document(document_id: DocumentId, s: SessionDep, who: ApiUser) -> Response:
+    found = _run(service.get_document, s, who, document_id, "api")
+    disposition = f'attachment; filename="{found.filename}"'
+    return Response(found.content, media_type=found.media_type, headers={"Content-Disposition": disposition})
+
+
+@router.post(
+    "/letters/batch",
+    tags=["documents"],
+    summary="Write a GP letter for everyone moved to GP care this month who has none since the move",
+    response_model=LetterBatchOut,
+)
+def gp_letters_batch(
+    s: SessionDep, kb: KbDep, who: ApiUser, contact: Annotated[ClinicContact, Depends(_contact)]
+) -> LetterBatchOut:
+    return _run(service.gp_letters_batch, s, kb, who, contact, "api")

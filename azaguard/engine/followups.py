@@ -19,6 +19,7 @@ from azaguard import domain as d
 from azaguard.engine.context import Context
 from azaguard.engine.findings import from_catalogue, from_rule, lab_evidence, when_params
 from azaguard.engine.labs import breaches
+from azaguard.engine.schedule import working_day
 
 _RANK = d.SEVERITY_RANK
 State = Literal["open", "overdue", "dismissed"]
@@ -66,19 +67,24 @@ def follow_ups(ctx: Context, findings: list[d.Finding]) -> list[d.FollowUp]:
         if ctx.answered_after(spec.group, spec.answered_by, since, same_day=spec.days == 0):
             continue
         key = f"{spec.group}|{since.isoformat()}" + (f"|{'+'.join(spec.answered_by)}" if spec.answered_by else "")
-        due = since + timedelta(days=spec.days)
+        asked = since + timedelta(days=spec.days)
+        due = working_day(ctx.kb.calendar, asked, since)  # a weekend or holiday: the working day before (never later)
         state: State = "dismissed" if key in dismissed else ("overdue" if due < ctx.as_of else "open")
         item = d.FollowUp(
             key=key, group=spec.group, since=since, due=due, finding_code=f.code, reason=f.message,
             severity=f.severity, state=state,
             answered_by=spec.answered_by, dismissed_reason=dismissed.get(key, ""),
+            moved_from=asked if due != asked else None,
         )  # fmt: skip
         old = merged.get(key)
         if old is None:
             merged[key] = item
         else:  # keep the earliest due date and the most severe reason
             worse = item if _RANK[item.severity] < _RANK[old.severity] else old
-            merged[key] = dataclasses.replace(worse, due=min(old.due, item.due), state=_state(ctx, old, item))
+            first = item if item.due < old.due else old
+            merged[key] = dataclasses.replace(
+                worse, due=first.due, moved_from=first.moved_from, state=_state(ctx, old, item)
+            )
     return sorted(merged.values(), key=lambda u: (u.due, u.group))
 
 
@@ -95,17 +101,19 @@ def apply_follow_ups(
     live = [u for u in items if u.state != "dismissed"]
     groups = []
     for g in plan.groups:
-        mine = [u.due for u in live if u.group == g.name]
+        mine = [u for u in live if u.group == g.name]
         if not mine:
             groups.append(g)
             continue
-        first = min(mine)
+        earliest = min(mine, key=lambda u: u.due)
+        first = earliest.due
         if g.next_due is None or first < g.next_due:
             groups.append(
                 dataclasses.replace(
-                    g, next_due=first, follow_up_due=first, due_reason="follow-up", overdue=ctx.as_of > first
+                    g, next_due=first, follow_up_due=first, due_reason="follow-up", overdue=ctx.as_of > first,
+                    moved_from=earliest.moved_from,
                 )
-            )
+            )  # fmt: skip
         else:
             groups.append(dataclasses.replace(g, follow_up_due=first))
     symptom_codes = {f.code for f in findings if f.category == "symptom"}

@@ -5,17 +5,22 @@ The interval that applies to a test depends on where its date falls relative to 
 initial interval until the dose has been stable for `stable_after`, the consolidation interval
 for `consolidation_duration`, then maintenance. A group's "last" test is its last complete
 panel. A course on hold keeps its schedule: on hold is not stopped.
+
+Every due date (scheduled or a follow-up's) that falls on a day the clinic's calendar has no blood
+tests (a weekend, a public holiday: knowledge `calendar`) moves to the working day before it, in
+one place (`working_day`), so the worklist, the JSON, the pages, letters and reminders all show the
+same date. SAFETY: never later.
 """
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 
 from azaguard import domain as d
 from azaguard.engine.context import Context, maintenance_from, stable_from
 from azaguard.engine.findings import from_catalogue
 from azaguard.engine.labs import breaches
-from azaguard.knowledge.model import Interval
+from azaguard.knowledge.model import Interval, WorkingCalendar
 
 
 def interval_at(ctx: Context, when: date, anchor: date | None) -> Interval:
@@ -44,6 +49,23 @@ def low_risk(ctx: Context, anchor: date) -> bool:
         ):
             return False
     return not ctx.active_conditions("renal-impairment")
+
+
+def working_day(calendar: WorkingCalendar | None, due: date, earliest: date) -> date:
+    """The due date to book: `due`, or - when the clinic's calendar has no blood tests that day
+    (a weekend, a public holiday) - the last working day before it. SAFETY: a blood test is never
+    moved later. Nor is it moved before `earliest` (the day it was asked for, the day after the last
+    test): if no working day lies in between, `due` stays as it is. Without a calendar, `due`.
+
+    The one place a due date is moved (the plan and every follow-up), so every output agrees."""
+    if calendar is None:
+        return due
+    day = due
+    while calendar.closed(day) is not None:
+        if day <= earliest:
+            return due
+        day -= timedelta(days=1)
+    return day
 
 
 def missed_count(ctx: Context, due: date, anchor: date | None) -> int:
@@ -77,25 +99,35 @@ def plan_monitoring(ctx: Context) -> tuple[d.MonitoringPlan, list[d.Finding]]:
             )
             continue
         anchor = course.anchors[-1] if course.anchors else None
+        # `base`: the day the due date counts from (a moved date stays after it)
         if anchor is None:  # start date unknown: the most frequent interval is the safe assumption
             interval = kb.schedule.initial_interval
-            due = interval.add(last) if last else ctx.as_of
+            due, base = (interval.add(last), last) if last else (ctx.as_of, None)  # no test: due now
         elif last is None or (course.start is not None and last < course.start):
             # Nothing since starting: the first scheduled test stays due (a later increase does not hide it).
             interval = kb.schedule.initial_interval
-            due = interval.add(course.start or anchor)
+            base = course.start or anchor
+            due = interval.add(base)
         elif last < anchor:
             # A dose change restarts the 2-weekly sequence but never postpones a test that was
             # already due under the schedule in force before it.
             interval = kb.schedule.initial_interval
             before = max(a for a in course.anchors if a <= last)
-            due = min(interval.add(anchor), interval_at(ctx, last, before).add(last))
+            due, base = min(interval.add(anchor), interval_at(ctx, last, before).add(last)), last
         else:
             interval = interval_at(ctx, last, anchor)
-            due = interval.add(last)
+            due, base = interval.add(last), last
+        scheduled = due
+        if base is not None:
+            due = working_day(kb.calendar, scheduled, base + timedelta(days=1))
         overdue = ctx.as_of > due
         current_interval = interval_at(ctx, ctx.as_of, anchor)
-        groups.append(d.MonitoringGroup(name, last, due, overdue, current_interval.label(), due_reason="schedule"))
+        groups.append(
+            d.MonitoringGroup(
+                name, last, due, overdue, current_interval.label(), due_reason="schedule",
+                moved_from=scheduled if due != scheduled else None,
+            )
+        )  # fmt: skip
         if not overdue:
             continue
         missed = missed_count(ctx, due, anchor)
@@ -129,7 +161,8 @@ def plan_monitoring(ctx: Context) -> tuple[d.MonitoringPlan, list[d.Finding]]:
     if course.phase != "stopped" and course.phase != "pre-treatment":
         findings.extend(_metabolites_due(ctx))
         findings.extend(_risk_review(ctx))
-    return d.MonitoringPlan(course.phase, tuple(groups), course.start), findings
+    calendar = kb.calendar.code if kb.calendar else None
+    return d.MonitoringPlan(course.phase, tuple(groups), course.start, calendar=calendar), findings
 
 
 def _metabolites_due(ctx: Context) -> list[d.Finding]:

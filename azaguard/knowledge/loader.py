@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from azaguard.knowledge import model as m
+from azaguard.knowledge import workdays
 
 DATA = "azaguard.knowledge.data"
 LOCAL_SOURCE_KEY = "local-protocol"
@@ -76,6 +77,13 @@ class Knowledge:
     findings: dict[str, m.FindingText]
     guide: tuple[m.GuideSection, ...]
     cpic: dict[str, CpicGene]
+    # canonical (UCUM) unit -> how screens write it ("10*9/L" -> "x10^9/L"); presentation only
+    display_units: dict[str, str] = field(default_factory=dict)
+    guide_article: m.GuideArticle | None = None  # the article the guide corrects (guide.toml [article])
+    # The clinic's working days (weekends, public holidays): due dates on other days move to the
+    # working day before (engine.schedule.working_day). Configuration, not clinical content: set by
+    # load_knowledge from AZAGUARD_HOLIDAYS (knowledge/workdays.py); None = no calendar.
+    calendar: m.WorkingCalendar | None = None
     # derived indexes, built once
     loinc_index: dict[str, str] = field(default_factory=dict)
     local_code_index: dict[str, str] = field(default_factory=dict)
@@ -103,6 +111,10 @@ class Knowledge:
             return None
         found = self.drug_name_pattern.search(text.lower())
         return self.drug_name_index[found.group(1)] if found else None
+
+    def display_unit(self, unit: str | None) -> str:
+        """A canonical unit as screens write it (codes.toml [display_units]); unknown: as given."""
+        return self.display_units.get(unit or "", unit or "")
 
     def convert(self, analyte: str, value: float, unit: str) -> float | None:
         """Convert to the analyte's canonical unit through the known table, or None."""
@@ -253,10 +265,15 @@ def _load_raw() -> dict[str, Any]:
     return {name: _read_toml(f"{name}.toml") for name in _TOML_FILES}
 
 
-def load_knowledge(local_protocol: str | Path | None = None) -> Knowledge:
-    """Load the packaged knowledge base, optionally overridden by a clinic's local protocol file."""
+def load_knowledge(local_protocol: str | Path | None = None, holidays: str | None = None) -> Knowledge:
+    """Load the packaged knowledge base, optionally overridden by a clinic's local protocol file.
+
+    `holidays` is the working-day calendar ("GB-ENG", "none"; default: AZAGUARD_HOLIDAYS, else
+    England and Wales): every assessment made with this knowledge moves due dates by it."""
+    spec = workdays.configured() if holidays is None else holidays
+    calendar = _calendar(spec)
     if local_protocol is None:
-        return _load_default()
+        return _load_default(calendar.code if calendar else "none")
     path = str(local_protocol)
     try:
         local = tomllib.loads(Path(path).read_text(encoding="utf-8"))
@@ -267,9 +284,18 @@ def load_knowledge(local_protocol: str | Path | None = None) -> Knowledge:
     raw = copy.deepcopy(_load_raw())
     protocol = _apply_local(raw, local, path)
     try:
-        return _build(raw, protocol)
+        kb = _build(raw, protocol)
     except KnowledgeError as exc:
         raise KnowledgeError(f"{path}: after merging this local protocol, {_name_rules(str(exc), raw)}") from exc
+    object.__setattr__(kb, "calendar", calendar)
+    return kb
+
+
+def _calendar(spec: str) -> m.WorkingCalendar | None:
+    try:
+        return workdays.build(spec)
+    except workdays.CalendarError as exc:
+        raise KnowledgeError(str(exc)) from exc
 
 
 def _name_rules(message: str, raw: dict[str, Any]) -> str:
@@ -283,8 +309,8 @@ def _name_rules(message: str, raw: dict[str, Any]) -> str:
     return re.sub(r"labs\.toml:(thresholds|rises|trends)\.(\d+)", by_id, message)
 
 
-@lru_cache(maxsize=1)
-def _load_default() -> Knowledge:
+@lru_cache(maxsize=4)
+def _load_default(calendar: str) -> Knowledge:
     """The packaged knowledge base, validated from its files on every start (once per process).
 
     There is deliberately no cache on disk: a cached copy would be a file other users or programs
@@ -293,7 +319,9 @@ def _load_default() -> Knowledge:
     """
     raw = _load_raw()
     meta = raw["protocol"]["meta"]
-    return _build(copy.deepcopy(raw), {"name": meta["name"], "version": meta["version"], "local": "no"})
+    kb = _build(copy.deepcopy(raw), {"name": meta["name"], "version": meta["version"], "local": "no"})
+    object.__setattr__(kb, "calendar", _calendar(calendar))  # one Knowledge per calendar, built once
+    return kb
 
 
 def _build(raw: dict[str, Any], protocol: dict[str, str]) -> Knowledge:
@@ -336,7 +364,9 @@ def _build(raw: dict[str, Any], protocol: dict[str, str]) -> Knowledge:
         efficacy=_validate(m.Efficacy, safety["efficacy"], "safety.toml:efficacy"),
         findings=_validate(dict[str, m.FindingText], raw["findings"], "findings.toml"),
         guide=tuple(_validate(list[m.GuideSection], raw["guide"]["sections"], "guide.toml:sections")),
+        guide_article=_validate(m.GuideArticle, raw["guide"]["article"], "guide.toml:article"),
         cpic=_load_cpic(),
+        display_units=_validate(dict[str, str], codes.get("display_units", {}), "codes.toml:display_units"),
     )
     _check_references(kb)
     return _index(kb)
@@ -380,6 +410,9 @@ def _check_references(kb: Knowledge) -> None:
     for analyte in kb.analytes.values():
         if analyte.canonical not in kb.units:
             raise KnowledgeError(f"codes.analytes: no unit table for canonical unit {analyte.canonical}")
+    for ucum, shown in kb.display_units.items():
+        if ucum not in kb.units or shown not in kb.units[ucum]:
+            raise KnowledgeError(f"codes.display_units: {ucum} -> {shown} is not an accepted spelling of a known unit")
     for key, c in kb.ctcae.items():
         need_sources(c.sources, f"ctcae.{key}")
     for ix in kb.interactions:
@@ -423,6 +456,13 @@ def _check_references(kb: Knowledge) -> None:
             raise KnowledgeError(f"screening_results: unknown test {res.test} or finding {res.finding}")
     for section in kb.guide:
         need_sources(section.sources, f"guide.{section.id}")
+    if kb.guide_article is not None:
+        need_sources([kb.guide_article.source], "guide.article")
+    if kb.symptoms.emergency is not None:
+        for sign in kb.symptoms.emergency.signs:
+            need_sources(sign.sources, "symptoms.emergency.signs")
+        if kb.symptoms.emergency.note:
+            need_sources(kb.symptoms.emergency.note_sources, "symptoms.emergency.note")
     _check_follow_ups(kb, need_sources)
 
 

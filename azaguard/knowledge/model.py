@@ -298,6 +298,7 @@ class Panel:
     __pydantic_config__ = STRICT
     require: list[list[str]]
     sources: list[str]
+    label: str = ""  # how pages name the panel ("full blood count"); empty: the group's key
 
     def __post_init__(self) -> None:
         if not self.require or any(not alt for alt in self.require):
@@ -576,6 +577,7 @@ class SymptomDef:
     # any other result, however recent, leaves the report open.
     answered_by: list[str] = field(default_factory=list)
     follow_up_days: int = 0
+    label: str = ""  # the plain name a patient chooses on the symptom form ("Yellow skin or eyes")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -588,6 +590,7 @@ class Symptoms:
     hypersensitivity_sources: list[str]
     sources_default: list[str]
     items: dict[str, SymptomDef]
+    emergency: Emergency | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -667,3 +670,57 @@ class ScreeningResult:
     test: str
     when: Literal["positive", "negative"]
     finding: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class GuideArticle:
+    """The article the patient guide grew from and corrects (guide.toml [article]); each correction box names it."""
+
+    __pydantic_config__ = STRICT
+    title: str
+    author: str
+    published: date
+    source: str  # its key in sources.toml
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmergencySign:
+    __pydantic_config__ = STRICT
+    text: str
+    sources: list[str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Emergency:
+    """When a patient must call 999 or go to A&E instead of reporting to the clinic (safety.toml
+    [symptoms.emergency]): shown on the symptom form before sending and with the confirmation."""
+
+    __pydantic_config__ = STRICT
+    lead: str
+    signs: list[EmergencySign]
+    note: str = ""
+    note_sources: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class WorkingCalendar:
+    """The days a blood test can be booked: not a weekend day, not a public holiday. Pure data.
+
+    Built once at start-up (azaguard.knowledge.calendar, from the maintained `holidays` package and
+    the clinic's setting); the engine only reads it, so an assessment stays a pure function of
+    (record, knowledge, as_of). Holidays are known for `first_year`..`last_year`; outside those
+    years only weekends count.
+    """
+
+    code: str  # "GB-ENG": ISO 3166 country and optional subdivision, as configured
+    weekend: frozenset[int]  # date.weekday() numbers (5, 6 = Saturday, Sunday)
+    holidays: dict[date, str]  # public holiday -> its name
+    first_year: int
+    last_year: int
+
+    def closed(self, day: date) -> str | None:
+        """Why no blood test is booked on `day` (the holiday's name, or "weekend"); None on a working day."""
+        name = self.holidays.get(day)
+        if name is not None:
+            return name
+        return "weekend" if day.weekday() in self.weekend else None

@@ -1,1 +1,1 @@
-"""Renderers turn an Assessment into text, JSON (and later HTML, FHIR, CDS cards)."""
+"""Renderers turn an Assessment into text, JSON and a shared-care letter (HTML, then PDF)."""

@@ -55,6 +55,7 @@ def follow_up_to_dict(u: d.FollowUp) -> dict[str, Any]:
         "reason": u.reason,
         "answered_by": list(u.answered_by),
         "dismissed_reason": u.dismissed_reason or None,
+        "moved_from": _date(u.moved_from),
     }
 
 
@@ -93,10 +94,12 @@ def assessment_to_dict(a: d.Assessment) -> dict[str, Any]:
                     "interval": g.interval,
                     "follow_up_due": _date(g.follow_up_due),
                     "due_reason": g.due_reason or None,
+                    "moved_from": _date(g.moved_from),
                 }
                 for g in a.monitoring.groups
             ],
             "follow_ups": [follow_up_to_dict(u) for u in a.monitoring.follow_ups],
+            "calendar": a.monitoring.calendar,
         },
         "pgx": a.pgx,
     }

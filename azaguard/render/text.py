@@ -69,6 +69,8 @@ def render_text(a: d.Assessment, show_sources: bool = True) -> str:
         due = g.next_due.isoformat() if g.next_due else "-"
         every = f", every {g.interval}" if g.interval and g.interval != "baseline" else ""
         why = " (repeat asked for)" if g.due_reason == "follow-up" else ""
+        if g.moved_from:
+            why += f" (brought forward from {g.moved_from.isoformat()}: not a working day)"
         lines.append(f"    {g.name:<6} last {last:<10}  next due {due:<10}  {status}{every}{why}")
     for u in a.monitoring.follow_ups:
         state = {"open": "awaiting result", "overdue": "OVERDUE", "dismissed": "dropped"}[u.state]

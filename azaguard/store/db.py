@@ -334,22 +334,43 @@ def migrate(engine: Engine) -> None:
 
 # ---------------------------------------------------------------- rows written at the end of a unit of work
 @dataclass
-class _Deferred:
+class Deferred:
+    """A row kept aside by `defer_insert` until its unit of work ends."""
+
     model: type[Any]
     values: dict[str, Any]
     keep: bool  # written even if the unit of work fails
+    failed: dict[str, Any] | None = None  # if the unit of work fails: written with these values instead
+
+    def fail(self, **values: Any) -> None:
+        """What the row records has failed (and may have been rolled back to a savepoint while the
+        unit of work goes on): from now on it is written with its `failed` values and `values`,
+        whether the unit of work then commits or fails."""
+        self.values = {**self.values, **(self.failed or {}), **values}
+        self.failed, self.keep = None, True
+
+    def after_rollback(self) -> dict[str, Any] | None:
+        """The values to write after the unit of work failed; None: the row goes with it."""
+        if self.keep:
+            return self.values
+        return None if self.failed is None else {**self.values, **self.failed}
 
 
-def defer_insert(s: Session, model: type[Any], row: dict[str, Any], keep: bool = False) -> bool:
+def defer_insert(
+    s: Session, model: type[Any], row: dict[str, Any], keep: bool = False, failed: dict[str, Any] | None = None
+) -> Deferred | None:
     """Insert `row` (values of the mapped class `model`) when the unit of work ends: with its
     writes if it commits; if it fails, only when `keep` is set or the code committed after adding
-    the row (as an audit row of a refused request is committed before the refusal is raised).
-    False if `s` is not a unit of work of `Database` (the caller must then add the row itself)."""
+    the row, or - with the `failed` values instead - when `failed` is given (an audit row that
+    says a write failed). Written after a failure in a short transaction of its own.
+    Returns the deferred row (its `fail()` records a failure the unit of work survives), or None
+    if `s` is not a unit of work of `Database` (the caller must then add the row itself)."""
     pending = s.info.get(_DEFERRED)
     if pending is None:
-        return False
-    pending.append(_Deferred(model, row, keep))
-    return True
+        return None
+    deferred = Deferred(model, row, keep, failed)
+    pending.append(deferred)
+    return deferred
 
 
 def _committing(s: Session) -> None:
@@ -362,7 +383,7 @@ def _committing(s: Session) -> None:
 class _Handover:
     """Rows of one unit of work waiting for the group commit."""
 
-    def __init__(self, rows: list[_Deferred]) -> None:
+    def __init__(self, rows: list[Deferred]) -> None:
         self.rows = rows
         self.done = threading.Event()
         self.error: BaseException | None = None
@@ -382,7 +403,7 @@ class _GroupCommit:
         self.queue: list[_Handover] = []
         self.running = False
 
-    def write(self, rows: list[_Deferred]) -> None:
+    def write(self, rows: list[Deferred]) -> None:
         item = _Handover(rows)
         with self.cond:
             self.queue.append(item)
@@ -452,7 +473,7 @@ class Database:
         only read, by the group commit; either way before this returns.
         """
         with self._new() as s:
-            rows: list[_Deferred] = []
+            rows: list[Deferred] = []
             try:
                 yield s
                 rows = s.info[_DEFERRED]
@@ -470,7 +491,7 @@ class Database:
                 rows += s.info.get(_DEFERRED) or []
                 s.info[_DEFERRED] = []
                 s.close()
-                self._write_kept([r for r in rows if r.keep])
+                self._write_kept(rows)
                 raise
 
     @contextmanager
@@ -481,8 +502,11 @@ class Database:
             begin_write(s)
             yield s
 
-    def _write_kept(self, rows: list[_Deferred]) -> None:
-        """Rows that must survive a failed unit of work (audit of a refused or failed request)."""
+    def _write_kept(self, deferred: list[Deferred]) -> None:
+        """Rows that must survive a failed unit of work (audit of a refused or failed request), in
+        a short transaction of their own after the rollback (SQLite: through the group commit, so a
+        flood of refused requests takes the write lock once per batch). Never raises."""
+        rows = [Deferred(r.model, values, True) for r in deferred if (values := r.after_rollback()) is not None]
         if not rows:
             return
 
@@ -493,7 +517,10 @@ class Database:
                 s.commit()
 
         try:
-            retry_busy(write, attempts=5)
+            if self._group is not None:
+                self._group.write(rows)  # retries a busy database itself
+            else:
+                retry_busy(write, attempts=5)
         except Exception as error:  # the request's own error propagates; say (without data) what was lost
             log.error("could not write %d kept row(s) after a rollback: %s", len(rows), type(error).__name__)
 

@@ -19,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Table,
     Text,
@@ -45,6 +46,10 @@ class Patient(Base):
     monitoring_team: Mapped[str] = mapped_column(String(16), default="specialist")  # specialist | gp
     phone: Mapped[str] = mapped_column(String(40), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime)
+    # The team member who claimed the patient or was assigned it (users.id; null: nobody). No foreign
+    # key: adding one means rebuilding this table on SQLite (migration 0004 says why); users are
+    # deactivated, never deleted, and the worklist reads the owner through an outer join.
+    owner_id: Mapped[int | None] = mapped_column(Integer, index=True)
 
 
 class Observation(Base):
@@ -189,6 +194,14 @@ class AssessmentRow(Base):
     # SHA-1 of `result`: a refresh that changes nothing writes nothing (and takes no write lock),
     # so computed_at is when the stored assessment last changed.
     result_digest: Mapped[str] = mapped_column(String(40), default="", server_default="")
+    # The most urgent open finding (the engine's first open one: worst severity, then newest), so the
+    # worklist says what is wrong in one query: its code ("" when nothing is open; null on rows written
+    # before it was stored, so the next refresh writes them), its words without the "(3 days ago)" that
+    # is true only on the day it was assessed, the newest result it rests on with its unit, its date.
+    urgent_code: Mapped[str | None] = mapped_column(String(80))
+    urgent_message: Mapped[str] = mapped_column(Text, default="", server_default="")
+    urgent_value: Mapped[str] = mapped_column(String(120), default="", server_default="")
+    urgent_date: Mapped[date | None] = mapped_column(Date)
     __table_args__ = (Index("ix_assessments_worklist", "worst_open", "next_due"),)
 
 
@@ -331,6 +344,57 @@ class QuarantineItem(Base):
     original: Mapped[str] = mapped_column(Text)
     state: Mapped[str] = mapped_column(String(16), default="open")  # open | reprocessed | discarded
     resolved_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class Document(Base):
+    """A document made for a patient, kept as it was sent: a letter to the GP or the specialist team
+    (PDF), with when, by whom and from which knowledge version it was made, and the SHA-256 of its bytes."""
+
+    __tablename__ = "documents"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(24))  # gp-letter | specialist-letter
+    recipient: Mapped[str] = mapped_column(String(16))  # gp | specialist
+    title: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    author_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    author: Mapped[str] = mapped_column(String(80))  # the username, kept if the user row goes
+    knowledge_version: Mapped[str] = mapped_column(String(200))
+    media_type: Mapped[str] = mapped_column(String(40), default="application/pdf")
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))
+    __table_args__ = (Index("ix_documents_patient_created", "patient_id", "created_at"),)
+
+
+class ReminderPref(Base):
+    """How a patient wants blood-test reminders: a configured channel (email, or one added by
+    configuration) or none. Chosen by the patient on their page; no row: no reminders."""
+
+    __tablename__ = "reminder_prefs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"), unique=True)
+    channel: Mapped[str] = mapped_column(String(16), default="none")  # email | none | a configured channel
+    email: Mapped[str] = mapped_column(String(254), default="")
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class ReminderSent(Base):
+    """A reminder for one test group falling due (or overdue) on one date: sent once. `status` is
+    pending while it is being sent (claimed), then sent or failed (a failed one is tried again by
+    later runs, `attempts` times at most); `error_type` is the error's class name, never its text."""
+
+    __tablename__ = "reminders_sent"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(8))  # due | overdue
+    test_group: Mapped[str] = mapped_column(String(16))  # FBC | LFT | renal
+    due_date: Mapped[date] = mapped_column(Date)
+    channel: Mapped[str] = mapped_column(String(16))
+    sent_at: Mapped[datetime] = mapped_column(DateTime)  # the latest attempt
+    status: Mapped[str] = mapped_column(String(8))  # pending | sent | failed
+    error_type: Mapped[str | None] = mapped_column(String(80))
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    __table_args__ = (UniqueConstraint("patient_id", "test_group", "due_date", "kind", name="uq_reminder_once"),)
 
 
 def core(model: type[Base]) -> Table:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from datetime import date, timedelta
 from typing import TypeVar
 
@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from azaguard.knowledge import Knowledge
+from azaguard.plain import day_month_year
 from azaguard.store import models as m
 from azaguard.store.records import now
 
@@ -139,11 +140,22 @@ def add_lab(
     unit = (unit or kb.analytes[analyte].canonical).strip()
     converted = kb.convert(analyte, x, unit)
     if converted is None:
-        accepted = ", ".join(sorted(kb.unit_overrides.get(analyte) or kb.units[kb.analytes[analyte].canonical]))
-        raise FormError("unit", f"'{unit}' is not a known unit for {kb.analytes[analyte].label} (accepted: {accepted})")
+        raise FormError("unit", _unknown_unit(kb, analyte, unit))
     effective = _date(when, "date", today)
     assert effective is not None
-    row = m.Observation(
+    return _save(s, _lab_row(kb, patient_id, analyte, x, unit, converted, effective))
+
+
+def _unknown_unit(kb: Knowledge, analyte: str, unit: str) -> str:
+    accepted = ", ".join(sorted(kb.unit_overrides.get(analyte) or kb.units[kb.analytes[analyte].canonical]))
+    return f"'{unit}' is not a known unit for {kb.analytes[analyte].label} (accepted: {accepted})"
+
+
+def _lab_row(
+    kb: Knowledge, patient_id: int, analyte: str, x: float, unit: str, converted: float, effective: date
+) -> m.Observation:
+    """A lab result entered by hand: the value in the canonical unit, and as it was entered."""
+    return m.Observation(
         patient_id=patient_id,
         kind="lab",
         analyte=analyte,
@@ -162,7 +174,69 @@ def add_lab(
         received_at=now(),
         below_detection=False,
     )
-    return _save(s, row)
+
+
+class PanelError(FormError):
+    """Every field of a panel that is wrong (field -> message), found before anything is saved."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        self.errors = errors
+        field, message = next(iter(errors.items()))
+        super().__init__(field, message)
+
+
+def panel_analytes(kb: Knowledge, group: str) -> list[str]:
+    """The tests a panel form offers: every analyte of the panel's test group, in knowledge order."""
+    return [key for key, a in kb.analytes.items() if a.group == group]
+
+
+def add_panel(
+    s: Session,
+    kb: Knowledge,
+    patient_id: int,
+    group: str,
+    when: date | str | None,
+    values: Mapping[str, float | str | None],
+    units: Mapping[str, str],
+    today: date | None = None,
+) -> list[m.Observation]:
+    """A whole panel (a knowledge `schedule.panels` group: FBC, LFT, renal) on one date.
+
+    Blank values are left out. Every field is checked before anything is added; if any is wrong,
+    PanelError names each one (`date`, `value-<analyte>`, `unit-<analyte>`) and nothing is saved."""
+    today = today or date.today()
+    require_patient(s, patient_id)
+    if group not in kb.schedule.panels:
+        raise FormError("panel", f"unknown panel '{group}'")
+    errors: dict[str, str] = {}
+    effective = None
+    try:
+        effective = _date(when, "date", today)
+    except FormError as exc:
+        errors[exc.field] = exc.message
+    entered: list[tuple[str, float, str, float]] = []
+    analytes = panel_analytes(kb, group)
+    for analyte in analytes:
+        raw = values.get(analyte)
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            continue
+        try:
+            x = _number(raw.strip() if isinstance(raw, str) else raw, f"value-{analyte}")
+        except FormError as exc:
+            errors[exc.field] = exc.message
+            continue
+        unit = (units.get(analyte) or kb.analytes[analyte].canonical).strip()
+        converted = kb.convert(analyte, x, unit)
+        if converted is None:
+            errors[f"unit-{analyte}"] = _unknown_unit(kb, analyte, unit)
+            continue
+        entered.append((analyte, x, unit, converted))
+    if not entered and not errors:
+        errors[f"value-{analytes[0]}"] = "enter at least one result"
+    if errors:
+        raise PanelError(errors)
+    assert effective is not None
+    return [_save(s, _lab_row(kb, patient_id, a, x, unit, v, effective)) for a, x, unit, v in entered]
 
 
 def _aza_rows(s: Session, patient_id: int, status: str, open_only: bool = False) -> list[m.Medication]:
@@ -420,7 +494,80 @@ def add_symptom(
     return _save(s, row)
 
 
+# The patient's own symptom report (the form on /me): how bad, since when, in their words.
+HOW_BAD = ("mild", "moderate", "severe")
+SOMETHING_ELSE = "other"  # the form's "Something else" choice: the words say what it is
+DETAILS_MAX = 150
+
+
+def add_patient_report(
+    s: Session,
+    kb: Knowledge,
+    patient_id: int,
+    symptom: str,
+    how_bad: str,
+    since: date | str | None,
+    details: str = "",
+    today: date | None = None,
+) -> m.Symptom:
+    """A symptom the patient reports: `symptom` is a knowledge key or "other" (then `details` says
+    what it is), `how_bad` one of HOW_BAD, `since` the day it started. FormError names the field.
+
+    The row's date is the day of the report, not the day it started: a report stays open until a
+    result taken on or after it answers it, so a test from before the clinic knew of the symptom
+    never closes it. How bad it is and since when are kept in the report's words (`text`), which
+    the clinic sees with the finding; the store has no columns for them (yet)."""
+    today = today or date.today()
+    require_patient(s, patient_id)
+    key = (symptom or "").strip()
+    words = " ".join((details or "").split())
+    if key != SOMETHING_ELSE and key not in kb.symptoms.items:
+        raise FormError("symptom", "choose what is wrong, or 'Something else' and describe it")
+    if key == SOMETHING_ELSE and not words:
+        raise FormError("details", "say what is wrong")
+    if len(words) > DETAILS_MAX:
+        raise FormError("details", f"use {DETAILS_MAX} characters or fewer (you used {len(words)})")
+    if how_bad not in HOW_BAD:
+        raise FormError("how_bad", "choose mild, moderate or severe")
+    started = _date(since, "since", today)
+    assert started is not None
+    if key == SOMETHING_ELSE:
+        low = words.lower()
+        found = next((k for k, v in kb.symptoms.items.items() if any(t in low for t in v.text)), None)
+        name = "Something else"
+    else:
+        found, item = key, kb.symptoms.items[key]
+        name = item.label or key.replace("-", " ")
+    text = f"{name} ({how_bad}, since {day_month_year(started)})" + (f": {words}" if words else "")
+    row = m.Symptom(
+        patient_id=patient_id,
+        key=found,
+        text=text[:200],
+        when=today,
+        reported_by="patient",
+        source_key=_key("form"),
+    )
+    return _save(s, row)
+
+
 def set_team(s: Session, patient_id: int, team: str) -> None:
     if team not in ("specialist", "gp"):
         raise FormError("team", "must be specialist or gp")
     require_patient(s, patient_id).monitoring_team = team
+
+
+OWNER_ROLES = ("clinician", "admin")  # who may own a patient on the worklist
+
+
+def set_owner(s: Session, patient_id: int, username: str | None) -> m.User | None:
+    """Give the patient to a team member (an active clinician or admin), or to nobody (None or "")."""
+    p = require_patient(s, patient_id)
+    name = (username or "").strip()
+    if not name:
+        p.owner_id = None
+        return None
+    user = s.scalar(select(m.User).where(m.User.username == name))
+    if user is None or not user.active or user.role not in OWNER_ROLES:
+        raise FormError("username", f"'{name[:80]}' is not an active clinician or admin")
+    p.owner_id = user.id
+    return user

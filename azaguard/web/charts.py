@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import date
 
@@ -30,32 +32,66 @@ PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+_CHARTED = frozenset(a for _, analytes in PANELS for a in analytes)
+_CACHE_SIZE = 256  # charts kept per process (about 70 KB each)
+_cache: OrderedDict[tuple[object, ...], str] = OrderedDict()
+_cache_lock = threading.Lock()
+
+Points = tuple[tuple[str, date, float], ...]
+Doses = tuple[tuple[date, float], ...]
+
+
 def patient_chart_svg(kb: Knowledge, labs: Sequence[ObservationOut], meds: Sequence[MedicineOut]) -> str:
+    """The patient's charts, drawn once per distinct evidence: drawing costs a few hundred
+    milliseconds, so the SVG is kept (in this process, least recently used out first) under a key
+    made of everything drawn - the knowledge version, every plotted point and dose - and any new,
+    corrected or removed result or dose makes a new key. Nothing else is cached, and nothing is
+    written to disk."""
+    points: Points = tuple(
+        sorted(
+            (o.analyte, o.date, o.value)
+            for o in labs
+            if o.analyte in _CHARTED
+            and o.value is not None
+            and math.isfinite(o.value)
+            and abs(o.value) <= _PLOTTABLE
+            and o.date >= _FIRST_DAY
+        )
+    )
+    doses: Doses = tuple(
+        sorted(
+            (x.start, x.mg_per_day)
+            for x in meds
+            if x.start is not None and x.start >= _FIRST_DAY and x.mg_per_day is not None and x.mg_per_day <= _PLOTTABLE
+        )
+    )
+    key = (kb.version, points, doses)
+    with _cache_lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+    svg = _draw(kb, points, doses)
+    with _cache_lock:
+        _cache[key] = svg
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return svg
+
+
+def _draw(kb: Knowledge, points: Points, doses: Doses) -> str:
     import matplotlib
     from matplotlib.figure import Figure
 
     # A Figure object per request, never pyplot's global state: requests run on several threads.
     matplotlib.rcParams["svg.hashsalt"] = "azaguard"  # stable ids: identical data gives an identical file
+    matplotlib.rcParams["svg.fonttype"] = "none"  # text as text, not outlines: smaller, faster, readable
     fig = Figure(figsize=(10, 1.7 * len(PANELS)))
     axes = fig.subplots(len(PANELS), 1, sharex=True)
-    doses = sorted(
-        (x.start, x.mg_per_day)
-        for x in meds
-        if x.start is not None and x.start >= _FIRST_DAY and x.mg_per_day is not None and x.mg_per_day <= _PLOTTABLE
-    )
     for ax, (title, analytes) in zip(axes, PANELS, strict=True):
         ax.set_title(title, loc="left", fontsize=9)
         values: list[float] = []
         for analyte in analytes:
-            pts = sorted(
-                (o.date, o.value)
-                for o in labs
-                if o.analyte == analyte
-                and o.value is not None
-                and math.isfinite(o.value)
-                and abs(o.value) <= _PLOTTABLE
-                and o.date >= _FIRST_DAY
-            )
+            pts = [(when, value) for name, when, value in points if name == analyte]
             if pts:
                 xs, ys = zip(*pts, strict=True)
                 ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.2, label=kb.analytes[analyte].label)

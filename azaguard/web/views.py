@@ -8,12 +8,17 @@ Each route calls use cases in azaguard.service and renders the view models they 
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import io
 import secrets
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 from pathlib import Path as FilePath
-from typing import Annotated, Any
-from urllib.parse import quote
+from typing import IO, Annotated, Any
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from fastapi.concurrency import run_in_threadpool
@@ -23,11 +28,25 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
 from azaguard import service
-from azaguard.deps import COOKIE, LoginRequired, SessionDep, WebUser, database, knowledge
+from azaguard.deps import COOKIE, SessionDep, WebUser, database, knowledge, web_identity
 from azaguard.knowledge import Knowledge
-from azaguard.service_models import ObservationOut, PatientPage, Principal, WebIdentity, WorklistQuery
+from azaguard.plain import day_month_year, long_date
+from azaguard.service_models import (
+    ClinicContact,
+    FollowUpDismissalOut,
+    MedicineOut,
+    ObservationOut,
+    PanelOut,
+    Principal,
+    SymptomOut,
+    VaccineOut,
+    WebIdentity,
+    WorklistQuery,
+)
+from azaguard.web import patient_view
 
 TEMPLATES = Jinja2Templates(directory=str(FilePath(__file__).resolve().parent / "templates"))
+TEMPLATES.env.filters["long_date"] = long_date  # "Tuesday 22 December": dates patients read
 LOGIN_CSRF = "azaguard_login_csrf"
 router = APIRouter(include_in_schema=False)
 __all__ = ["COOKIE", "FORMS", "LOGIN_CSRF", "TEMPLATES", "error_page", "router"]
@@ -71,9 +90,19 @@ async def form_data(request: Request) -> dict[str, str]:
 FormDep = Annotated[dict[str, str], Depends(form_data)]
 
 
-def check_csrf(who: WebIdentity, form: dict[str, str]) -> None:
-    if not secrets.compare_digest(form.get("csrf", ""), who.csrf):
-        raise service.Denied("the form has expired or did not come from this site; reload the page and try again")
+def check_csrf(
+    who: WebIdentity,
+    form: dict[str, str],
+    s: Session | None = None,
+    resource: str = "web form",
+    patient_id: int | None = None,
+) -> None:
+    """The form must carry its session's CSRF token, else 403. With the request's unit of work `s`
+    the refusal is audited (`resource`: what the form does; `patient_id`: the record it aims at)."""
+    if s is not None:
+        service.check_form_token(s, who, form.get("csrf"), resource, patient_id)
+    elif not secrets.compare_digest(form.get("csrf", "").encode(), who.csrf.encode()):
+        raise service.Denied(service.CSRF_REFUSAL)
 
 
 # ---------------------------------------------------------------- login
@@ -90,7 +119,8 @@ def login_page(request: Request) -> HTMLResponse:
 @router.post("/login")
 def login(request: Request, s: SessionDep, form: FormDep) -> Response:
     cookie = request.cookies.get(LOGIN_CSRF, "")
-    if not cookie or not secrets.compare_digest(cookie, form.get("login_csrf", "")):
+    if not cookie or not secrets.compare_digest(cookie.encode(), form.get("login_csrf", "").encode()):
+        service.record_login_form_refusal(s)
         return render(
             request, "login.html", None, 400, login_csrf=cookie, error="Please reload the page and try again."
         )
@@ -98,8 +128,15 @@ def login(request: Request, s: SessionDep, form: FormDep) -> Response:
         client = request.client.host if request.client else None
         done = service.open_web_session(s, form.get("username", ""), form.get("password", ""), client)
     except service.LoginLocked:
-        message = "Too many failed logins. Try again in 15 minutes."
-        return render(request, "login.html", None, 429, login_csrf=cookie, error=message)
+        return _login_refused(request, cookie, 429, "Too many failed logins. Try again in 15 minutes.", 900)
+    except service.LoginRefused as exc:  # the limit was reached meanwhile (429), or no password check free (503)
+        retry = int((exc.headers or {}).get("Retry-After", "1"))
+        if exc.status_code == 429:
+            minutes = max(1, (retry + 59) // 60)
+            message = f"Too many failed logins. Try again in {minutes} minute{'s' if minutes != 1 else ''}."
+        else:
+            message = "Too many people are logging in at this moment. Try again in a few seconds."
+        return _login_refused(request, cookie, exc.status_code, message, retry)
     except service.LoginFailed:
         return render(request, "login.html", None, 401, login_csrf=cookie, error="Wrong username or password.")
     resp = RedirectResponse("/", status_code=303)
@@ -115,9 +152,16 @@ def login(request: Request, s: SessionDep, form: FormDep) -> Response:
     return resp
 
 
+def _login_refused(request: Request, login_csrf: str, status: int, message: str, retry_after: int) -> HTMLResponse:
+    """The login page again, saying why and when to try again (429 or 503, with Retry-After)."""
+    resp = render(request, "login.html", None, status, login_csrf=login_csrf, error=message)
+    resp.headers["Retry-After"] = str(max(1, retry_after))
+    return resp
+
+
 @router.post("/logout")
 def logout(request: Request, s: SessionDep, who: WebUser, form: FormDep) -> Response:
-    check_csrf(who, form)
+    check_csrf(who, form, s, "logout")
     service.close_web_session(s, who.principal, request.cookies.get(COOKIE))
     resp = RedirectResponse("/login", status_code=303)
     resp.delete_cookie(COOKIE)
@@ -130,36 +174,84 @@ def home(who: WebUser) -> Response:
 
 
 # ---------------------------------------------------------------- clinic
+WORKLIST_PAGE = 50  # rows per worklist page: a 10,000-patient clinic's list is never one page
+
+
+def _page_number(raw: str | None) -> int:
+    """A 1-based page number from the URL; anything else is page 1 (bounded: no huge offsets)."""
+    try:
+        return min(max(int(raw or 1), 1), 100_000)
+    except ValueError:
+        return 1
+
+
+# The counts at the top of the worklist (each a link to its `needs=` filter) and the orders it offers
+NEEDS = {"critical": "critical", "warning": "warning", "overdue": "overdue", "awaiting": "awaiting a result"}
+SORTS = {"urgency": "most urgent", "due": "next blood test", "name": "name", "owner": "owner"}
+
+
 @router.get("/worklist")
 def worklist_page(request: Request, s: SessionDep, who: WebUser) -> HTMLResponse:
     q = request.query_params
     if any("\x00" in v for v in q.values()):
         raise HTTPException(400, "search fields must not contain NUL characters")
+    needs, sort = q.get("needs") or "", q.get("sort") or ""
     flt = WorklistQuery(
         severity=q.get("severity") or None,
         category=q.get("category") or None,
         indication=q.get("indication") or None,
         team=q.get("team") or None,
         search=q.get("q") or None,
-        limit=200,
+        limit=WORKLIST_PAGE,
+        needs=needs if needs in NEEDS else None,  # anything else: no such filter, the whole list
+        mine=q.get("mine") == "1",
+        sort=sort if sort in SORTS else "urgency",
     )
+    number = _page_number(q.get("page"))
+    flt = replace(flt, offset=(number - 1) * WORKLIST_PAGE)
     page = service.worklist(s, who.principal, flt, "web")
+    last = max(1, -(-page.total // WORKLIST_PAGE))
+    if number > last:  # a page past the end (the list shrank meanwhile): show the last one
+        number = last
+        flt = replace(flt, offset=(number - 1) * WORKLIST_PAGE)
+        page = service.worklist(s, who.principal, flt, "web")
     kb = knowledge(request)
+    kept = {k: v for k, v in q.items() if k != "page" and v}  # the filters stay in the page links
+
+    def link(**change: str | None) -> str:
+        """This list with some filters changed (None: dropped), from its first page."""
+        params = {k: v for k, v in {**kept, **change}.items() if v}
+        return "/worklist" + ("?" + urlencode(params) if params else "")
+
+    here = "/worklist?" + urlencode({**kept, "page": number})  # where a claim on this page comes back to
     return render(
         request,
         "worklist.html",
         who,
         entries=page.entries,
         total=page.total,
+        counts=page.counts.model_dump(),
         flt=flt,
+        page=number,
+        pages=last,
+        first_row=flt.offset + 1 if page.entries else 0,
+        last_row=flt.offset + len(page.entries),
+        page_link=lambda n: "/worklist?" + urlencode({**kept, "page": n}),
+        link=link,
+        here=here,
+        needs_labels=NEEDS,
+        sorts=SORTS,
+        team=service.team_members(s, who.principal, "web"),
         categories=sorted({f.category for f in kb.findings.values()} | {"lab", "trend", "interaction"}),
         indications=kb.indications,
     )
 
 
-def _patient_context(request: Request, s: Session, who: Principal, patient_id: int) -> dict[str, Any]:
+def _patient_context(
+    request: Request, s: Session, who: Principal, patient_id: int, grid_dates: int | None = service.GRID_DATES
+) -> dict[str, Any]:
     kb = knowledge(request)
-    view = service.patient_page(s, kb, who, patient_id, "web")
+    view = service.patient_page(s, kb, who, patient_id, "web", grid_dates)
     a = view.assessment
     interaction_by_med: dict[str, list[dict[str, Any]]] = {}
     for f in a["findings"]:
@@ -197,12 +289,114 @@ def _patient_context(request: Request, s: Session, who: Principal, patient_id: i
         "analytes": {
             k: v for k, v in kb.analytes.items() if v.group in ("FBC", "LFT", "renal", "vitals", "metabolites")
         },
+        "summary": view.summary,
+        "grid": view.results,
+        "panels": _panel_forms(kb),
+        "group_label": lambda g: service.group_label(kb, g),
+        "cap": lambda text: text[:1].upper() + text[1:],
+        "display_unit": kb.display_unit,
+        "flash": None,
+        "every_date": False,
+        "grid_limit": service.GRID_DATES,
         "outcomes": service.REVIEW_OUTCOMES,
         "symptoms": kb.symptoms.items,
         "errors": {},
         "values": {},
         "sources_of": {f["code"]: f["sources"] for f in a["findings"]},
+        "reminders": service.patient_reminders(s, who, patient_id, "web"),
+        # The page's read of the record is audited above: listing its documents is part of it
+        "documents": service.list_documents(s, who, patient_id, "web", record=False).documents,
     }
+
+
+def _panel_forms(kb: Knowledge) -> list[dict[str, Any]]:
+    """One entry form per panel of the knowledge (`schedule.panels`): every test of its group, with
+    the unit pre-filled (the display unit when the converter accepts that spelling) and what makes
+    the panel complete."""
+    forms = []
+    for group, panel in kb.schedule.panels.items():
+        needed = {a for alt in panel.require for a in alt}
+        rows = []
+        for key in service.panel_analytes(kb, group):
+            a = kb.analytes[key]
+            shown = kb.display_unit(a.canonical)
+            rows.append(
+                {
+                    "key": key,
+                    "label": a.label,
+                    "unit": shown,
+                    "unit_value": shown if kb.convert(key, 1.0, shown) is not None else a.canonical,
+                    "needed": key in needed,
+                }
+            )
+        parts = [" or ".join(kb.analytes[a].label for a in alt) for alt in panel.require]
+        needs = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+        forms.append({"key": group, "label": service.group_label(kb, group), "rows": rows, "needs": needs})
+    return forms
+
+
+# A one-time confirmation ("Saved full blood count for 3 March: 5 results") for the page a save
+# redirects to (POST-redirect-GET): a cookie scoped to that patient's page, signed with the session's
+# CSRF secret so no other site or session can plant a message, read and cleared by the next page view.
+FLASH = "azaguard_flash"
+
+
+def _flash_mac(who: WebIdentity, payload: str) -> str:
+    return hmac.new(who.csrf.encode(), payload.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _redirect(request: Request, who: WebIdentity, patient_id: int, anchor: str, message: str) -> Response:
+    resp = RedirectResponse(f"/patients/{patient_id}#{anchor}", status_code=303)
+    payload = base64.urlsafe_b64encode(message.encode()).decode()
+    resp.set_cookie(
+        FLASH,
+        f"{_flash_mac(who, payload)}.{payload}",
+        max_age=120,
+        path=f"/patients/{patient_id}",
+        httponly=True,
+        samesite="lax",
+        secure=request.app.state.settings.secure_cookies,
+    )
+    return resp
+
+
+def _take_flash(request: Request, who: WebIdentity) -> str | None:
+    mac, _, payload = request.cookies.get(FLASH, "").partition(".")
+    if not payload or not secrets.compare_digest(mac.encode(), _flash_mac(who, payload).encode()):
+        return None
+    try:
+        return base64.urlsafe_b64decode(payload.encode()).decode()[:300]
+    except ValueError:
+        return None
+
+
+def _day(day: date) -> str:
+    """3 March (3 March 2025 when it is not this year)."""
+    text = f"{day.day} {day.strftime('%B')}"
+    return text if day.year == date.today().year else f"{text} {day.year}"
+
+
+def _saved(kb: Knowledge, form_name: str, done: object) -> str:
+    """What a form saved, in one sentence, for the page it lands on."""
+    if isinstance(done, PanelOut):
+        n = len(done.observations)
+        return f"Saved {done.label} for {_day(done.date)}: {n} result{'s' if n != 1 else ''}."
+    if isinstance(done, ObservationOut):
+        label = kb.analytes[done.analyte].label if done.analyte in kb.analytes else "the result"
+        return f"Saved {label} for {_day(done.date)}: 1 result."
+    if isinstance(done, MedicineOut) and form_name == "hold":
+        return f"Azathioprine withheld from {_day(done.start or date.today())}."
+    if isinstance(done, MedicineOut) and form_name == "dose":
+        return f"Saved the azathioprine dose from {_day(done.start or date.today())}."
+    if isinstance(done, MedicineOut):
+        return "Saved the medicine and checked it against azathioprine."
+    if isinstance(done, VaccineOut):
+        return "Saved the vaccine and checked it against azathioprine."
+    if isinstance(done, SymptomOut):
+        return f"Saved the symptom from {_day(done.date)}."
+    if isinstance(done, FollowUpDismissalOut):
+        return "Dropped the follow-up; the reason is kept."
+    return "Saved."
 
 
 @router.get("/patients/{patient_id}")
@@ -210,8 +404,14 @@ def patient_page(patient_id: PatientId, request: Request, s: SessionDep, who: We
     if who.principal.role == "patient" and who.principal.patient_id == patient_id:
         return RedirectResponse("/me", 303)
     # patient_page authorises: another patient's page is refused and audited
-    ctx = _patient_context(request, s, who.principal, patient_id)
-    return render(request, "patient.html", who, **ctx)
+    every_date = request.query_params.get("dates") == "all"
+    ctx = _patient_context(request, s, who.principal, patient_id, None if every_date else service.GRID_DATES)
+    ctx["flash"] = _take_flash(request, who)
+    ctx["every_date"] = every_date
+    resp = render(request, "patient.html", who, **ctx)
+    if FLASH in request.cookies:
+        resp.delete_cookie(FLASH, path=f"/patients/{patient_id}")
+    return resp
 
 
 @router.get("/patients/{patient_id}/charts.svg")
@@ -221,6 +421,67 @@ def patient_charts(patient_id: PatientId, request: Request, s: SessionDep, who: 
     data = service.chart_data(s, who.principal, patient_id, "web")
     svg = patient_chart_svg(knowledge(request), data.labs, data.doses)
     return Response(svg, media_type="image/svg+xml")
+
+
+@router.post("/patients/{patient_id}/owner")
+def owner_form(patient_id: PatientId, request: Request, s: SessionDep, who: WebUser, form: FormDep) -> Response:
+    """Claim (the user's own username), assign (another's) or unassign (empty) a patient; back to
+    `next` (the worklist page the form was on) or the patient's summary."""
+    check_csrf(who, form, s, "form owner", patient_id)
+    try:
+        with service.attempt(s):
+            service.set_owner(s, who.principal, patient_id, form.get("username", ""), "web")
+    except service.FormError as exc:  # not a clinician or admin: only a hand-made request sends one
+        return error_page(request, 400, f"{exc.field}: {exc.message}")
+    back = form.get("next", "")
+    local = back.startswith("/") and not back.startswith("//") and "\\" not in back
+    return RedirectResponse(back if local else f"/patients/{patient_id}#summary", status_code=303)
+
+
+# ---------------------------------------------------------------- letters and documents (shared care)
+def _contact(request: Request) -> ClinicContact:
+    """Whom a letter says to call: the clinic's settings."""
+    settings = request.app.state.settings
+    return ClinicContact(settings.clinic_name, settings.clinic_phone, settings.out_of_hours)
+
+
+@router.post("/patients/{patient_id}/letters")
+def letter_form(patient_id: PatientId, request: Request, s: SessionDep, who: WebUser, form: FormDep) -> Response:
+    """Write a letter to the GP (or the specialist team) from the assessment, store it as a PDF, and
+    go back to the patient's documents, where it is listed with its download link."""
+    check_csrf(who, form, s, "form letters", patient_id)
+    recipient = form.get("recipient") or "gp"
+    try:
+        doc = service.make_letter(s, knowledge(request), who.principal, patient_id, _contact(request), recipient, "web")
+    except service.FormError as exc:  # only a hand-made request names another recipient
+        return error_page(request, 400, f"{exc.field}: {exc.message}")
+    return RedirectResponse(f"/patients/{patient_id}?letter={doc.id}#documents", status_code=303)
+
+
+@router.get("/patients/{patient_id}/documents/{document_id}.pdf")
+def patient_document(patient_id: PatientId, document_id: RowId, s: SessionDep, who: WebUser) -> Response:
+    found = service.patient_document(s, who.principal, patient_id, document_id, "web")
+    disposition = f'attachment; filename="{found.filename}"'
+    return Response(found.content, media_type=found.media_type, headers={"Content-Disposition": disposition})
+
+
+@router.get("/letters")
+def letters_page(request: Request, s: SessionDep, who: WebUser) -> HTMLResponse:
+    """Patients moved to GP care this month, with their GP letters, and the button that writes the
+    missing ones (clinicians and admins)."""
+    moves = service.gp_moves(s, who.principal, "web")
+    q = request.query_params
+    return render(
+        request, "letters.html", who, moves=moves, month=date.today(), made=q.get("made"), already=q.get("already")
+    )
+
+
+@router.post("/letters/batch")
+def letters_batch(request: Request, s: SessionDep, who: WebUser, form: FormDep) -> Response:
+    check_csrf(who, form, s, "gp-letters-batch")
+    done = service.gp_letters_batch(s, knowledge(request), who.principal, _contact(request), "web")
+    counts = urlencode({"made": len(done.made), "already": len(done.already_written)})
+    return RedirectResponse(f"/letters?{counts}", status_code=303)
 
 
 FormAction = Callable[[Session, Knowledge, Principal, int, dict[str, str]], object]
@@ -255,6 +516,12 @@ def _follow_up(s: Session, kb: Knowledge, u: Principal, pid: int, f: dict[str, s
     return service.dismiss_follow_up(s, kb, u, pid, f.get("key", ""), f.get("reason", ""), "web")
 
 
+def _panel(s: Session, kb: Knowledge, u: Principal, pid: int, f: dict[str, str]) -> object:
+    values = {k.removeprefix("value-"): v for k, v in f.items() if k.startswith("value-")}
+    units = {k.removeprefix("unit-"): v for k, v in f.items() if k.startswith("unit-")}
+    return service.add_panel(s, kb, u, pid, f.get("panel", ""), f.get("date"), values, units, "web")
+
+
 FORMS: dict[str, FormAction] = {
     "lab": _lab,
     "dose": _dose,
@@ -263,6 +530,7 @@ FORMS: dict[str, FormAction] = {
     "symptom": _symptom,
     "hold": _hold,
     "follow-up": _follow_up,
+    "panel": _panel,
 }
 # Where the browser lands after a form is saved (default: the findings, to see the effect at once)
 AFTER = {"hold": "summary", "follow-up": "follow-ups"}
@@ -277,122 +545,134 @@ def patient_form(
     who: WebUser,
     form: FormDep,
 ) -> Response:
-    check_csrf(who, form)
+    check_csrf(who, form, s, f"form {form_name if form_name in FORMS or form_name == 'team' else '?'}", patient_id)
     if form_name == "team":
         try:
             with service.attempt(s):
                 service.set_team(s, who.principal, patient_id, form.get("team", ""), "web")
         except service.FormError as exc:  # only a hand-made request can send another value: a 400, not a 500
             return error_page(request, 400, f"{exc.field}: {exc.message}")
-        return RedirectResponse(f"/patients/{patient_id}#summary", status_code=303)
+        team = "GP (shared care)" if form.get("team") == "gp" else "the specialist team"
+        return _redirect(request, who, patient_id, "summary", f"Saved: monitored by {team}.")
     if form_name not in FORMS:
         return error_page(request, 404, "No such form.")
     action = FORMS[form_name]
+    kb = knowledge(request)
     try:
         with service.attempt(s):  # a bad form rolls back to here: nothing is saved half-way
-            action(s, knowledge(request), who.principal, patient_id, form)
-    except service.FormError as exc:
+            done = action(s, kb, who.principal, patient_id, form)
+    except service.FormError as exc:  # a panel names every wrong field at once
         ctx = _patient_context(request, s, who.principal, patient_id)
-        ctx["errors"] = {form_name: {exc.field: exc.message}}
+        ctx["errors"] = {form_name: exc.errors if isinstance(exc, service.PanelError) else {exc.field: exc.message}}
         ctx["values"] = {form_name: form}
         return render(request, "patient.html", who, 400, **ctx)
-    return RedirectResponse(f"/patients/{patient_id}#{AFTER.get(form_name, 'findings')}", status_code=303)
+    return _redirect(request, who, patient_id, AFTER.get(form_name, "findings"), _saved(kb, form_name, done))
 
 
 @router.post("/findings/{finding_id}/review")
 def review_form(finding_id: RowId, request: Request, s: SessionDep, who: WebUser, form: FormDep) -> Response:
-    check_csrf(who, form)
-    f = service.finding(s, finding_id)
-    if f is None:
-        return error_page(request, 404, "No such finding.")
+    check_csrf(who, form, s, "review")
+    f = service.finding(s, who.principal, finding_id, "web")  # NotFound (404) for another patient's finding too
+    outcome, note = form.get("outcome", ""), form.get("note", "")
     try:
         with service.attempt(s):
-            outcome, note = form.get("outcome", ""), form.get("note", "")
             service.review(s, knowledge(request), who.principal, finding_id, outcome, note, "web")
     except ValueError as exc:  # ReviewError, or a hold the review could not record
         if f.state not in ("open", "info"):  # already reviewed (double submit, two clinicians): no form to mark
             return error_page(request, 400, str(exc))
         ctx = _patient_context(request, s, who.principal, f.patient_id)
-        ctx["errors"] = {f"review-{finding_id}": {"outcome": str(exc)}}
+        # The error sits on the field it is about (no outcome, or "not relevant" without a reason),
+        # and the form keeps what was chosen and typed.
+        if not outcome:
+            field, message = "outcome", "Choose what was done."
+        elif outcome == "not-relevant" and not note.strip():
+            field, message = "note", "A reason is needed when a finding is not relevant."
+        else:
+            field, message = "outcome", str(exc)
+        ctx["errors"] = {f"review-{finding_id}": {field: message}}
+        ctx["values"] = {f"review-{finding_id}": form}
         return render(request, "patient.html", who, 400, **ctx)
     back = form.get("next") or f"/patients/{f.patient_id}#findings"
-    return RedirectResponse(
-        back if back.startswith("/") and not back.startswith("//") else "/worklist", status_code=303
-    )
+    if not back.startswith("/") or back.startswith("//"):
+        back = "/worklist"
+    if back == f"/patients/{f.patient_id}#findings":
+        done = service.REVIEW_OUTCOMES.get(outcome, outcome)
+        return _redirect(request, who, f.patient_id, "findings", f"Recorded the review: {done}.")
+    return RedirectResponse(back, status_code=303)
 
 
 # ---------------------------------------------------------------- patient's own view
-def _plain_result(kb: Knowledge, analyte: str, value: float) -> str:
-    for t in kb.thresholds:
-        if t.analyte == analyte and (
-            (t.comparator == "<" and value < t.value) or (t.comparator == ">" and value > t.value)
-        ):
-            return t.patient_text
-    return "Within the range that is safe on azathioprine."
-
-
-def _my_results(kb: Knowledge, view: PatientPage) -> list[dict[str, Any]]:
-    """The latest FBC, liver and kidney results, each with what it means, in plain language."""
-    latest: dict[str, ObservationOut] = {}
-    for o in view.labs:
-        latest[o.analyte or ""] = o
-    return [
-        {
-            "label": kb.analytes[k].label,
-            "value": o.value,
-            "unit": o.unit,
-            "date": o.date,
-            "meaning": _plain_result(kb, k, o.value or 0.0),
-        }
-        for k, o in latest.items()
-        if k in kb.analytes and kb.analytes[k].group in ("FBC", "LFT", "renal") and o.value is not None
-    ]
-
-
 @router.get("/me")
 def my_record(request: Request, s: SessionDep, who: WebUser) -> Response:
+    """The patient's page in plain language (web/patient_view.py): the engine's dates and words."""
     user = who.principal
     if user.role != "patient" or user.patient_id is None:
         return RedirectResponse("/worklist", status_code=303)
     kb = knowledge(request)
     view = service.patient_page(s, kb, user, user.patient_id, "web")
     a = view.assessment
-    groups = [g for g in a["monitoring"]["groups"] if g["next_due"]]
-    next_due = min((g["next_due"] for g in groups), default=None)
-    # The next test may be a repeat a finding asked for, earlier than the schedule alone
-    next_is_repeat = any(g.get("due_reason") == "follow-up" for g in groups if g["next_due"] == next_due)
+    today = date.today()
     medicine_notes = [f for f in a["findings"] if f["category"] in ("interaction", "dosing", "vaccine", "reproduction")]
+    reported = request.query_params.get("reported") == "1"
+    report_form = getattr(request.state, "report_form", None) or {"errors": {}, "values": {}}
     return render(
         request,
         "me.html",
         who,
         p=view.patient,
         a=a,
-        next_due=next_due,
-        next_is_repeat=next_is_repeat,
-        next_overdue=next_due is not None and next_due < date.today().isoformat(),
+        next_test=patient_view.next_test(kb, a, today),
         treatment=a.get("treatment") or {"state": ""},
-        results=_my_results(kb, view),
+        results=patient_view.results(kb, view),
         medicines=[x for x in view.medicines if x.status in ("active", "draft")],
         notes=medicine_notes,
-        symptoms=kb.symptoms.items,
+        red_flags=[label for key, label in patient_view.symptom_choices(kb) if key in kb.symptoms.items],
+        symptom_choices=patient_view.symptom_choices(kb),
+        how_bad=patient_view.HOW_BAD,
+        emergency=kb.symptoms.emergency,
         my_reports=view.symptoms,
-        reported=request.query_params.get("reported") == "1",
+        reported=reported,
+        report_advice=patient_view.report_advice(a, today) if reported else [],
+        report_errors=report_form["errors"],
+        report_values=report_form["values"],
         errors={},
+        reminder_prefs=service.reminder_prefs(s, user, request.app.state.settings.reminders, "web"),
     )
 
 
 @router.post("/me/symptom")
 def my_symptom(request: Request, s: SessionDep, who: WebUser, form: FormDep) -> Response:
-    check_csrf(who, form)
-    pid = service.own_record(s, who.principal, "report-symptom (patient view)", "only patients report symptoms here")
+    """The patient's symptom report: what, how bad, since when, in their words. A mistake brings the
+    page back (400) with the message at the field and everything typed kept; nothing is saved."""
+    check_csrf(who, form, s, "report-symptom (patient view)", who.principal.patient_id)
     try:
         with service.attempt(s):
-            symptom, when = form.get("symptom", ""), form.get("date") or date.today()
-            service.report_symptom(s, knowledge(request), who.principal, pid, symptom, when, "web")
+            service.report_my_symptom(
+                s, knowledge(request), who.principal, form.get("symptom", ""), form.get("how_bad", ""),
+                form.get("since"), form.get("details", ""), "web",
+            )  # fmt: skip
     except service.FormError as exc:
-        return error_page(request, 400, f"{exc.field}: {exc.message}")
+        request.state.report_form = {"errors": {exc.field: exc.message}, "values": form}
+        page = my_record(request, s, who)
+        page.status_code = 400
+        return page
     return RedirectResponse("/me?reported=1", status_code=303)
+
+
+@router.post("/me/reminders")
+def my_reminders(request: Request, s: SessionDep, who: WebUser, form: FormDep) -> Response:
+    """The patient chooses how to be reminded of blood tests, or opts out (_reminder_prefs.html)."""
+    check_csrf(who, form, s, "reminder-prefs (patient view)", who.principal.patient_id)
+    config = request.app.state.settings.reminders
+    try:
+        with service.attempt(s):
+            service.set_reminder_prefs(s, who.principal, config, form.get("channel", ""), form.get("email", ""), "web")
+    except service.FormError as exc:  # the page again, the error on its field, the choice kept
+        request.state.reminder_form = {"errors": {exc.field: exc.message}, "values": form}
+        page = my_record(request, s, who)
+        page.status_code = 400
+        return page
+    return RedirectResponse("/me?reminders=saved#reminders", status_code=303)
 
 
 @router.get("/me/next-test.ics")
@@ -432,7 +712,11 @@ def my_ics(request: Request, s: SessionDep, who: WebUser) -> Response:
 @router.get("/guide")
 def guide(request: Request, who: WebUser) -> HTMLResponse:
     kb = knowledge(request)
-    return render(request, "guide.html", who, sections=kb.guide, cite=kb.cite)
+    article = kb.guide_article
+    published = day_month_year(article.published) if article else ""
+    return render(
+        request, "guide.html", who, sections=kb.guide, sources=kb.sources, article=article, published=published
+    )
 
 
 # ---------------------------------------------------------------- admin
@@ -447,14 +731,14 @@ def quarantine_page(request: Request, s: SessionDep, who: WebUser) -> HTMLRespon
 
 @router.post("/quarantine/{item_id}/{verb}")
 def quarantine_action(
-    item_id: int,
+    item_id: RowId,
     verb: str,
     request: Request,
     s: SessionDep,
     who: WebUser,
     form: FormDep,
 ) -> Response:
-    check_csrf(who, form)
+    check_csrf(who, form, s, "quarantine action")
     try:
         with service.attempt(s):
             if verb == "reprocess":
@@ -471,10 +755,7 @@ def quarantine_action(
     return RedirectResponse(f"/quarantine?msg={quote(msg)}", status_code=303)
 
 
-@router.get("/audit")
-def audit_page(request: Request, s: SessionDep, who: WebUser) -> HTMLResponse:
-    found = service.audit_log(s, who.principal, None, 500, "web")
-    return render(request, "audit.html", who, events=found.events)
+# The audit log's pages (/audit, /audit.csv) are in azaguard.web.admin.
 
 
 @router.get("/import")
@@ -485,25 +766,31 @@ def import_page(request: Request, s: SessionDep, who: WebUser) -> HTMLResponse:
 
 @router.post("/import")
 async def import_upload(request: Request) -> Response:
-    form = await request.form()
-    upload = form.get("file")
-    data = await upload.read() if isinstance(upload, UploadFile) else b""
-    name = (upload.filename if isinstance(upload, UploadFile) else None) or "upload"
-    csrf = str(form.get("csrf", ""))
     # The database work runs on a worker thread, like every other route: never on the event loop.
-    return await run_in_threadpool(_import_upload, request, csrf, name, data)
+    # Who is asking is checked before the upload is read (no session: the login page; not a
+    # clinician or admin: 403); starlette's multipart parser then spools the file to a temporary
+    # file on disk (over 1 MB), which the import reads and which is deleted when the form closes.
+    who = await run_in_threadpool(_import_identity, request)
+    async with request.form() as form:
+        upload = form.get("file")
+        file = upload.file if isinstance(upload, UploadFile) else io.BytesIO()
+        name = (upload.filename if isinstance(upload, UploadFile) else None) or "upload"
+        csrf = str(form.get("csrf", ""))
+        return await run_in_threadpool(_import_upload, request, who, csrf, name, file)
 
 
-def _import_upload(request: Request, csrf: str, name: str, data: bytes) -> Response:
+def _import_identity(request: Request) -> WebIdentity:
     with database(request).session() as s:
-        who = service.web_identity(s, request.cookies.get(COOKIE))
-        if who is None:
-            raise LoginRequired()
-        check_csrf(who, {"csrf": csrf})
-        service.require_role(s, who.principal, ("clinician", "admin"), "import", "web")
+        who = web_identity(request, s)  # the dependency's check, called before the form is read
+        service.may_import(s, who.principal, "web")
+        return who
+
+
+def _import_upload(request: Request, who: WebIdentity, csrf: str, name: str, file: IO[bytes]) -> Response:
+    with database(request).session() as s:
+        check_csrf(who, {"csrf": csrf}, s, "import")
         try:
-            text = data.decode("utf-8")
-            summary = service.import_text(s, knowledge(request), who.principal, text, None, name, "web")
+            summary = service.import_upload(s, knowledge(request), who.principal, file, None, name, "web")
         except ValueError as exc:  # not UTF-8, empty, an unknown format
             return render(request, "import.html", who, 400, summary=None, error=str(exc))
         return render(request, "import.html", who, summary=summary.model_dump(), error=None)
