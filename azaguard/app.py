@@ -27,6 +27,7 @@ from azaguard import __version__, service
 from azaguard.deps import LoginRequired
 from azaguard.deps import Settings as Settings  # re-exported: `from azaguard.app import Settings, create_app`
 from azaguard.knowledge import Knowledge, load_knowledge
+from azaguard.render.letter import PdfEngineMissing
 from azaguard.store.db import Database, DatabaseBusy, InFlightLimit
 
 log = logging.getLogger("azaguard.app")
@@ -95,6 +96,13 @@ def create_app(db: Database | None = None, kb: Knowledge | None = None, settings
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )
+
+    @app.exception_handler(PdfEngineMissing)
+    async def pdf_engine_missing(request: Request, exc: PdfEngineMissing) -> Any:
+        # A deployment problem, not a bug: say what to install; the rest of the service works.
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": {"status": 503, "message": str(exc)}}, status_code=503)
+        return error_page(request, 503, str(exc))
 
     @app.exception_handler(DatabaseBusy)
     async def database_busy(request: Request, exc: DatabaseBusy) -> Any:

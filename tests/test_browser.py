@@ -71,8 +71,8 @@ def clinic(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 def open_page(new_context: Callable[..., Any], clinic: Clinic) -> Callable[..., Any]:
     """A fresh browser context (own cookies) per call, so two users can be logged in at once.
 
-    The server-side matplotlib chart takes 1-3 s per patient page; tests that are not about the
-    chart refuse its request so every page load does not wait for it (test (e) loads it for real).
+    Tests that are not about the chart refuse its request, so each page load is only the page
+    (test (e) loads the chart for real).
     """
 
     def make(charts: bool = False) -> Any:

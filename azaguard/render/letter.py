@@ -151,9 +151,32 @@ class _NoFetch:
         return self.fetch(url)
 
 
+class PdfEngineMissing(RuntimeError):
+    """WeasyPrint is installed but the system libraries it draws with (Pango) are not."""
+
+
+PDF_ENGINE_HELP = (
+    "letters need the PDF engine's system libraries (Pango), which this server lacks: "
+    "install them (Debian/Ubuntu: apt-get install libpango-1.0-0 libpangoft2-1.0-0) and restart"
+)
+
+
+def pdf_engine_available() -> bool:
+    """Whether letters can be drawn here (WeasyPrint finds Pango)."""
+    try:
+        import weasyprint  # noqa: F401
+    except OSError:
+        return False
+    return True
+
+
 def html_to_pdf(html: str) -> bytes:
-    """Draw the HTML as a PDF (A4, system fonts); no URL is fetched."""
-    import weasyprint  # imported here: ~1 s, paid only by the first letter a process writes
+    """Draw the HTML as a PDF (A4, system fonts); no URL is fetched. Without Pango on the system,
+    PdfEngineMissing (the app answers 503 with what to install) rather than a server error."""
+    try:
+        import weasyprint  # imported here: ~1 s, paid only by the first letter a process writes
+    except OSError as error:  # "cannot load library 'libpango-1.0-0'"
+        raise PdfEngineMissing(PDF_ENGINE_HELP) from error
 
     doc = weasyprint.HTML(string=html, base_url=None, url_fetcher=_NoFetch())
     pdf: bytes = doc.write_pdf()

@@ -1,4 +1,4 @@
-"""Result charts drawn server-side with matplotlib (SVG): no JavaScript, no CDN, deterministic.
+"""Result charts drawn server-side as plain SVG: no JavaScript, no CDN, deterministic.
 
 Threshold bands come from the knowledge base (the same numbers the engine uses, local
 protocol included), so the shading can never disagree with the findings.
@@ -6,12 +6,12 @@ protocol included), so the shading can never disagree with the findings.
 
 from __future__ import annotations
 
-import io
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
-from datetime import date
+from collections.abc import Callable, Sequence
+from datetime import date, timedelta
+from html import escape
 
 from azaguard.knowledge import Knowledge
 from azaguard.service_models import MedicineOut, ObservationOut
@@ -78,57 +78,148 @@ def patient_chart_svg(kb: Knowledge, labs: Sequence[ObservationOut], meds: Seque
     return svg
 
 
-def _draw(kb: Knowledge, points: Points, doses: Doses) -> str:
-    import matplotlib
-    from matplotlib.figure import Figure
+# Layout of the drawing, in SVG user units (the page scales the image to its width).
+_WIDTH, _LEFT, _RIGHT = 1000, 64, 16
+_PANEL, _GAP, _TOP, _BOTTOM = 120, 44, 34, 30
+_LINE_COLOURS = ("#1f5fa8", "#c0560f")
+_THRESHOLD_COLOURS = {"critical": "#b00020", "warning": "#a15c00"}
+_DOSE_COLOUR = "#16324f"
+_FONT = "DejaVu Sans, Arial, sans-serif"
 
-    # A Figure object per request, never pyplot's global state: requests run on several threads.
-    matplotlib.rcParams["svg.hashsalt"] = "azaguard"  # stable ids: identical data gives an identical file
-    matplotlib.rcParams["svg.fonttype"] = "none"  # text as text, not outlines: smaller, faster, readable
-    fig = Figure(figsize=(10, 1.7 * len(PANELS)))
-    axes = fig.subplots(len(PANELS), 1, sharex=True)
-    for ax, (title, analytes) in zip(axes, PANELS, strict=True):
-        ax.set_title(title, loc="left", fontsize=9)
-        values: list[float] = []
-        for analyte in analytes:
-            pts = [(when, value) for name, when, value in points if name == analyte]
-            if pts:
-                xs, ys = zip(*pts, strict=True)
-                ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.2, label=kb.analytes[analyte].label)
-                values.extend(ys)
-        if not values:
-            ax.text(0.5, 0.5, "no results", transform=ax.transAxes, ha="center", va="center", color="#888", fontsize=8)
-        lo, hi = ax.get_ylim()
-        for t in kb.thresholds:
-            if t.analyte not in analytes:
-                continue
-            color = "#b00020" if t.severity == "critical" else "#a15c00"
-            if t.comparator == "<":
-                ax.axhspan(min(lo, 0), t.value, color=color, alpha=0.12, linewidth=0)
-            else:
-                ax.axhspan(t.value, max(hi, t.value * 1.5), color=color, alpha=0.12, linewidth=0)
-            ax.axhline(t.value, color=color, linewidth=0.8, linestyle=":")
-        if values:
-            top = max(max(values), *(t.value for t in kb.thresholds if t.analyte in analytes), 0) * 1.15
-            ax.set_ylim(0, top or 1)
-        for start, _mg in doses:
-            ax.axvline(start, color="#16324f", linewidth=0.8, linestyle="--", alpha=0.6)
-        if len(analytes) > 1 and values:
-            ax.legend(fontsize=7, loc="upper left")
-        ax.tick_params(labelsize=7)
-    if doses:
-        top_ax = axes[0]
-        for start, mg in doses:
-            top_ax.annotate(
-                f"{mg:g} mg",
-                (start, 1.0),
-                xycoords=("data", "axes fraction"),
-                fontsize=7,
-                color="#16324f",
-                rotation=90,
-                va="top",
+
+def _nice_step(span: float, ticks: int = 4) -> float:
+    """A round tick step (1, 2 or 5 times a power of ten) giving about `ticks` ticks over `span`."""
+    raw = span / ticks if span > 0 else 1.0
+    power = float(10.0 ** math.floor(math.log10(raw)))
+    for factor in (1, 2, 5, 10):
+        if raw <= factor * power:
+            return factor * power
+    return 10 * power
+
+
+def _draw(kb: Knowledge, points: Points, doses: Doses) -> str:
+    """The charts as plain SVG: one panel per test group, results as lines with markers, the
+    knowledge base's thresholds as shaded bands with a dotted line, dose changes as dashed lines.
+    Written directly (a few milliseconds) rather than through a plotting library (hundreds)."""
+    days = [when for _, when, _ in points] + [start for start, _ in doses]
+    first, last = (min(days), max(days)) if days else (date.today(), date.today())
+    if (last - first).days < 2:
+        first, last = first - timedelta(days=15), last + timedelta(days=15)
+    span = (last - first).days
+    inner = _WIDTH - _LEFT - _RIGHT
+    height = _TOP + len(PANELS) * (_PANEL + _GAP) - _GAP + _BOTTOM
+
+    def x_of(when: date) -> float:
+        return _LEFT + inner * (when - first).days / span
+
+    out = [
+        '<?xml version="1.0" encoding="utf-8"?>',
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {_WIDTH} {height}" width="{_WIDTH}" '
+        f'height="{height}" font-family="{_FONT}" role="img">',
+        "<title>Results over time</title>",
+        "<desc>Each panel is one test; shaded bands are the thresholds that give a finding; dashed lines "
+        "are azathioprine dose changes.</desc>",
+        f'<rect width="{_WIDTH}" height="{height}" fill="#ffffff"/>',
+    ]
+    for i, (title, analytes) in enumerate(PANELS):
+        top_y = _TOP + i * (_PANEL + _GAP)
+        out += _panel(kb, title, analytes, points, doses, top_y, x_of, i == 0)
+    out += _date_axis(first, last, x_of, _TOP + len(PANELS) * (_PANEL + _GAP) - _GAP)
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _panel(
+    kb: Knowledge,
+    title: str,
+    analytes: tuple[str, ...],
+    points: Points,
+    doses: Doses,
+    top_y: float,
+    x_of: Callable[[date], float],
+    first_panel: bool,
+) -> list[str]:
+    series = [(a, [(w, v) for name, w, v in points if name == a]) for a in analytes]
+    values = [v for _, pts in series for _, v in pts]
+    limits = [t for t in kb.thresholds if t.analyte in analytes]
+    top = max([*values, *(t.value for t in limits), 0.0]) * 1.15 or 1.0
+    bottom_y = top_y + _PANEL
+
+    def y_of(value: float) -> float:
+        return bottom_y - _PANEL * min(max(value, 0.0), top) / top
+
+    right = _WIDTH - _RIGHT
+    out = [
+        f'<text x="{_LEFT}" y="{top_y - 8:.1f}" font-size="13" font-weight="bold" fill="#1b1b1b">'
+        f"{escape(title)}</text>",
+        f'<rect x="{_LEFT}" y="{top_y}" width="{right - _LEFT}" height="{_PANEL}" fill="none" stroke="#8a8a8a"/>',
+    ]
+    for t in limits:  # the knowledge base's thresholds: the same numbers the engine uses
+        colour = _THRESHOLD_COLOURS.get(t.severity, _THRESHOLD_COLOURS["warning"])
+        line = y_of(t.value)
+        band_top, band_bottom = (line, bottom_y) if t.comparator == "<" else (top_y, line)
+        out.append(
+            f'<rect x="{_LEFT}" y="{band_top:.1f}" width="{right - _LEFT}" '
+            f'height="{max(band_bottom - band_top, 0):.1f}" fill="{colour}" fill-opacity="0.12"/>'
+        )
+        out.append(
+            f'<line x1="{_LEFT}" y1="{line:.1f}" x2="{right}" y2="{line:.1f}" stroke="{colour}" '
+            'stroke-width="1" stroke-dasharray="2 3"/>'
+        )
+    step = _nice_step(top)
+    tick = 0.0
+    while tick <= top + 1e-9:
+        y = y_of(tick)
+        out.append(f'<line x1="{_LEFT - 4}" y1="{y:.1f}" x2="{_LEFT}" y2="{y:.1f}" stroke="#8a8a8a"/>')
+        out.append(
+            f'<text x="{_LEFT - 7}" y="{y + 4:.1f}" font-size="11" text-anchor="end" fill="#333">{tick:g}</text>'
+        )
+        tick += step
+    label_row, last_label = 0, -1e9
+    for start, mg in doses:
+        x = x_of(start)
+        out.append(
+            f'<line x1="{x:.1f}" y1="{top_y}" x2="{x:.1f}" y2="{bottom_y}" stroke="{_DOSE_COLOUR}" '
+            'stroke-width="1" stroke-dasharray="5 4" stroke-opacity="0.6"/>'
+        )
+        if first_panel:  # the dose, once, at the top; labels of close changes step down, not overlap
+            label_row = label_row + 1 if x - last_label < 60 else 0
+            last_label = x
+            out.append(
+                f'<text x="{x + 3:.1f}" y="{top_y + 12 + 13 * (label_row % 4)}" font-size="11" '
+                f'fill="{_DOSE_COLOUR}">{mg:g} mg</text>'
             )
-    fig.subplots_adjust(left=0.07, right=0.98, top=0.97, bottom=0.04, hspace=0.45)  # tight_layout costs ~40%
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg")
-    return buf.getvalue()
+    for n, (analyte, pts) in enumerate(series):
+        colour = _LINE_COLOURS[n % len(_LINE_COLOURS)]
+        coords = " ".join(f"{x_of(w):.1f},{y_of(v):.1f}" for w, v in pts)
+        if len(pts) > 1:
+            out.append(f'<polyline points="{coords}" fill="none" stroke="{colour}" stroke-width="1.6"/>')
+        out += [f'<circle cx="{x_of(w):.1f}" cy="{y_of(v):.1f}" r="2.6" fill="{colour}"/>' for w, v in pts]
+        if len(analytes) > 1 and pts:
+            label = escape(kb.analytes[analyte].label)
+            lx = _LEFT + 8 + 150 * n
+            out.append(f'<rect x="{lx}" y="{top_y + 6}" width="10" height="10" fill="{colour}"/>')
+            out.append(f'<text x="{lx + 14}" y="{top_y + 15}" font-size="11" fill="#1b1b1b">{label}</text>')
+    if not values:
+        out.append(
+            f'<text x="{(_LEFT + right) / 2:.1f}" y="{top_y + _PANEL / 2 + 4:.1f}" font-size="12" '
+            'text-anchor="middle" fill="#666">no results</text>'
+        )
+    return out
+
+
+def _date_axis(first: date, last: date, x_of: Callable[[date], float], y: float) -> list[str]:
+    """About six dates under the last panel, evenly spaced across the period shown."""
+    out = []
+    span = (last - first).days
+    count = min(6, span)
+    for k in range(count + 1):
+        when = first + timedelta(days=round(span * k / count))
+        x = x_of(when)
+        anchor = "start" if k == 0 else "end" if k == count else "middle"
+        out.append(f'<line x1="{x:.1f}" y1="{y}" x2="{x:.1f}" y2="{y + 4}" stroke="#8a8a8a"/>')
+        out.append(
+            f'<text x="{x:.1f}" y="{y + 17}" font-size="11" text-anchor="{anchor}" fill="#333">'
+            f"{when.day} {when:%b %Y}</text>"
+        )
+    return out
