@@ -156,6 +156,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         logins = build_demo(db, args.patients)
     secure = os.environ.get("AZAGUARD_SECURE_COOKIES") == "1"
     workers = max(1, args.workers)
+    # Built (and so checked: SMTP, reminder channels) before "serving" is printed; the worker
+    # processes of --workers N build the same settings from the same environment.
+    settings = Settings(secure_cookies=secure, background_refresh=workers == 1)
+    settings.clinic_name = args.clinic_name or settings.clinic_name
     ready = time.perf_counter() - started
     where = f"on http://{args.host}:{args.port}" + (f" ({workers} processes)" if workers > 1 else "")
     print(f"azaguard serving {db.url.split('@')[-1]} {where} (ready in {ready:.1f} s)")
@@ -165,8 +169,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"  {role:<9} {username:<10} password: {password}")
     sys.stdout.flush()
     if workers == 1:
-        settings = Settings(secure_cookies=secure, background_refresh=True)
-        settings.clinic_name = args.clinic_name or settings.clinic_name
         app = create_app(db, settings=settings)  # with its in-flight limit (azaguard.app)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
         return 0
