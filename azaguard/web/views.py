@@ -244,6 +244,7 @@ def worklist_page(request: Request, s: SessionDep, who: WebUser) -> HTMLResponse
         team=service.team_members(s, who.principal, "web"),
         categories=sorted({f.category for f in kb.findings.values()} | {"lab", "trend", "interaction"}),
         indications=kb.indications,
+        display_units=kb.display_units,  # "10*9/L" as screens write it (x10^9/L); the API keeps UCUM
     )
 
 
