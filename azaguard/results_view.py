@@ -47,11 +47,12 @@ def group_label(kb: Knowledge, group: str) -> str:
     return panel.label if panel is not None and panel.label else group
 
 
-def engine_flags(kb: Knowledge, labs: Sequence[d.LabResult], days: Iterable[date]) -> Flags:
+def engine_flags(kb: Knowledge, record: d.PatientRecord, days: Iterable[date]) -> Flags:
     """Observation id -> (worst severity, finding codes) for the results dated on `days`, from the
     engine's lab checks as of each of those days (only the result a finding is about is marked:
-    a rise marks the new value, not the baseline it is compared with)."""
-    record = d.PatientRecord(patient_id="", labs=tuple(labs))
+    a rise marks the new value, not the baseline it is compared with). The whole record goes in,
+    as the engine sees it: some lab rules read more than results (a bilirubin above the limit with
+    jaundice reported is critical at any multiple), and the context hides what came later."""
     marks: dict[int, list[tuple[str, str]]] = {}
     for day in sorted(set(days)):
         ctx = build_context(record, kb, day)
@@ -191,6 +192,6 @@ def page_results(
     The engine's checks run for the days the page shows: the grid's columns and each latest result."""
     days = sorted({o.date for o in labs if o.analyte in kb.analytes and o.value is not None}, reverse=True)
     shown = days if limit is None else days[:limit]
-    flags = engine_flags(kb, record.labs, {*shown, *(o.date for o in latest_results(labs).values())})
+    flags = engine_flags(kb, record, {*shown, *(o.date for o in latest_results(labs).values())})
     strip = summary_strip(kb, labs, flags, record.allergies, record.statuses, today)
     return strip, results_grid(kb, labs, flags, limit)

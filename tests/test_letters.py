@@ -275,6 +275,9 @@ def test_a_patient_reads_their_own_letters_and_never_anothers(clinic: Clinic, le
     assert own.status_code == 200 and own.content.startswith(b"%PDF-")
     assert clinic.api["alma"].get(f"/api/v1/patients/{a}/documents").status_code == 200
     assert clinic.web["alma"].get(f"/patients/{a}/documents/{doc}.pdf").status_code == 200
+    # ... and finds it listed on her own page; B's page lists none of A's letters
+    assert f'href="/patients/{a}/documents/{doc}.pdf"' in clinic.web["alma"].get("/me").text
+    assert f"/documents/{doc}.pdf" not in clinic.web["bert"].get("/me").text
 
     mark = clinic.audit_mark()
     other = clinic.api["bert"].get(f"/api/v1/documents/{doc}")

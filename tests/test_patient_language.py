@@ -405,3 +405,25 @@ def test_the_guides_correction_boxes_name_the_article_they_correct(clinic: Clini
     text_seen = visible_text(page)
     assert "older leaflets" not in text_seen
     assert not re.search(r"\b[A-Z][A-Za-z]+-?[A-Za-z0-9]*\d{4}: ", text_seen)  # no source keys ("BSR2016: ")
+
+
+def test_a_next_day_repeat_asked_for_on_a_friday_is_not_moved_back_onto_the_friday() -> None:
+    """A repeat asked for 1 day after a Friday result falls on the Saturday. The working day before it
+    is the Friday of the result itself, which a test cannot answer (only a later one does): the date
+    stays on the Saturday rather than becoming overdue at once. (No knowledge rule asks for a next-day
+    repeat today; a local protocol may.)"""
+    from dataclasses import replace
+
+    rules = tuple(
+        replace(t, follow_up=replace(t.follow_up, days=1))
+        if t.analyte == "neutrophils" and t.follow_up is not None
+        else t
+        for t in GB_ENG.thresholds
+    )
+    kb = replace(GB_ENG, thresholds=type(GB_ENG.thresholds)(rules))
+    b = on_treatment(start="2025-01-06")
+    b.bloods("2026-12-11", neut=low_neutrophils(kb))  # a Friday
+    a = run(b, "2026-12-11", kb)
+    (u,) = [u for u in a.monitoring.follow_ups if u.group == "FBC"]
+    assert (u.since, u.due, u.moved_from) == (date(2026, 12, 11), date(2026, 12, 12), None)
+    assert u.state == "open"

@@ -17,7 +17,7 @@ import json
 import re
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -474,3 +474,28 @@ def test_findings_are_in_severity_order(clinic: Clinic, kb: Knowledge) -> None:
     assert codes.index(f"lab-{crit.id}") < codes.index(f"lab-{warn.id}")
     rank = {"critical": 0, "warning": 1}
     assert [rank[sev] for sev, _ in order] == sorted(rank[sev] for sev, _ in order)
+
+
+def test_a_grid_flag_reads_the_whole_record_as_the_engine_does(kb: Knowledge) -> None:
+    """A bilirubin above the laboratory's limit with jaundice reported is critical at any multiple
+    (lab-bilirubin-jaundice): the grid flags that cell critical, as the engine's finding says, and
+    leaves it unflagged without the jaundice report (a grade-1 rise alone gives no finding)."""
+    from conftest import on_treatment
+
+    from azaguard.readers.fhir import read_bundle
+    from azaguard.results_view import engine_flags
+
+    def flags_for(jaundice: bool) -> dict[int, tuple[str, tuple[str, ...]]]:
+        b = on_treatment()
+        b.lab("1975-2", 30, "umol/L", "2025-09-01", "Bilirubin", ref_high=21)
+        if jaundice:
+            b.symptom("18165001", "Jaundice", "2025-08-30")
+        record = read_bundle(b.bundle(), kb)
+        record = replace(record, labs=tuple(replace(r, source_id=str(i + 1)) for i, r in enumerate(record.labs)))
+        (bili,) = [r for r in record.labs if r.analyte == "bilirubin"]
+        flags = engine_flags(kb, record, {date(2025, 9, 1)})
+        return {k: v for k, v in flags.items() if k == int(bili.source_id)}
+
+    (flag,) = flags_for(jaundice=True).values()
+    assert flag == ("critical", ("lab-bilirubin-jaundice",))
+    assert flags_for(jaundice=False) == {}

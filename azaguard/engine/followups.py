@@ -68,7 +68,11 @@ def follow_ups(ctx: Context, findings: list[d.Finding]) -> list[d.FollowUp]:
             continue
         key = f"{spec.group}|{since.isoformat()}" + (f"|{'+'.join(spec.answered_by)}" if spec.answered_by else "")
         asked = since + timedelta(days=spec.days)
-        due = working_day(ctx.kb.calendar, asked, since)  # a weekend or holiday: the working day before (never later)
+        # A weekend or holiday: the working day before (never later), but not back onto the day of
+        # the result that asked for it unless it was asked for that same day (a same-day test
+        # answers only a same-day follow-up).
+        earliest = since if spec.days == 0 else since + timedelta(days=1)
+        due = working_day(ctx.kb.calendar, asked, earliest)
         state: State = "dismissed" if key in dismissed else ("overdue" if due < ctx.as_of else "open")
         item = d.FollowUp(
             key=key, group=spec.group, since=since, due=due, finding_code=f.code, reason=f.message,

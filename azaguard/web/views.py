@@ -638,6 +638,8 @@ def my_record(request: Request, s: SessionDep, who: WebUser) -> Response:
         report_values=report_form["values"],
         errors={},
         reminder_prefs=service.reminder_prefs(s, user, request.app.state.settings.reminders, "web"),
+        # the letters written about them (the page's read of the record is audited once, above)
+        letters=service.list_documents(s, user, user.patient_id, "web", record=False).documents,
     )
 
 
