@@ -744,7 +744,7 @@ def review(
         held = outcome == "withheld" and _takes_azathioprine(s, f.patient_id)
         if held:
             try:
-                writes.hold_azathioprine(s, kb, f.patient_id, _AGE.sub("", f.message))
+                writes.hold_azathioprine(s, kb, f.patient_id, wl.without_age(f.message))
             except FormError as exc:
                 raise ReviewError(f"azathioprine could not be recorded as withheld: {exc.message}") from None
             wl.refresh_patient(s, kb, f.patient_id)
@@ -755,8 +755,6 @@ def review(
     return _review_out(r)
 
 
-# "(63 days ago)" in a finding message is true on the day it is shown, not in a stored reason.
-_AGE = re.compile(r" \((?:today|1 day ago|\d+ days ago)\)")
 
 
 def _takes_azathioprine(s: Session, patient_id: int) -> bool:

@@ -208,6 +208,8 @@ NO_URGENT: dict[str, Any] = {"urgent_code": "", "urgent_message": "", "urgent_va
 
 
 def without_age(message: str) -> str:
+    """A finding's message without its "(N days ago)": for what is stored (the worklist row, the
+    reason of a hold recorded by a review), where the age would soon be wrong."""
     return _AGE.sub("", message)
 
 
