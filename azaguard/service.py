@@ -755,8 +755,6 @@ def review(
     return _review_out(r)
 
 
-
-
 def _takes_azathioprine(s: Session, patient_id: int) -> bool:
     """An active azathioprine entry still running today (not on hold, not ended)."""
     today = date.today()

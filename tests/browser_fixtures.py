@@ -82,3 +82,35 @@ def screenshot(page: Any, name: str) -> Path:
     path = screenshot_path(name)
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def login(page: Any, username: str, password: str, base: str = "") -> None:
+    """Sign in through the login form, as a person does (`base`: when the page has no base_url)."""
+    page.goto(f"{base}/login")
+    page.fill("#username", username)
+    page.fill("#password", password)
+    with page.expect_navigation():
+        page.click("#login")
+
+
+@contextmanager
+def demo_clinic_server(
+    sqlite_template: Path, folder: Path, patients: int, clinic_name: str
+) -> Iterator[tuple[str, Any]]:
+    """The synthetic demo clinic (`patients` patients) on its own SQLite file, copied from the
+    migrated template, behind a live server: yields (base URL, Database)."""
+    import shutil
+
+    from azaguard.app import Settings, create_app
+    from azaguard.store.db import Database
+    from azaguard.synth import build_demo
+
+    path = folder / "clinic.db"
+    shutil.copy(sqlite_template, path)
+    db = Database(f"sqlite:///{path}", create=False)
+    build_demo(db, patients)
+    try:
+        with live_server(create_app(db, settings=Settings(clinic_name=clinic_name))) as url:
+            yield url, db
+    finally:
+        db.engine.dispose()

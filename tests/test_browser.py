@@ -12,7 +12,6 @@ PostgreSQL is covered by the API tests; this module runs on SQLite only.
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -20,14 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_fixtures import browser_type_launch_args, live_server, screenshot, screenshot_path  # noqa: F401
+from browser_fixtures import (  # noqa: F401
+    browser_type_launch_args,
+    demo_clinic_server,
+    live_server,
+    login,
+    screenshot,
+    screenshot_path,
+)
 from playwright.sync_api import expect
 from sqlalchemy import func, select
 
-from azaguard.app import Settings, create_app
 from azaguard.store import models as m
 from azaguard.store.db import Database
-from azaguard.synth import build_demo, scenario_list
+from azaguard.synth import scenario_list
 
 N_PATIENTS = 40
 NURSE = ("nurse", "demo-nurse")
@@ -57,14 +62,11 @@ class Clinic:
 
 @pytest.fixture(scope="module")
 def clinic(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clinic]:
-    path = tmp_path_factory.mktemp("browser") / "clinic.db"
-    shutil.copy(sqlite_template, path)
-    db = Database(f"sqlite:///{path}", create=False)
-    build_demo(db, N_PATIENTS)
-    app = create_app(db, settings=Settings(clinic_name="Browser test clinic"))
-    with live_server(app) as url:
+    with demo_clinic_server(sqlite_template, tmp_path_factory.mktemp("browser"), N_PATIENTS, "Browser test clinic") as (
+        url,
+        db,
+    ):
         yield Clinic(url, db)
-    db.engine.dispose()
 
 
 @pytest.fixture
@@ -83,14 +85,6 @@ def open_page(new_context: Callable[..., Any], clinic: Clinic) -> Callable[..., 
         return ctx.new_page()
 
     return make
-
-
-def login(page: Any, username: str, password: str) -> None:
-    page.goto("/login")
-    page.fill("#username", username)
-    page.fill("#password", password)
-    with page.expect_navigation():
-        page.click("#login")
 
 
 def finding(page: Any, code: str) -> Any:

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from browser_fixtures import browser_type_launch_args, live_server, screenshot  # noqa: F401
+from browser_fixtures import login as sign_in
 from fastapi.routing import iter_route_contexts
 from sqlalchemy import select
 
@@ -144,12 +145,7 @@ def axe_source() -> Path:
 
 
 def login(page: Any, who: str) -> None:
-    username, password = LOGINS[who]
-    page.goto("/login")
-    page.fill("#username", username)
-    page.fill("#password", password)
-    with page.expect_navigation():
-        page.click("#login")
+    sign_in(page, *LOGINS[who])
 
 
 @pytest.fixture

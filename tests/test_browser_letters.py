@@ -22,7 +22,7 @@ from typing import Any
 
 import pypdf
 import pytest
-from browser_fixtures import browser_type_launch_args, live_server, screenshot  # noqa: F401
+from browser_fixtures import browser_type_launch_args, live_server, login, screenshot  # noqa: F401
 from playwright.sync_api import expect
 from sqlalchemy import select
 
@@ -88,14 +88,6 @@ def open_page(new_context: Callable[..., Any], clinic: Clinic) -> Callable[[], A
         return ctx.new_page()
 
     return make
-
-
-def login(page: Any, username: str, password: str) -> None:
-    page.goto("/login")
-    page.fill("#username", username)
-    page.fill("#password", password)
-    with page.expect_navigation():
-        page.click("#login")
 
 
 def day(value: str) -> str:

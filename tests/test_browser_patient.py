@@ -10,7 +10,6 @@ the low neutrophil count flagged. Screenshots go to test-artifacts/screenshots/ 
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -18,16 +17,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_fixtures import browser_type_launch_args, live_server, screenshot, screenshot_path  # noqa: F401
+from browser_fixtures import (  # noqa: F401
+    browser_type_launch_args,
+    demo_clinic_server,
+    live_server,
+    login,
+    screenshot,
+    screenshot_path,
+)
 from playwright.sync_api import expect
 from sqlalchemy import func, select
 
 from azaguard import service
-from azaguard.app import Settings, create_app
 from azaguard.knowledge import Knowledge
 from azaguard.store import models as m
 from azaguard.store.db import Database
-from azaguard.synth import build_demo, scenario_list
+from azaguard.synth import scenario_list
 
 N_PATIENTS = 12
 NURSE = ("nurse", "demo-nurse")
@@ -46,28 +51,16 @@ class Clinic:
 
 @pytest.fixture(scope="module")
 def clinic(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clinic]:
-    path = tmp_path_factory.mktemp("browser-patient") / "clinic.db"
-    shutil.copy(sqlite_template, path)
-    db = Database(f"sqlite:///{path}", create=False)
-    build_demo(db, N_PATIENTS)
-    app = create_app(db, settings=Settings(clinic_name="Patient page test clinic"))
-    with live_server(app) as url:
+    with demo_clinic_server(
+        sqlite_template, tmp_path_factory.mktemp("browser-patient"), N_PATIENTS, "Patient page test clinic"
+    ) as (url, db):
         yield Clinic(url, db)
-    db.engine.dispose()
 
 
 @pytest.fixture
 def browser_context_args(browser_context_args: dict[str, Any], clinic: Clinic) -> dict[str, Any]:
     """pytest-playwright's `page` opens on the live server."""
     return {**browser_context_args, "base_url": clinic.url}
-
-
-def login(page: Any, username: str, password: str) -> None:
-    page.goto("/login")
-    page.fill("#username", username)
-    page.fill("#password", password)
-    with page.expect_navigation():
-        page.click("#login")
 
 
 def day_text(day: date) -> str:

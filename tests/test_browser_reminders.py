@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from browser_fixtures import browser_type_launch_args, live_server, screenshot, screenshot_path  # noqa: F401
+from browser_fixtures import login as sign_in
 from icalendar import Calendar
 from sqlalchemy import select
 
@@ -86,11 +87,7 @@ def clinic(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 def login(page: Any, base: str, username: str, password: str) -> None:
-    page.goto(f"{base}/login")
-    page.fill("#username", username)
-    page.fill("#password", password)
-    with page.expect_navigation():
-        page.click("#login")
+    sign_in(page, username, password, base)
 
 
 def test_patient_chooses_email_and_the_reminder_arrives_with_its_ics(page: Any, clinic: Clinic) -> None:

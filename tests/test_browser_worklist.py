@@ -10,21 +10,18 @@ test-artifacts/screenshots/ (git-ignored).
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_fixtures import browser_type_launch_args, live_server, screenshot  # noqa: F401
+from browser_fixtures import browser_type_launch_args, demo_clinic_server, live_server, login, screenshot  # noqa: F401
 from playwright.sync_api import expect
 from sqlalchemy import select
 
-from azaguard.app import Settings, create_app
 from azaguard.store import models as m
 from azaguard.store.db import Database
-from azaguard.synth import build_demo
 from azaguard.web.views import WORKLIST_PAGE
 
 N_PATIENTS = 240  # the demo size: its worklist needs more than one page of 50
@@ -44,28 +41,16 @@ class Clinic:
 
 @pytest.fixture(scope="module")
 def clinic(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clinic]:
-    path = tmp_path_factory.mktemp("browser-worklist") / "clinic.db"
-    shutil.copy(sqlite_template, path)
-    db = Database(f"sqlite:///{path}", create=False)
-    build_demo(db, N_PATIENTS)
-    app = create_app(db, settings=Settings(clinic_name="Worklist test clinic"))
-    with live_server(app) as url:
+    with demo_clinic_server(
+        sqlite_template, tmp_path_factory.mktemp("browser-worklist"), N_PATIENTS, "Worklist test clinic"
+    ) as (url, db):
         yield Clinic(url, db)
-    db.engine.dispose()
 
 
 @pytest.fixture
 def browser_context_args(browser_context_args: dict[str, Any], clinic: Clinic) -> dict[str, Any]:
     """pytest-playwright's `page` opens this clinic (paths are relative to it)."""
     return {**browser_context_args, "base_url": clinic.url}
-
-
-def login(page: Any, username: str, password: str) -> None:
-    page.goto("/login")
-    page.fill("#username", username)
-    page.fill("#password", password)
-    with page.expect_navigation():
-        page.click("#login")
 
 
 def rows(page: Any) -> Any:
