@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
+from browser_fixtures import live_server
 from dbfixtures import fresh_database
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
@@ -130,6 +130,10 @@ class Body:
             yield b"x" * (1024 * 1024)
 
 
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
 @pytest.mark.parametrize(
     ("channel", "who", "status"),
     [("api", None, 401), ("api", "bad-token", 401), ("api", "alma", 403), ("web", None, 303), ("web", "alma", 403)],
@@ -155,28 +159,6 @@ def test_an_import_by_someone_who_may_not_import_is_refused_without_reading_its_
     assert count(lite.db, m.ImportBatch) == 0
 
 
-class LiveServer:
-    def __init__(self, app: Any) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the test server did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-
-
 @pytest.mark.parametrize(
     ("path", "content_type", "answer"),
     [
@@ -188,7 +170,7 @@ def test_the_server_refuses_an_unauthenticated_upload_before_the_client_has_sent
     lite: Site, path: str, content_type: str, answer: bytes
 ) -> None:
     """40 MB declared (under the 50 MB import limit), 64 KB sent: the answer comes at once."""
-    with LiveServer(lite.client.app) as live, socket.create_connection(("127.0.0.1", live.port), timeout=10) as sock:
+    with live_server(lite.client.app) as url, socket.create_connection(("127.0.0.1", port_of(url)), timeout=10) as sock:
         head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {40 << 20}\r\n\r\n"
         sock.sendall(head.encode() + b"x" * 65536)
         reply = sock.recv(4096)
