@@ -1159,9 +1159,12 @@ def set_reminder_prefs(
     return _prefs_view(row, offered, config)
 
 
-def patient_reminders(s: Session, who: Principal, patient_id: int, channel: str = "web") -> PatientReminders:
-    """The patient's reminder choice and the reminders sent to them (the patient page)."""
-    _authorise_patient(s, who, patient_id, "view-reminders", channel)
+def patient_reminders(
+    s: Session, who: Principal, patient_id: int, channel: str = "web", record: bool = True
+) -> PatientReminders:
+    """The patient's reminder choice and the reminders sent to them (the patient page). `record`
+    False: the caller's page already audits its read of the record, as for list_documents."""
+    _authorise_patient(s, who, patient_id, "view-reminders", channel, record=record)
     row = rem.prefs(s, patient_id)
     return PatientReminders(
         channel=row.channel if row else "none",

@@ -162,3 +162,19 @@ def test_an_out_of_date_stored_assessment_is_assessed_again(
     with clinic.db.session() as s:
         row = s.get(m.AssessmentRow, pid)
         assert row is not None and row.as_of == date.today() and row.result["knowledge_version"] == kb.version
+
+
+def test_a_patient_page_view_is_one_audit_row(clinic: Clinic) -> None:
+    """The page reads the record, its reminders and its letters: one access, audited once (the
+    reminders and letters sections do not each add a row of their own)."""
+    from sqlalchemy import func
+
+    pid = _some_patient(clinic)
+    with clinic.db.session() as s:
+        before = s.scalar(select(func.max(m.AuditEvent.id))) or 0
+    assert clinic.web.get(f"/patients/{pid}").status_code == 200
+    with clinic.db.session() as s:
+        rows = s.execute(
+            select(m.AuditEvent.action, m.AuditEvent.resource, m.AuditEvent.patient_id).where(m.AuditEvent.id > before)
+        ).all()
+    assert [tuple(r) for r in rows] == [("read", "view-patient", pid)]

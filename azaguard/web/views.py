@@ -304,7 +304,7 @@ def _patient_context(
         "errors": {},
         "values": {},
         "sources_of": {f["code"]: f["sources"] for f in a["findings"]},
-        "reminders": service.patient_reminders(s, who, patient_id, "web"),
+        "reminders": service.patient_reminders(s, who, patient_id, "web", record=False),
         # The page's read of the record is audited above: listing its documents is part of it
         "documents": service.list_documents(s, who, patient_id, "web", record=False).documents,
     }
