@@ -35,6 +35,7 @@ WEB = Path(__file__).resolve().parent / "web"
 
 
 def create_app(db: Database | None = None, kb: Knowledge | None = None, settings: Settings | None = None) -> FastAPI:
+    from azaguard.api.cds import router as cds_router
     from azaguard.api.rest import router as api_router
     from azaguard.web.admin import router as admin_router
     from azaguard.web.apidocs import router as docs_router
@@ -57,6 +58,7 @@ def create_app(db: Database | None = None, kb: Knowledge | None = None, settings
     if app.state.settings.background_refresh:
         start_refresher(app.state.db, app.state.kb)
     app.include_router(api_router)
+    app.include_router(cds_router)
     app.include_router(web_router)
     app.include_router(admin_router)
     app.include_router(docs_router)

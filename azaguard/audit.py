@@ -29,7 +29,7 @@ class Actor(Protocol):
     """Who did it: a user row or the service's Principal (both carry these two)."""
 
     @property
-    def id(self) -> int: ...
+    def id(self) -> int | None: ...  # None: not a user of azaguard (a registered CDS client)
 
     @property
     def username(self) -> str: ...

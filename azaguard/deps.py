@@ -52,6 +52,10 @@ class Settings:
         default_factory=lambda: _env("AZAGUARD_OUT_OF_HOURS", "Call NHS 111 or go to the emergency department")
     )
     secure_cookies: bool = False
+    # The URL the EHR reaches azaguard at (AZAGUARD_PUBLIC_URL, e.g. https://azaguard.trust.nhs.uk):
+    # a CDS Hooks JWT's `aud` must equal it plus the service path, and SMART links and redirects use
+    # it. Unset: taken from each request (fine behind no proxy; set it behind one).
+    public_url: str = field(default_factory=lambda: os.environ.get("AZAGUARD_PUBLIC_URL", "").strip().rstrip("/"))
     background_refresh: bool = False  # `azaguard serve` turns it on: re-assess stale patients daily
     # Reminder channels offered on the patient's page (AZAGUARD_SMTP_*, AZAGUARD_REMINDER_*: docs/operations.md)
     reminders: ReminderConfig = field(default_factory=ReminderConfig.from_env)
@@ -133,6 +137,12 @@ def web_identity(request: Request, s: SessionDep) -> WebIdentity:
             service.record_unauthenticated(s, _route(request), "unknown or expired session", "web")
         raise LoginRequired()
     return found
+
+
+def public_base(request: Request) -> str:
+    """This server's public URL (Settings.public_url, else the request's own base URL)."""
+    configured: str = settings(request).public_url
+    return configured or str(request.base_url).rstrip("/")
 
 
 ApiUser = Annotated[Principal, Depends(api_principal)]

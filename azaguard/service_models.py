@@ -668,3 +668,65 @@ class GpTransfer:
     moved_at: dt.datetime  # the latest move this month
     moved_by: str  # username
     letter: DocumentOut | None  # the newest GP letter written since the move, if any
+
+
+# ---------------------------------------------------------------- CDS Hooks 2.0 (azaguard.api.cds)
+class CdsServiceOut(BaseModel):
+    hook: str
+    id: str
+    title: str
+    description: str
+    prefetch: dict[str, str]
+    usageRequirements: str = ""  # the CDS Hooks field names are camelCase
+
+
+class CdsDiscoveryOut(BaseModel):
+    services: list[CdsServiceOut]
+
+
+class CdsCardSource(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    label: str
+    url: str
+    topic: dict[str, str] | None = None  # the finding code (system urn:azaguard:finding)
+
+
+class CdsCardLink(BaseModel):
+    label: str
+    url: str
+    type: str  # "smart": our SMART launch URL
+    appContext: str | None = None
+
+
+class CdsSuggestion(BaseModel):
+    label: str
+    uuid: str
+    isRecommended: bool | None = None
+    actions: list[dict[str, Any]]  # create / update (with a FHIR resource) / delete (resourceId)
+
+
+class CdsCard(BaseModel):
+    """A CDS Hooks 2.0 card: one finding (or a notice), what to do and why, with its source."""
+
+    uuid: str
+    summary: str = Field(max_length=140)
+    indicator: str  # info | warning | critical
+    detail: str  # markdown
+    source: CdsCardSource
+    links: list[CdsCardLink] = []
+    suggestions: list[CdsSuggestion] | None = None
+    selectionBehavior: str | None = None
+    overrideReasons: list[dict[str, str]] | None = None
+
+
+class CdsCardsOut(BaseModel):
+    cards: list[CdsCard]
+
+
+class CdsFeedbackOut(BaseModel):
+    stored: int  # outcomes stored now (a resent outcome is not stored twice)
+
+
+class CdsErrorOut(BaseModel):
+    error: str
+    reason: str

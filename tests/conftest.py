@@ -85,6 +85,12 @@ SLOW_FILES = {
     "test_security.py",
     "test_monitoring_loop_clinic.py",
 }
+# Whole files that start real EHR-side clients and servers (Node tools from ../shared/tools: the FHIR
+# memory server, the SMART launcher, the CDS Hooks sandbox; python-hl7's mllp_send): marked `ehr`.
+EHR_FILES: set[str] = {
+    "test_ehr_tools.py",
+    "test_smart_launch.py",
+}
 # Single tests of a second or more in otherwise fast files: the CLI in a subprocess.
 SLOW_TESTS = {
     "test_cli_import_and_quarantine_end_to_end",
@@ -103,6 +109,8 @@ def _kinds(item: pytest.Item) -> set[str]:
         kinds.add("browser")
     if item.path.name in SLOW_FILES or item.name.split("[")[0] in SLOW_TESTS:
         kinds.add("slow")
+    if item.path.name in EHR_FILES:
+        kinds.add("ehr")
     return kinds or {"fast"}
 
 
@@ -120,6 +128,8 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
         if collection_path.name in SLOW_FILES
         else {"browser"}
         if collection_path.name in BROWSER_FILES
+        else {"ehr"}
+        if collection_path.name in EHR_FILES
         else None
     )
     expression = config.getoption("markexpr", "") or ""

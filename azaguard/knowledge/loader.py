@@ -79,6 +79,10 @@ class Knowledge:
     cpic: dict[str, CpicGene]
     # canonical (UCUM) unit -> how screens write it ("10*9/L" -> "x10^9/L"); presentation only
     display_units: dict[str, str] = field(default_factory=dict)
+    # RxNorm clinical drugs (codes.toml [products]): strength per tablet for orders written in tablets
+    products: m.Products = field(default_factory=lambda: m.Products(sources=[], codes={}))
+    # test group -> its LOINC order code (codes.toml [order_codes]), for orders a card suggests
+    order_codes: dict[str, m.OrderCode] = field(default_factory=dict)
     guide_article: m.GuideArticle | None = None  # the article the guide corrects (guide.toml [article])
     # The clinic's working days (weekends, public holidays): due dates on other days move to the
     # working day before (engine.schedule.working_day). Configuration, not clinical content: set by
@@ -367,6 +371,8 @@ def _build(raw: dict[str, Any], protocol: dict[str, str]) -> Knowledge:
         guide_article=_validate(m.GuideArticle, raw["guide"]["article"], "guide.toml:article"),
         cpic=_load_cpic(),
         display_units=_validate(dict[str, str], codes.get("display_units", {}), "codes.toml:display_units"),
+        products=_validate(m.Products, codes["products"], "codes.toml:products"),
+        order_codes=_validate(dict[str, m.OrderCode], codes["order_codes"], "codes.toml:order_codes"),
     )
     _check_references(kb)
     return _index(kb)
@@ -413,6 +419,14 @@ def _check_references(kb: Knowledge) -> None:
     for ucum, shown in kb.display_units.items():
         if ucum not in kb.units or shown not in kb.units[ucum]:
             raise KnowledgeError(f"codes.display_units: {ucum} -> {shown} is not an accepted spelling of a known unit")
+    need_sources(kb.products.sources, "codes.products")
+    for group, oc in kb.order_codes.items():
+        need_sources(oc.sources, f"codes.order_codes.{group}")
+        if group not in kb.schedule.panels:
+            raise KnowledgeError(f"codes.order_codes.{group}: not a test group of schedule.panels")
+    for code, product in kb.products.codes.items():
+        if product.drug not in kb.drugs:
+            raise KnowledgeError(f"codes.products.{code}: unknown drug {product.drug}")
     for key, c in kb.ctcae.items():
         need_sources(c.sources, f"ctcae.{key}")
     for ix in kb.interactions:
@@ -538,6 +552,7 @@ def _index(kb: Knowledge) -> Knowledge:
     loinc = {code: key for key, a in kb.analytes.items() for code in a.loinc}
     local = {code.lower(): key for key, a in kb.analytes.items() for code in a.local}
     rx = {code: key for key, d in kb.drugs.items() for code in d.rxnorm}
+    rx.update({code: p.drug for code, p in kb.products.codes.items() if code not in rx})
     names = {name.lower(): key for key, d in kb.drugs.items() for name in d.names}
     # Longest names first so "6-mercaptopurine" wins over "mercaptopurine".
     alternation = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))

@@ -503,6 +503,39 @@ class Drug:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Product:
+    """An RxNorm clinical drug (SCD): which medicine it is and, for a single-ingredient tablet, its
+    strength, so an order written in tablets ("{pill}", as EHR order screens write it) becomes mg."""
+
+    __pydantic_config__ = STRICT
+    drug: str
+    name: str
+    mg: float | None = None  # strength per tablet; None for a combination product
+
+    def __post_init__(self) -> None:
+        if self.mg is not None and not self.mg > 0:
+            raise ValueError("mg must be positive")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OrderCode:
+    """The LOINC order code of a test group, for an order a card suggests (ServiceRequest.code)."""
+
+    __pydantic_config__ = STRICT
+    loinc: str
+    display: str
+    sources: list[str]
+    verified: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class Products:
+    __pydantic_config__ = STRICT
+    sources: list[str]
+    codes: dict[str, Product]
+
+
+@dataclass(frozen=True, kw_only=True)
 class Interaction:
     __pydantic_config__ = STRICT
 

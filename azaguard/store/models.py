@@ -397,6 +397,88 @@ class ReminderSent(Base):
     __table_args__ = (UniqueConstraint("patient_id", "test_group", "due_date", "kind", name="uq_reminder_once"),)
 
 
+class CdsClient(Base):
+    """A CDS client (an EHR) allowed to call the CDS Hooks services: its issuer and the keys its JWTs
+    are checked against - a pinned JWKS, or a JWKS URL fetched by azaguard - plus the `jku` URLs it
+    may name in a JWT header (honoured only when listed here). Registered by `azaguard cds-client add`."""
+
+    __tablename__ = "cds_clients"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    iss: Mapped[str] = mapped_column(String(400), unique=True)
+    jwks: Mapped[Any | None] = mapped_column(JSONType)  # a pinned JWK Set, or null when jwks_url is used
+    jwks_url: Mapped[str | None] = mapped_column(String(400))
+    jku_allow: Mapped[Any] = mapped_column(JSONType, default=list)  # list of allowed jku URLs
+    fhir_servers: Mapped[Any] = mapped_column(JSONType, default=list)  # fhirServer URLs azaguard may call
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class CdsJti(Base):
+    """JWT ids seen, kept until the token expires: a replayed token is refused by the primary key,
+    not by a check-then-write."""
+
+    __tablename__ = "cds_jti"
+    jti: Mapped[str] = mapped_column(String(200), primary_key=True)  # "<iss> <jti>", hashed when long
+    expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+
+
+class CdsCard(Base):
+    """A card azaguard returned, so feedback on its uuid can be tied to a patient and a finding."""
+
+    __tablename__ = "cds_cards"
+    uuid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    service_id: Mapped[str] = mapped_column(String(40))
+    patient_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    code: Mapped[str] = mapped_column(String(80), default="")  # the finding code (or a data-* reason)
+    indicator: Mapped[str] = mapped_column(String(12))
+    summary: Mapped[str] = mapped_column(String(200))
+    client_iss: Mapped[str] = mapped_column(String(400))
+    issued_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class CdsFeedback(Base):
+    """What the clinician did with a card (CDS Hooks feedback): accepted or overridden, and why."""
+
+    __tablename__ = "cds_feedback"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    card_uuid: Mapped[str] = mapped_column(String(64), index=True)
+    service_id: Mapped[str] = mapped_column(String(40))
+    patient_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    outcome: Mapped[str] = mapped_column(String(12))  # accepted | overridden
+    outcome_at: Mapped[datetime] = mapped_column(DateTime)
+    reason_code: Mapped[str] = mapped_column(String(80), default="")
+    reason_system: Mapped[str] = mapped_column(String(400), default="")
+    reason_display: Mapped[str] = mapped_column(String(400), default="")
+    comment: Mapped[str] = mapped_column(String(2000), default="")
+    accepted_suggestions: Mapped[Any] = mapped_column(JSONType, default=list)
+    client_iss: Mapped[str] = mapped_column(String(400))
+    received_at: Mapped[datetime] = mapped_column(DateTime)
+    __table_args__ = (UniqueConstraint("card_uuid", "outcome_at", "outcome", name="uq_cds_feedback_once"),)
+
+
+class SmartIdentity(Base):
+    """An EHR user (`fhirUser` of a SMART launch, per issuer) mapped to an azaguard user with a role."""
+
+    __tablename__ = "smart_identities"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    iss: Mapped[str] = mapped_column(String(400))
+    fhir_user: Mapped[str] = mapped_column(String(400))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    __table_args__ = (UniqueConstraint("iss", "fhir_user", name="uq_smart_identity"),)
+
+
+class SmartLaunch(Base):
+    """A SMART launch in progress: the OAuth `state`, the PKCE verifier, nonce and endpoints, kept on
+    the server between the redirect to the EHR and its return, then deleted."""
+
+    __tablename__ = "smart_launches"
+    state: Mapped[str] = mapped_column(String(100), primary_key=True)
+    iss: Mapped[str] = mapped_column(String(400))
+    data: Mapped[Any] = mapped_column(JSONType, default=dict)  # endpoints, code_verifier, nonce, launch, client
+    created_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+
+
 def core(model: type[Base]) -> Table:
     """The Core table of a model, for executemany inserts without ORM bookkeeping."""
     return Base.metadata.tables[model.__tablename__]
