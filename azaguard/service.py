@@ -43,6 +43,8 @@ from azaguard.service_models import (
     AuditPage,
     AuditQuery,
     AuditRow,
+    CdsAlertRow,
+    CdsAlerts,
     ChartData,
     ClinicContact,
     DiscardOut,
@@ -1506,3 +1508,49 @@ def gp_letters_batch(
     detail = f"month {month}: {len(moves)} moved, {len(made)} written, {len(written)} already written"
     _audit(s, who, "write", f"gp-letters-batch ({len(made)})", detail=detail, channel=channel)
     return LetterBatchOut(month=month, transferred=len(moves), made=made, already_written=sorted(written))
+
+
+# ---------------------------------------------------------------- CDS Hooks cards (patient page, reports)
+def cds_alerts(
+    s: Session, who: Principal, patient_id: int, channel: str = "web", record: bool = True, limit: int = 50
+) -> CdsAlerts:
+    """The cards shown in the EHR for this patient (newest first) with their accepted/overridden
+    outcome and reason, and the counts. `record` False: the page's own read is already audited."""
+    _authorise_patient(s, who, patient_id, "view-cds-alerts", channel, record=record)
+    cards = s.scalars(
+        select(m.CdsCard).where(m.CdsCard.patient_id == patient_id).order_by(m.CdsCard.issued_at.desc()).limit(limit)
+    ).all()
+    feedback: dict[str, m.CdsFeedback] = {}
+    if cards:
+        for fb in s.scalars(
+            select(m.CdsFeedback)
+            .where(m.CdsFeedback.card_uuid.in_([c.uuid for c in cards]))
+            .order_by(m.CdsFeedback.outcome_at)
+        ):
+            feedback[fb.card_uuid] = fb  # the latest outcome of each card wins
+    counts = dict(
+        s.execute(
+            select(m.CdsFeedback.outcome, func.count())
+            .where(m.CdsFeedback.patient_id == patient_id)
+            .group_by(m.CdsFeedback.outcome)
+        ).all()
+    )
+    shown = s.scalar(select(func.count()).select_from(m.CdsCard).where(m.CdsCard.patient_id == patient_id)) or 0
+    rows = []
+    for c in cards:
+        latest = feedback.get(c.uuid)
+        rows.append(
+            CdsAlertRow(
+                issued_at=c.issued_at,
+                service=c.service_id,
+                indicator=c.indicator,
+                code=c.code,
+                summary=c.summary,
+                outcome=latest.outcome if latest else "",
+                reason=(latest.reason_display or latest.reason_code) if latest else "",
+                comment=latest.comment if latest else "",
+            )
+        )
+    return CdsAlerts(
+        rows=rows, shown=shown, accepted=int(counts.get("accepted", 0)), overridden=int(counts.get("overridden", 0))
+    )

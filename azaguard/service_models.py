@@ -730,3 +730,23 @@ class CdsFeedbackOut(BaseModel):
 class CdsErrorOut(BaseModel):
     error: str
     reason: str
+
+
+class CdsAlertRow(BaseModel):
+    """A card azaguard showed in the EHR for this patient, and what the clinician did with it."""
+
+    issued_at: dt.datetime
+    service: str
+    indicator: str
+    code: str
+    summary: str
+    outcome: str  # accepted | overridden | "" (no feedback received)
+    reason: str  # the override reason (display, else code)
+    comment: str
+
+
+class CdsAlerts(BaseModel):
+    rows: list[CdsAlertRow]
+    shown: int
+    accepted: int
+    overridden: int

@@ -88,6 +88,7 @@ SLOW_FILES = {
 # Whole files that start real EHR-side clients and servers (Node tools from ../shared/tools: the FHIR
 # memory server, the SMART launcher, the CDS Hooks sandbox; python-hl7's mllp_send): marked `ehr`.
 EHR_FILES: set[str] = {
+    "test_cds_sandbox.py",
     "test_ehr_tools.py",
     "test_smart_launch.py",
 }

@@ -597,6 +597,37 @@ def test_feedback_is_stored_once_and_audited(env: Any, signer: Signer) -> None:
         path, json={"feedback": [{"card": card["uuid"], "outcome": "ignored"}]}, headers=auth(signer, path)
     )
     assert bad.status_code == 400 and "outcome" in bad.json()["reason"]
+    # The patient page shows the card and the override with its reason, and counts them.
+    page = clinician(db, client).get(f"/patients/{rows[0].patient_id}")
+    assert page.status_code == 200
+    section = page.text[page.text.index('id="cds-alerts"') :]
+    assert 'data-outcome="overridden"' in section and "Specialist team has advised this order" in section
+    assert re.search(r"\d+ cards? shown in the EHR; \d+ accepted, 1 overridden", section)
+
+
+def clinician(db: Database, client: TestClient) -> TestClient:
+    from azaguard import auth as az_auth
+    from azaguard.web.views import COOKIE
+
+    with db.session() as s:
+        user = s.scalar(select(m.User).where(m.User.username == "cds-nurse"))
+        if user is None:
+            user = az_auth.create_user(s, "cds-nurse", "a long enough password 1", "clinician", None, "Nurse")
+        cookie, _ = az_auth.create_session(s, user)
+    return TestClient(client.app, base_url=BASE, cookies={COOKIE: cookie}, follow_redirects=False)
+
+
+def test_card_source_links_lead_to_the_sources_page(env: Any, signer: Signer, kb: Knowledge) -> None:
+    _, client = env
+    cards = call(client, signer, "azaguard-patient-view", hook_body("patient-view", on_azathioprine(neut=0.9)))
+    page = client.get("/sources")
+    assert page.status_code == 200
+    for c in cards:
+        url = c["source"]["url"]
+        if url.startswith(BASE + "/sources#"):
+            assert f'id="{url.split("#", 1)[1]}"' in page.text
+        else:
+            assert url in {src.url for src in kb.sources.values()}
 
 
 # ---------------------------------------------------------------- every example through the hooks
@@ -615,3 +646,14 @@ def test_every_example_gives_valid_cards(env: Any, signer: Signer, path: Path) -
     cards = call(client, signer, "azaguard-patient-view", hook_body("patient-view", b))
     for c in cards:
         check_card(c)
+
+
+def test_an_order_card_set_never_folds_a_critical_finding_into_the_summary_card(env: Any, signer: Signer) -> None:
+    _, client = env
+    body = hook_body("order-sign", on_azathioprine(neut=0.8), [draft("197319", "Allopurinol 100 MG Oral Tablet", 1)])
+    cards = call(client, signer, "azaguard-order-sign", body)
+    codes = {c["source"]["topic"]["code"]: c for c in cards}
+    assert codes["lab-neutrophils-low"]["indicator"] == "critical"  # its own card, not a line in "more"
+    assert "overrideReasons" in codes["lab-neutrophils-low"]
+    more = codes.get("more-findings")
+    assert more is None or "Neutrophils" not in more["detail"]

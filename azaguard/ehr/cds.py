@@ -505,6 +505,8 @@ def _order(
     patient_id: int | None,
 ) -> HookResult:
     def relevant(f: d.Finding) -> bool:
+        if f.severity == "critical":
+            return True  # never folded into a summary card, whatever it is about
         if f.severity == "info" and f.category not in ("pgx", "dosing"):
             return False
         if _key(f) not in before:
@@ -623,14 +625,16 @@ def parse_feedback(body: Any) -> list[FeedbackItem]:
         accepted = [
             str(x.get("id"))[:80] for x in fb.get("acceptedSuggestions") or [] if isinstance(x, dict) and x.get("id")
         ]
+        code = str(coding.get("code") or "")[:80]
+        display = str(coding.get("display") or "")[:400] or rc.OVERRIDE_DISPLAY.get(code, "")
         items.append(
             FeedbackItem(
                 card,
                 outcome,
                 when.replace(microsecond=0),
-                str(coding.get("code") or "")[:80],
+                code,
                 str(coding.get("system") or "")[:400],
-                str(coding.get("display") or "")[:400],
+                display,
                 str(reason.get("userComment") or "")[:2000],
                 accepted,
             )

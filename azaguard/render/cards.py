@@ -32,6 +32,7 @@ OVERRIDE_REASONS: tuple[tuple[str, str], ...] = (
     ("monitoring-arranged", "Benefit outweighs risk; extra blood monitoring arranged"),
     ("information-incorrect", "The information azaguard used is wrong or out of date"),
 )
+OVERRIDE_DISPLAY = dict(OVERRIDE_REASONS)  # EHRs send back the code alone
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,9 @@ def _source(kb: Knowledge, keys: tuple[str, ...] | list[str], links: CardLinks) 
 
 
 def _detail(kb: Knowledge, f: d.Finding) -> str:
-    lines = [f.message, "", f"**What to do:** {f.action}"]
+    # The message opens the detail unless the summary already says all of it.
+    lines = [] if summary(f.message) == f.message.strip().rstrip(".") else [f.message, ""]
+    lines.append(f"**What to do:** {f.action}")
     if f.date:
         lines.append(f"**Based on data of:** {f.date.isoformat()}")
     if f.ctcae:

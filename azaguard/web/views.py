@@ -307,6 +307,7 @@ def _patient_context(
         "reminders": service.patient_reminders(s, who, patient_id, "web", record=False),
         # The page's read of the record is audited above: listing its documents is part of it
         "documents": service.list_documents(s, who, patient_id, "web", record=False).documents,
+        "cds_alerts": service.cds_alerts(s, who, patient_id, "web", record=False),
     }
 
 
@@ -720,6 +721,14 @@ def guide(request: Request, who: WebUser) -> HTMLResponse:
     return render(
         request, "guide.html", who, sections=kb.guide, sources=kb.sources, article=article, published=published
     )
+
+
+@router.get("/sources")
+def sources_page(request: Request) -> HTMLResponse:
+    """The knowledge's sources, one anchor per key: where a CDS card's source link leads. Public,
+    like a guideline's reference list: knowledge, no patient data."""
+    kb = knowledge(request)
+    return render(request, "sources.html", None, sources=kb.sources, version=kb.version)
 
 
 # ---------------------------------------------------------------- admin
