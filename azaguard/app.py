@@ -36,9 +36,11 @@ WEB = Path(__file__).resolve().parent / "web"
 
 def create_app(db: Database | None = None, kb: Knowledge | None = None, settings: Settings | None = None) -> FastAPI:
     from azaguard.api.cds import router as cds_router
+    from azaguard.api.fhir import router as fhir_router
     from azaguard.api.rest import router as api_router
     from azaguard.web.admin import router as admin_router
     from azaguard.web.apidocs import router as docs_router
+    from azaguard.web.smart import router as smart_router
     from azaguard.web.views import router as web_router
 
     app = FastAPI(
@@ -59,9 +61,11 @@ def create_app(db: Database | None = None, kb: Knowledge | None = None, settings
         start_refresher(app.state.db, app.state.kb)
     app.include_router(api_router)
     app.include_router(cds_router)
+    app.include_router(fhir_router)  # FHIR R4 API: /fhir (docs/ehr.md section 3)
     app.include_router(web_router)
     app.include_router(admin_router)
     app.include_router(docs_router)
+    app.include_router(smart_router)  # SMART App Launch: /smart/launch, /smart/callback
     app.mount("/static", StaticFiles(directory=WEB / "static"), name="static")
     app.add_middleware(
         BodyLimit, default=body_limit("AZAGUARD_MAX_BODY_MB", 2), imports=body_limit("AZAGUARD_MAX_IMPORT_MB", 50)

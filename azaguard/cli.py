@@ -167,6 +167,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("Demo logins (synthetic clinic; every patient is invented):")
         for username, password, role in logins:
             print(f"  {role:<9} {username:<10} password: {password}")
+    if args.mllp_port is not None:
+        from azaguard.ehr.mllp import start_in_thread
+        from azaguard.knowledge import load_knowledge
+
+        _mllp_log()
+        mllp_host = args.mllp_host or args.host
+        try:
+            feed = start_in_thread(db, load_knowledge(), mllp_host, args.mllp_port)
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {mllp_host}:{args.mllp_port}: {exc.strerror or exc}") from None
+        print(f"azaguard listening for HL7 v2 over MLLP on {mllp_host}:{feed.port}")
     sys.stdout.flush()
     if workers == 1:
         app = create_app(db, settings=settings)  # with its in-flight limit (azaguard.app)
@@ -235,6 +246,37 @@ def _serve_worker(url: str, host: str, port: int, clinic_name: str | None, secur
     uvicorn.Server(config).run(sockets=[sock])
 
 
+def _mllp_log() -> None:
+    """The MLLP listener's one line per connection (counts and addresses, never content) on stderr;
+    only its own logger, so no library's log (SQL, URLs) is switched on with it."""
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+    logger = logging.getLogger("azaguard.mllp")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    """The live laboratory feed: HL7 v2 over MLLP into the import pipeline until stopped (docs/ehr.md)."""
+    from azaguard.ehr import mllp
+    from azaguard.knowledge import load_knowledge
+
+    db, kb = _db(args), load_knowledge()
+    _mllp_log()
+
+    def ready(listener: Any) -> None:
+        print(f"azaguard listening for HL7 v2 over MLLP on {listener.host}:{listener.port} ({db.url.split('@')[-1]})")
+        sys.stdout.flush()
+
+    try:
+        mllp.listen(db, kb, args.host, args.mllp_port, args.max_frame, args.store_timeout, ready)
+    except OSError as exc:  # the port is taken or the address is not this machine's
+        raise UsageError(f"cannot listen on {args.host}:{args.mllp_port}: {exc.strerror or exc}") from None
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from azaguard.synth import build_demo
 
@@ -275,7 +317,7 @@ def cmd_import(args: argparse.Namespace) -> int:
             except (OSError, UnicodeDecodeError) as exc:
                 raise UsageError(f"{path}: cannot be read as UTF-8 text ({exc})") from None
             try:
-                parsed = parse_text(text, kb, args.format, str(path), codes)
+                parsed = parse_text(text, kb, args.format, str(path), codes, args.patient)
             except FormatError as exc:
                 raise UsageError(str(exc)) from None
             task = bar.add_task(path.name, total=len(parsed.items) or 1)
@@ -315,6 +357,45 @@ def cmd_user_add(args: argparse.Namespace) -> int:
         except AuthError as exc:
             raise UsageError(str(exc)) from None
         print(f"user {user.username} ({user.role}) created")
+    return 0
+
+
+def cmd_smart_user_add(args: argparse.Namespace) -> int:
+    """Link an EHR user (the issuer and the id_token's fhirUser) to an azaguard user (docs/ehr.md)."""
+    from azaguard.ehr.smart import link_identity
+
+    with _db(args).session() as s:
+        try:
+            link_identity(s, args.iss, args.fhir_user, args.username)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    print(f"{args.fhir_user} at {args.iss.strip().rstrip('/')} now opens azaguard as {args.username}")
+    return 0
+
+
+def cmd_cds_client(args: argparse.Namespace) -> int:
+    """Register, list or remove the EHRs allowed to call the CDS Hooks services (docs/ehr.md)."""
+    from azaguard.ehr import cds_auth
+
+    db = _db(args)
+    if args.cds_command == "add":
+        try:
+            c = cds_auth.add_client(db, args.iss, args.jwks_file, args.jwks_url, args.jku, args.fhir_server)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        print(
+            f"CDS client {c.iss} registered: {c.keys}; jku allowed: {', '.join(c.jku_allow) or 'none'}; "
+            f"FHIR servers: {', '.join(c.fhir_servers) or 'none'}"
+        )
+    elif args.cds_command == "remove":
+        if not cds_auth.remove_client(db, args.iss):
+            raise UsageError(f"no CDS client {args.iss}")
+        print(f"CDS client {args.iss} removed: its tokens are refused from now on")
+    else:
+        for c in cds_auth.list_clients(db):
+            state = "active" if c.active else "removed"
+            jku, fhir = ", ".join(c.jku_allow) or "-", ", ".join(c.fhir_servers) or "-"
+            print(f"{c.iss}\t{state}\t{c.keys}\tjku: {jku}\tFHIR: {fhir}")
     return 0
 
 
@@ -488,16 +569,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers", type=int, default=1, help="server processes (default 1; one per CPU core for a busy clinic)"
     )
+    p.add_argument("--mllp-port", type=int, help="also run the HL7 v2 MLLP lab feed on this port (see: listen)")
+    p.add_argument("--mllp-host", help="address for the MLLP lab feed (default: --host)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("listen", help="receive lab results over HL7 v2 MLLP (ACK per message) until stopped")
+    p.add_argument("--mllp-port", type=int, required=True, help="TCP port (2575 is the registered HL7 port)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--max-frame", type=int, default=4 * 1024 * 1024, help="largest frame in bytes (default 4 MiB)")
+    p.add_argument(
+        "--store-timeout", type=float, default=60.0, help="seconds a message waits for a busy database before AR"
+    )
+    p.add_argument("--database", help=db_help)
+    p.set_defaults(func=cmd_listen)
 
     p = sub.add_parser("synth", help="write a synthetic clinic and demo users into an empty database")
     p.add_argument("--database", help=db_help)
     p.add_argument("--patients", type=int, default=240)
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("import", help="import FHIR Bundles/NDJSON, HL7 v2 ORU^R01 or CSV files")
+    p = sub.add_parser("import", help="import FHIR Bundles/NDJSON, HL7 v2 ORU^R01, CSV files or PharmCAT reports")
     p.add_argument("paths", nargs="+", help="files or folders")
-    p.add_argument("--format", choices=("fhir", "ndjson", "hl7v2", "csv"), help="default: detected per file")
+    p.add_argument("--format", choices=("fhir", "ndjson", "hl7v2", "csv", "pharmcat"), help="default: detected")
+    p.add_argument("--patient", help="the patient identifier a PharmCAT report is for (a report names only a sample)")
     p.add_argument("--code-map", help="local lab codes -> LOINC (TOML [codes] or CSV local,loinc)")
     p.add_argument("--database", help=db_help)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -539,6 +633,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--database", help=db_help)
     p.set_defaults(func=cmd_user_add)
 
+    smart_user = sub.add_parser("smart-user", help="link EHR users (SMART launch) to azaguard users")
+    p = smart_user.add_subparsers(dest="smart_command", required=True).add_parser(
+        "add", help="open azaguard as USERNAME when the EHR at ISS launches it for FHIR_USER"
+    )
+    p.add_argument("--iss", required=True, help="the EHR's FHIR base URL (the launch's iss)")
+    p.add_argument("--fhir-user", required=True, help="the id_token's fhirUser, e.g. Practitioner/123")
+    p.add_argument("--username", required=True, help="an existing azaguard user (clinician or admin)")
+    p.add_argument("--database", help=db_help)
+    p.set_defaults(func=cmd_smart_user_add)
+
     p = sub.add_parser(
         "token", help="create an API bearer token for a user (or: token --list [USER], token revoke --id N)"
     )
@@ -549,6 +653,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", type=int, help="with 'revoke': the token id to revoke")
     p.add_argument("--database", help=db_help)
     p.set_defaults(func=cmd_token)
+
+    cds = sub.add_parser("cds-client", help="register the EHRs (issuer + JWKS) allowed to call the CDS Hooks services")
+    cds_sub = cds.add_subparsers(dest="cds_command", required=True)
+    p = cds_sub.add_parser("add", help="register (or update) an EHR's issuer and the keys its JWTs are signed with")
+    p.add_argument(
+        "--iss", required=True, help="the EHR's issuer (the JWT's iss claim), e.g. https://sandbox.cds-hooks.org"
+    )
+    keys = p.add_mutually_exclusive_group(required=True)
+    keys.add_argument("--jwks-file", help="a JWK Set file of the EHR's public keys (pinned)")
+    keys.add_argument("--jwks-url", help="the EHR's JWKS URL (fetched, cached for 5 minutes)")
+    p.add_argument("--jku", action="append", default=[], help="a jku URL the EHR may name in a token (repeatable)")
+    p.add_argument(
+        "--fhir-server",
+        action="append",
+        default=[],
+        help="a FHIR server azaguard may read for this EHR when prefetch is missing (repeatable)",
+    )
+    p.add_argument("--database", help=db_help)
+    p.set_defaults(func=cmd_cds_client)
+    p = cds_sub.add_parser("list", help="list registered EHRs")
+    p.add_argument("--database", help=db_help)
+    p.set_defaults(func=cmd_cds_client)
+    p = cds_sub.add_parser("remove", help="stop accepting an EHR's tokens")
+    p.add_argument("--iss", required=True)
+    p.add_argument("--database", help=db_help)
+    p.set_defaults(func=cmd_cds_client)
 
     p = sub.add_parser("guide", help="print the patient guide (the seed article, corrected and cited)")
     p.add_argument("--sources", action="store_true", help="print the source of each section")

@@ -45,6 +45,8 @@ from azaguard.service_models import (
     AuditRow,
     CdsAlertRow,
     CdsAlerts,
+    CdsReport,
+    CdsReportRow,
     ChartData,
     ClinicContact,
     DiscardOut,
@@ -589,6 +591,24 @@ def assessment(s: Session, kb: Knowledge, who: Principal, patient_id: int, chann
     return AssessmentOut.model_validate(_fresh_assessment(s, kb, patient_id).result)
 
 
+# ---------------------------------------------------------------- for the EHR channels (azaguard.ehr)
+def authorise_read(
+    s: Session, who: Principal, patient_id: int | None, resource: str, channel: str, asked: str = "", detail: str = ""
+) -> PatientOut:
+    """A read by a channel that reaches the patient through another id (the FHIR API: a finding's or
+    a result's id), authorised and audited as every read is. `patient_id` None - the id led to no
+    record - is answered as a patient the user may not see (NotFound), `asked` naming it in the audit."""
+    if patient_id is None:
+        raise _unseen(s, who, resource, channel, asked, None, NO_PATIENT)
+    return _patient_out(_authorise_patient(s, who, patient_id, resource, channel, detail=detail))
+
+
+def current_assessment(s: Session, kb: Knowledge, patient_id: int) -> dict[str, Any]:
+    """The assessment `assessment` serves (the stored one, re-assessed only when stale), for a caller
+    that has authorised the read itself (authorise_read)."""
+    return _fresh_assessment(s, kb, patient_id).result
+
+
 # ---------------------------------------------------------------- writes to a patient's record
 def add_lab(
     s: Session,
@@ -831,7 +851,8 @@ def import_parsed(
     """Store what a reader parsed (`who` None: the CLI, run by whoever runs the server)."""
     if who is not None:
         require_role(s, who, ("clinician", "admin"), "import", channel)
-    summary = apply(s, parsed, source, who.username if who else "cli", progress=progress)
+    # Without a user: the CLI or a feed (MLLP), named by its channel in the batch's record
+    summary = apply(s, parsed, source, who.username if who else channel, progress=progress)
     wl.refresh_many(s, kb, sorted(summary.patients))
     _audit_import_patients(s, who, parsed.format, source, sorted(summary.patients), channel)
     _audit(s, who, "import", f"{parsed.format} {source}"[:80], detail=str(summary.as_dict()), channel=channel)
@@ -897,12 +918,20 @@ def _upload_text(upload: IO[bytes]) -> str:
 
 
 def import_upload(
-    s: Session, kb: Knowledge, who: Principal, upload: IO[bytes], fmt: str | None, filename: str, channel: str
+    s: Session,
+    kb: Knowledge,
+    who: Principal,
+    upload: IO[bytes],
+    fmt: str | None,
+    filename: str,
+    channel: str,
+    patient: str | None = None,
 ) -> ImportResult:
     """Import an uploaded file (web page, REST API), which the channel streamed to a temporary file:
-    format detected unless given; committed in chunks (`import_in_chunks`), as the CLI imports."""
+    format detected unless given; committed in chunks (`import_in_chunks`), as the CLI imports.
+    `patient`: the identifier of the patient a PharmCAT report is for (the report names a sample)."""
     require_role(s, who, ("clinician", "admin"), "import", channel)
-    parsed = parse_text(_upload_text(upload), kb, fmt, filename)
+    parsed = parse_text(_upload_text(upload), kb, fmt, filename, patient=patient)
     db = database_of(s)
     if db is None:  # a session made outside Database has no units of work to chunk into
         return _import_result(import_parsed(s, kb, who, parsed, filename, channel))
@@ -1553,4 +1582,68 @@ def cds_alerts(
         )
     return CdsAlerts(
         rows=rows, shown=shown, accepted=int(counts.get("accepted", 0)), overridden=int(counts.get("overridden", 0))
+    )
+
+
+SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
+
+
+def cds_report(s: Session, who: Principal, since: date, until: date, channel: str = "web") -> CdsReport:
+    """Cards shown in the EHR between two dates, per finding code, with accepted/overridden counts
+    and the override reasons given: what a clinic reviews to see which alerts are heeded (staff)."""
+    require_role(s, who, ("clinician", "admin"), "cds-report", channel)
+    start, end = datetime.combine(since, time.min), datetime.combine(until, time.max)
+    cards = s.execute(
+        select(m.CdsCard.uuid, m.CdsCard.code, m.CdsCard.indicator, m.CdsCard.patient_id).where(
+            m.CdsCard.issued_at >= start, m.CdsCard.issued_at <= end
+        )
+    ).all()
+    code_of = {c.uuid: c.code for c in cards}
+    rows: dict[str, dict[str, Any]] = {}
+    for c in cards:
+        r = rows.setdefault(
+            c.code,
+            {"indicator": c.indicator, "shown": 0, "patients": set(), "accepted": 0, "overridden": 0, "reasons": {}},
+        )
+        r["shown"] += 1
+        if c.patient_id is not None:
+            r["patients"].add(c.patient_id)
+        if SEVERITY_RANK.get(c.indicator, 3) < SEVERITY_RANK.get(r["indicator"], 3):
+            r["indicator"] = c.indicator
+    if code_of:
+        outcomes = s.execute(
+            select(
+                m.CdsFeedback.card_uuid, m.CdsFeedback.outcome, m.CdsFeedback.reason_display, m.CdsFeedback.reason_code
+            )
+            .where(m.CdsFeedback.card_uuid.in_(list(code_of)))
+            .order_by(m.CdsFeedback.outcome_at)
+        ).all()
+        latest = {fb.card_uuid: fb for fb in outcomes}  # a card counts once, by its latest outcome
+        for uuid_, fb in latest.items():
+            r = rows[code_of[uuid_]]
+            r[fb.outcome] = r.get(fb.outcome, 0) + 1
+            if fb.outcome == "overridden":
+                reason = fb.reason_display or fb.reason_code or "(no reason given)"
+                r["reasons"][reason] = r["reasons"].get(reason, 0) + 1
+    out = [
+        CdsReportRow(
+            code=code,
+            indicator=r["indicator"],
+            shown=r["shown"],
+            patients=len(r["patients"]),
+            accepted=r["accepted"],
+            overridden=r["overridden"],
+            reasons=r["reasons"],
+        )
+        for code, r in rows.items()
+    ]
+    out.sort(key=lambda x: (SEVERITY_RANK.get(x.indicator, 3), -x.shown, x.code))
+    _audit(s, who, "read", f"cds-report ({len(out)} codes)", channel=channel)
+    return CdsReport(
+        since=since,
+        until=until,
+        rows=out,
+        shown=sum(x.shown for x in out),
+        accepted=sum(x.accepted for x in out),
+        overridden=sum(x.overridden for x in out),
     )

@@ -750,3 +750,24 @@ class CdsAlerts(BaseModel):
     shown: int
     accepted: int
     overridden: int
+
+
+class CdsReportRow(BaseModel):
+    """One finding code's cards in the EHR over the period: how often shown, accepted, overridden."""
+
+    code: str
+    indicator: str  # the most severe indicator the code was shown with
+    shown: int
+    patients: int
+    accepted: int
+    overridden: int
+    reasons: dict[str, int]  # override reason (display, else code) -> times given
+
+
+class CdsReport(BaseModel):
+    since: dt.date
+    until: dt.date
+    rows: list[CdsReportRow]
+    shown: int
+    accepted: int
+    overridden: int

@@ -90,6 +90,8 @@ SLOW_FILES = {
 EHR_FILES: set[str] = {
     "test_cds_sandbox.py",
     "test_ehr_tools.py",
+    "test_fhir_client.py",  # fhirpy, a real FHIR client, against a live server (~4 s)
+    "test_mllp.py",
     "test_smart_launch.py",
 }
 # Single tests of a second or more in otherwise fast files: the CLI in a subprocess.

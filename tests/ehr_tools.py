@@ -114,12 +114,13 @@ def _writable(folder: Path) -> None:
 
 
 def tool_dir(name: str) -> Path:
-    """A ready copy of the tool `name` (its node_modules installed), or skip/fail saying why not."""
+    """A ready copy of the tool `name` from the shared tools folder (node_modules installed for the
+    tools in INSTALL; any other, pre-built, is just copied), or skip/fail saying why not."""
     given = os.environ.get("AZAGUARD_TOOLS_DIR")
     if given:
         folder = Path(given) / name
-        if not (folder / "node_modules").is_dir():
-            _missing(f"{folder}/node_modules is missing (AZAGUARD_TOOLS_DIR is prepared by .ci/run)")
+        if not folder.is_dir() or (name in INSTALL and not (folder / "node_modules").is_dir()):
+            _missing(f"{folder} is missing or not installed (AZAGUARD_TOOLS_DIR is prepared by .ci/run)")
         return folder
     for program in ("node", "npm"):
         if shutil.which(program) is None:
@@ -140,10 +141,11 @@ def tool_dir(name: str) -> Path:
         _writable(folder)
         LOGS.mkdir(parents=True, exist_ok=True)
         log = LOGS / f"{name}-install.log"
-        with log.open("w") as out:
-            done = subprocess.run(INSTALL[name], cwd=folder, stdout=out, stderr=subprocess.STDOUT, check=False)
-        if done.returncode != 0:
-            _missing(f"{' '.join(INSTALL[name])} failed in {folder} (see {log})")
+        if name in INSTALL:  # a pre-built tool (the CDS Hooks sandbox) is only copied
+            with log.open("w") as out:
+                done = subprocess.run(INSTALL[name], cwd=folder, stdout=out, stderr=subprocess.STDOUT, check=False)
+            if done.returncode != 0:
+                _missing(f"{' '.join(INSTALL[name])} failed in {folder} (see {log})")
         marker.write_text(wanted)
     return folder
 

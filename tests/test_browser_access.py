@@ -85,6 +85,8 @@ PAGES = [
     Visit("import", "nurse", "/import"),
     Visit("quarantine-clinician", "nurse", "/quarantine"),
     Visit("letters", "nurse", "/letters"),
+    Visit("cds-report", "nurse", "/reports/cds"),
+    Visit("sources", None, "/sources", patient_page=True),
     Visit("guide-clinician", "nurse", "/guide"),
     Visit("not-allowed", "nurse", "/audit", 403),
     Visit("quarantine-admin", "admin", "/quarantine"),
@@ -108,6 +110,9 @@ NOT_PAGES = {
     "/patients/{patient_id}/documents/{document_id}.pdf",
     "/me/next-test.ics",
     "/audit.csv",
+    "/cds-services",  # CDS Hooks discovery: JSON for EHRs (JWT required)
+    "/smart/launch",  # SMART App Launch: redirects to the EHR's authorization endpoint
+    "/smart/callback",  # SMART App Launch: the EHR's redirect back, then to the patient page
 }
 
 
@@ -242,12 +247,12 @@ def test_page_fits_a_phone_and_passes_axe(
 
 
 def test_every_page_is_on_the_list() -> None:
-    """Each GET route of the app (but the REST API) is visited above, or listed as not a page."""
+    """Each GET route of the app (but the REST and FHIR APIs) is visited above, or listed as not a page."""
     app = create_app(Database("sqlite://", create=False), load_knowledge())
     routes = {
         r.path
         for r in iter_route_contexts(app.routes)
-        if r.path and not r.path.startswith("/api/") and "GET" in (getattr(r, "methods", None) or ())
+        if r.path and not r.path.startswith(("/api/", "/fhir/")) and "GET" in (getattr(r, "methods", None) or ())
     }
     visited = {"/patients/{patient_id}" if v.path.startswith(("/patients/", "POST")) else v.path for v in PAGES}
     visited = {urlsplit(p).path for p in visited}

@@ -545,6 +545,15 @@ def test_missing_prefetch_without_a_fhir_server_gives_a_card_not_an_assessment(e
     assert len(cards) == 1 and "not registered" in cards[0]["detail"]
 
 
+def test_a_prefetch_that_failed_counts_as_missing(env: Any, signer: Signer) -> None:
+    _, client = env
+    body = hook_body("patient-view", on_azathioprine(neut=0.9))
+    body["prefetch"]["observations"] = {"resourceType": "OperationOutcome", "issue": [{"severity": "error"}]}
+    cards = call(client, signer, "azaguard-patient-view", body)
+    assert [c["source"]["topic"]["code"] for c in cards] == ["data-prefetch-missing"]
+    assert "observations" in cards[0]["detail"]
+
+
 def test_an_unreachable_registered_fhir_server_gives_a_card(env: Any, signer: Signer) -> None:
     _, client = env
     body = hook_body("patient-view", on_azathioprine(neut=0.9), fhirServer="http://127.0.0.1:9/fhir")
@@ -657,3 +666,98 @@ def test_an_order_card_set_never_folds_a_critical_finding_into_the_summary_card(
     assert "overrideReasons" in codes["lab-neutrophils-low"]
     more = codes.get("more-findings")
     assert more is None or "Neutrophils" not in more["detail"]
+
+
+def test_cds_client_command_registers_lists_and_removes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from azaguard.cli import main
+
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    keys = tmp_path / "jwks.json"
+    keys.write_text(json.dumps(Signer().jwks))
+    assert (
+        main(
+            [
+                "cds-client",
+                "add",
+                "--iss",
+                ISS,
+                "--jwks-file",
+                str(keys),
+                "--fhir-server",
+                "http://127.0.0.1:8103/fhir/R4",
+                "--database",
+                url,
+            ]
+        )
+        == 0
+    )
+    assert main(["cds-client", "list", "--database", url]) == 0
+    out = capsys.readouterr().out
+    assert f"{ISS}\tactive\tpinned JWKS (1 keys)" in out and "http://127.0.0.1:8103/fhir/R4" in out
+    assert (
+        main(["cds-client", "add", "--iss", ISS, "--jwks-file", str(tmp_path / "missing.json"), "--database", url]) == 2
+    )
+    assert "cannot be read" in capsys.readouterr().err
+    assert main(["cds-client", "remove", "--iss", ISS, "--database", url]) == 0
+    assert main(["cds-client", "remove", "--iss", "https://never.example", "--database", url]) == 2
+    main(["cds-client", "list", "--database", url])
+    assert f"{ISS}\tremoved" in capsys.readouterr().out
+
+
+def test_the_cds_report_counts_cards_and_override_reasons(env: Any, signer: Signer) -> None:
+    db, client = env
+    body = hook_body("order-sign", on_azathioprine(), [draft("197319", "Allopurinol 100 MG Oral Tablet", 1)])
+    cards = call(client, signer, "azaguard-order-sign", body)
+    card = next(c for c in cards if c["source"]["topic"]["code"] == "interaction-allopurinol")
+    path = "/cds-services/azaguard-order-sign/feedback"
+    fb = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-12-01T11:00:00Z"}
+    fb["overrideReason"] = {"reason": {"code": "monitoring-arranged", "system": "urn:azaguard:cds-override-reason"}}
+    assert client.post(path, json={"feedback": [fb]}, headers=auth(signer, path)).status_code == 200
+    nurse = clinician(db, client)
+    page = nurse.get("/reports/cds")
+    assert page.status_code == 200
+    row = re.search(r'<tr class="sev-critical" data-code="interaction-allopurinol">(.*?)</tr>', page.text, re.S)
+    assert row is not None
+    cells = re.findall(r'<td data-label="([^"]+)">(.*?)</td>', row.group(1), re.S)
+    got = {k: v for k, v in cells}
+    assert int(got["Shown"]) >= 1 and int(got["Overridden"]) >= 1
+    assert "Benefit outweighs risk; extra blood monitoring arranged (1)" in got["Override reasons"]
+    assert nurse.get("/reports/cds", params={"from": "yesterday"}).status_code == 400
+    # A patient user may not see the clinic's report.
+    from azaguard import auth as az_auth
+    from azaguard.web.views import COOKIE
+
+    with db.session() as s:
+        pid = s.scalar(select(m.Patient.id).where(m.Patient.identifier == "NHS-CDS-1"))
+        user = az_auth.create_user(s, "cds-patient", "a long enough password 2", "patient", "NHS-CDS-1", "P")
+        cookie, _ = az_auth.create_session(s, user)
+    assert pid is not None
+    as_patient = TestClient(client.app, base_url=BASE, cookies={COOKIE: cookie}, follow_redirects=False)
+    assert as_patient.get("/reports/cds").status_code in (403, 404)
+
+
+def test_order_sign_of_a_live_vaccine_for_a_patient_on_azathioprine(env: Any, signer: Signer) -> None:
+    _, client = env
+    order = {
+        "resourceType": "MedicationRequest",
+        "id": "request-vax",
+        "status": "draft",
+        "medicationCodeableConcept": {
+            "text": "zoster vaccine live",
+            "coding": [{"system": "http://hl7.org/fhir/sid/cvx", "code": "121", "display": "zoster vaccine live"}],
+        },
+    }
+    cards = call(client, signer, "azaguard-order-sign", hook_body("order-sign", on_azathioprine(), [order]))
+    vaccine = [c for c in cards if c["source"]["topic"]["code"].startswith("vaccine-live")]
+    assert vaccine and vaccine[0]["indicator"] == "critical" and vaccine[0]["overrideReasons"], [
+        c["source"]["topic"] for c in cards
+    ]
+    removes = [a for s in vaccine[0].get("suggestions", []) for a in s["actions"] if a["type"] == "delete"]
+    assert removes and removes[0]["resourceId"] == ["MedicationRequest/request-vax"]
+    # The recombinant (non-live) zoster vaccine is not a live-vaccine card.
+    order["medicationCodeableConcept"] = {
+        "text": "zoster vaccine recombinant",
+        "coding": [{"system": "http://hl7.org/fhir/sid/cvx", "code": "187", "display": "zoster recombinant"}],
+    }
+    cards = call(client, signer, "azaguard-order-sign", hook_body("order-sign", on_azathioprine(), [order]))
+    assert not [c for c in cards if c["source"]["topic"]["code"].startswith("vaccine-live")]

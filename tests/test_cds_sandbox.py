@@ -20,18 +20,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import ehr_tools
 import pytest
+from browser_fixtures import browser_type_launch_args, live_server, screenshot
+from ehr_tools import FhirServer
 from sqlalchemy import func, select
 
-import ehr_tools
 from azaguard.app import create_app
 from azaguard.ehr import cds_auth
 from azaguard.knowledge import Knowledge
 from azaguard.store import models as m
 from azaguard.store.db import Database
 from azaguard.store.records import now
-from browser_fixtures import browser_type_launch_args, live_server, screenshot
-from ehr_tools import FhirServer
 
 fhir_server = ehr_tools.fhir_server
 _ = browser_type_launch_args
@@ -159,7 +159,6 @@ def test_missing_prefetch_is_fetched_from_the_registered_fhir_server(
     tmp_path: Path, azaguard_server: tuple[str, Database, str], fhir_server: FhirServer
 ) -> None:
     import httpx
-
     from test_cds_hooks import ISS, Signer
 
     ours, db, pid = azaguard_server

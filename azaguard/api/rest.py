@@ -414,7 +414,7 @@ IMPORT_BODY = {
 @router.post(
     "/import",
     tags=["import"],
-    summary="Import FHIR Bundle/NDJSON, HL7 v2 ORU^R01 or CSV (raw body)",
+    summary="Import FHIR Bundle/NDJSON, HL7 v2 ORU^R01, CSV or a PharmCAT report (raw body)",
     openapi_extra=IMPORT_BODY,
     response_model=ImportResult,
 )
@@ -423,12 +423,14 @@ def import_data(
     kb: KbDep,
     who: Annotated[Principal, Depends(import_user)],  # before the body: dependencies are solved in order
     body: Annotated[IO[bytes], Depends(spooled_body, scope="function")],
-    format: Literal["fhir", "ndjson", "hl7v2", "csv"] | None = None,
+    format: Literal["fhir", "ndjson", "hl7v2", "csv", "pharmcat"] | None = None,
     filename: Annotated[str, Query(max_length=200, pattern=NO_NUL)] = "upload",
+    patient: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
 ) -> ImportResult:
     """Streamed to a temporary file, then committed in chunks (each atomic; sending the same file
-    again after a failure continues where it stopped). `message` says when nothing was new."""
-    return _run(service.import_upload, s, kb, who, body, format, filename, "api")
+    again after a failure continues where it stopped). `message` says when nothing was new.
+    `patient`: the patient identifier a PharmCAT report is for (a report names only a sample)."""
+    return _run(service.import_upload, s, kb, who, body, format, filename, "api", patient)
 
 
 @router.get("/quarantine", tags=["import"], response_model=QuarantineList)

@@ -21,6 +21,7 @@ draft order is first normalised (tablets -> mg through the RxNorm product table,
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -270,9 +271,9 @@ def gather(call: HookCall, caller: CdsCaller, kb: Knowledge) -> Gathered:
     resources: list[dict[str, Any]] = []
     missing: list[str] = []
     for key, template in templates.items():
-        if key in call.prefetch:
-            value = call.prefetch[key]
-        else:
+        value = call.prefetch.get(key)
+        failed = isinstance(value, dict) and value.get("resourceType") == "OperationOutcome"
+        if key not in call.prefetch or failed:  # not sent, or the EHR's own prefetch failed: fetch it
             value, problem = _fetch(call, caller, template.replace("{{context.patientId}}", call.patient_fhir_id))
             if problem:
                 missing.append(f"{key}: {problem}")
@@ -429,8 +430,8 @@ def run_hook(
             draft_resources.append(res)  # other draft orders (vaccines as Immunization...): the reader decides
     base = [r for r in gathered.resources if r.get("resourceType") != "Patient"]
     try:
-        record = read_bundle(_bundle(gathered.patient, base + draft_resources), kb)
-        baseline = read_bundle(_bundle(gathered.patient, base), kb) if draft_resources else record
+        baseline = read_bundle(_bundle(gathered.patient, base), kb)
+        record = _with_drafts(baseline, gathered.patient, base, draft_resources, kb)
     except ReaderError as exc:
         card = rc.notice_card(
             kb,
@@ -450,6 +451,27 @@ def run_hook(
         return _patient_view(kb, result, links, patient_id, label)
     before = {_key(f) for f in assess(baseline, kb, today).findings} if draft_resources else set()
     return _order(kb, call, result, before, drafts, thiopurine_draft, links, patient_ref, patient_id)
+
+
+def _with_drafts(
+    baseline: d.PatientRecord,
+    patient: dict[str, Any],
+    base: list[dict[str, Any]],
+    drafts: list[dict[str, Any]],
+    kb: Knowledge,
+) -> d.PatientRecord:
+    """The record with the draft orders added: the drafts read on their own (with the Medication
+    resources they may point at) and appended, so the EHR's record is read once, not twice."""
+    if not drafts:
+        return baseline
+    meds = [r for r in base if r.get("resourceType") == "Medication"]
+    extra = read_bundle(_bundle(patient, meds + drafts), kb)
+    merged = {
+        f.name: getattr(baseline, f.name) + getattr(extra, f.name)
+        for f in dataclasses.fields(baseline)
+        if isinstance(getattr(baseline, f.name), tuple)
+    }
+    return dataclasses.replace(baseline, **merged)
 
 
 def _bundle(patient: dict[str, Any], resources: list[dict[str, Any]]) -> dict[str, Any]:
@@ -532,9 +554,10 @@ def _suggestions(
 ) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     thio = next((dr for dr in drafts if dr.drug in THIOPURINES), None)
-    other = next(
-        (dr for dr in drafts if dr.drug not in THIOPURINES and dr.drug and dr.drug.lower() in f.message.lower()), None
-    )
+    others = [dr for dr in drafts if dr.drug not in THIOPURINES]
+    text = f.message.lower()
+    named = [dr for dr in others if (dr.drug and dr.drug.lower() in text) or dr.name.lower() in text]
+    other = named[0] if named else (others[0] if len(others) == 1 else None)
     if f.category == "dosing" and thio and a.dose.plan and f.severity != "info":
         target = a.dose.plan[0].mg_per_day
         if thio.mg_per_day is None or abs(target - thio.mg_per_day) > 1e-6:

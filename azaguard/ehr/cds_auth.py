@@ -166,6 +166,7 @@ class _KeyCache:
         self._lock = threading.Lock()
         self._clients: dict[tuple[str, str], tuple[float, m.CdsClient | None]] = {}  # (database, iss)
         self._sets: dict[str, tuple[float, jwt.PyJWKSet]] = {}
+        self._parsed: dict[str, jwt.PyJWKSet] = {}
 
     def forget(self, db: Database, iss: str) -> None:
         with self._lock:
@@ -182,6 +183,17 @@ class _KeyCache:
         with self._lock:
             self._clients[(db.url, iss)] = (time.monotonic(), row)
         return row
+
+    def pinned(self, client: m.CdsClient) -> jwt.PyJWKSet:
+        """A registered JWK Set, parsed once per registration (parsing a key costs as much as a check)."""
+        jwks: dict[str, Any] = client.jwks or {}
+        key = json.dumps(jwks, sort_keys=True)
+        hit = self._parsed.get(key)
+        if hit is None:
+            hit = jwt.PyJWKSet.from_dict(jwks)
+            with self._lock:
+                self._parsed[key] = hit
+        return hit
 
     def remote(self, url: str) -> jwt.PyJWKSet:
         hit = self._sets.get(url)
@@ -208,7 +220,7 @@ def _key_for(s: Session, client: m.CdsClient, header: dict[str, Any]) -> Any:
     if isinstance(jku, str) and jku in (client.jku_allow or []):
         keyset = _KEYS.remote(jku)
     elif client.jwks:
-        keyset = jwt.PyJWKSet.from_dict(client.jwks)
+        keyset = _KEYS.pinned(client)
     elif client.jwks_url:
         keyset = _KEYS.remote(client.jwks_url)
     else:

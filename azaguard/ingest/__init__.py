@@ -1,4 +1,4 @@
-"""Imports: FHIR Bundles and Bulk NDJSON, HL7 v2 ORU^R01 and CSV -> items -> the store."""
+"""Imports: FHIR Bundles and Bulk NDJSON, HL7 v2 ORU^R01, CSV and PharmCAT reports -> items -> the store."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 from azaguard.ingest.items import Item, Parsed, Reject
 from azaguard.knowledge import Knowledge
 
-FORMATS = ("fhir", "ndjson", "hl7v2", "csv")
+FORMATS = ("fhir", "ndjson", "hl7v2", "csv", "pharmcat")
 
 
 class FormatError(ValueError):
@@ -32,6 +32,10 @@ def detect_format(text: str, filename: str = "") -> str:
         return "ndjson"
     if name.endswith(".csv"):
         return "csv"
+    from azaguard.ingest.pharmcat import looks_like_pharmcat
+
+    if looks_like_pharmcat(text):
+        return "pharmcat"
     if head.startswith("{"):
         # NDJSON: the whole first line is a JSON object of its own and more lines follow (a
         # pretty-printed Bundle's first line is just "{"; a one-line Bundle has no second line).
@@ -42,7 +46,10 @@ def detect_format(text: str, filename: str = "") -> str:
         return "fhir"
     if "patient_id" in head.split("\n", 1)[0].lower():
         return "csv"
-    raise FormatError(f"cannot tell the format of {filename or 'the input'}: expected FHIR JSON, NDJSON, HL7 v2 or CSV")
+    raise FormatError(
+        f"cannot tell the format of {filename or 'the input'}: expected FHIR JSON, NDJSON, HL7 v2, CSV "
+        "or a PharmCAT report"
+    )
 
 
 def parse_text(
@@ -56,6 +63,7 @@ def parse_text(
     from azaguard.ingest.csvfile import parse_csv_text
     from azaguard.ingest.fhir import parse_bundle_text, parse_ndjson_text
     from azaguard.ingest.hl7v2 import parse_hl7_text
+    from azaguard.ingest.pharmcat import parse_pharmcat_text
 
     fmt = fmt or detect_format(text, source)
     source = source or fmt
@@ -67,6 +75,8 @@ def parse_text(
         return parse_hl7_text(text, kb, source, local_codes)
     if fmt == "csv":
         return parse_csv_text(text, kb, source, local_codes)
+    if fmt == "pharmcat":
+        return parse_pharmcat_text(text, kb, source, patient)
     raise FormatError(f"unknown format '{fmt}' (use one of {', '.join(FORMATS)})")
 
 

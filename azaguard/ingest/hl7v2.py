@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from dataclasses import dataclass
 from datetime import date
 from functools import lru_cache
 from typing import Any
@@ -160,6 +161,50 @@ class _Message:
         if seg[0] == "MSH":
             return self.fs.join([seg[0], *seg[2:]])
         return self.fs.join(seg)
+
+
+@dataclass(frozen=True)
+class Header:
+    """A message's MSH segment as an acknowledgement needs it, and whether the message is one this
+    reader can read at all (the checks `parse_hl7_text` refuses a whole message for), so a live
+    feed answers from the same splitter that imports the message rather than from a second parser."""
+
+    field_separator: str
+    encoding: str  # MSH-2 as sent
+    sending_application: str  # MSH-3 to MSH-6, MSH-10 to MSH-12 as sent (still escaped)
+    sending_facility: str
+    receiving_application: str
+    receiving_facility: str
+    control_id: str
+    processing_id: str
+    version: str
+    message_type: str  # MSH-9.1^MSH-9.2, unescaped
+    trigger: str  # MSH-9.2 as sent
+    damaged_segment: str | None  # the first line that is not an ORU^R01 (or Z) segment
+
+    @property
+    def readable(self) -> str | None:
+        """Why the reader refuses the whole message before reading any result, or None."""
+        if self.message_type != "ORU^R01":
+            return f"message type {self.message_type} is not ORU^R01"
+        if self.damaged_segment is not None:
+            return f"not an ORU^R01 segment: '{self.damaged_segment[:40]}' (damaged message?)"
+        return None
+
+
+def read_header(raw: str) -> Header:
+    """The MSH segment of one message (`split_messages` output); HL7Error if it cannot be split."""
+    msg = _Message(raw)
+    msh = msg.segments[0]
+
+    def sent(n: int) -> str:
+        return msh[n] if n < len(msh) else ""
+
+    trigger = sent(9).split(msg.comp)[1] if msg.comp in sent(9) else ""
+    return Header(
+        msg.fs, msg.enc, sent(3), sent(4), sent(5), sent(6), sent(10), sent(11), sent(12),
+        f"{msg.field(msh, 9, 1)}^{msg.field(msh, 9, 2)}", trigger, msg.damaged_segment(),
+    )  # fmt: skip
 
 
 @lru_cache(maxsize=4096)

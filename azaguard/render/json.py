@@ -107,3 +107,89 @@ def assessment_to_dict(a: d.Assessment) -> dict[str, Any]:
 
 def render_json(a: d.Assessment) -> str:
     return json.dumps(assessment_to_dict(a), indent=2, ensure_ascii=False)
+
+
+def _day(x: Any) -> date | None:
+    return date.fromisoformat(x) if isinstance(x, str) and x else None
+
+
+def finding_from_dict(f: dict[str, Any]) -> d.Finding:
+    """One finding of the JSON contract back as the engine's record (the inverse of finding_to_dict)."""
+    fu = f.get("follow_up")
+    return d.Finding(
+        code=f["code"],
+        category=f["category"],
+        severity=f["severity"],
+        message=f["message"],
+        action=f["action"],
+        sources=tuple(f.get("sources") or ()),
+        evidence=tuple(f.get("evidence") or ()),
+        patient_text=f.get("patient_text") or "",
+        ctcae=f.get("ctcae"),
+        date=_day(f.get("date")),
+        follow_up=None if not fu else d.FollowUpSpec(fu["group"], int(fu["days"]), tuple(fu.get("answered_by") or ())),
+    )
+
+
+def assessment_from_dict(a: dict[str, Any]) -> d.Assessment:
+    """A stored assessment (the JSON contract, as the clinic service keeps it) back as the engine's
+    Assessment, so renderers written against the domain types (FHIR) serve the stored answer
+    instead of assessing again. assessment_to_dict(assessment_from_dict(x)) == x."""
+    t, dose, mon = a["treatment"], a["dose"], a["monitoring"]
+    rec = dose.get("recommended_mg_per_day")
+    return d.Assessment(
+        patient_id=a["patient_id"],
+        as_of=date.fromisoformat(a["as_of"]),
+        knowledge_version=a["knowledge_version"],
+        protocol=dict(a["protocol"]),
+        findings=tuple(finding_from_dict(f) for f in a["findings"]),
+        dose=d.DosePlan(
+            current_mg_per_day=dose.get("current_mg_per_day"),
+            current_mg_per_kg_per_day=dose.get("current_mg_per_kg_per_day"),
+            recommended=None if rec is None else d.DoseRange(rec["low"], rec["high"]),
+            plan=tuple(d.DoseStep(date.fromisoformat(p["from"]), p["mg_per_day"]) for p in dose.get("plan") or ()),
+            basis=tuple(dose.get("basis") or ()),
+            restart_criteria=tuple(dose.get("restart_criteria") or ()),
+        ),
+        monitoring=d.MonitoringPlan(
+            phase=mon["phase"],
+            groups=tuple(
+                d.MonitoringGroup(
+                    name=g["name"],
+                    last=_day(g.get("last")),
+                    next_due=_day(g.get("next_due")),
+                    overdue=bool(g.get("overdue")),
+                    interval=g.get("interval") or "",
+                    follow_up_due=_day(g.get("follow_up_due")),
+                    due_reason=g.get("due_reason") or "",
+                    moved_from=_day(g.get("moved_from")),
+                )
+                for g in mon.get("groups") or ()
+            ),
+            treatment_start=_day(mon.get("treatment_start")),
+            follow_ups=tuple(
+                d.FollowUp(
+                    key=u["key"],
+                    group=u["group"],
+                    since=date.fromisoformat(u["since"]),
+                    due=date.fromisoformat(u["due"]),
+                    finding_code=u["finding_code"],
+                    reason=u["reason"],
+                    severity=u["severity"],
+                    state=u["state"],
+                    answered_by=tuple(u.get("answered_by") or ()),
+                    dismissed_reason=u.get("dismissed_reason") or "",
+                    moved_from=_day(u.get("moved_from")),
+                )
+                for u in mon.get("follow_ups") or ()
+            ),
+            calendar=mon.get("calendar"),
+        ),
+        pgx=dict(a.get("pgx") or {}),
+        treatment=d.TreatmentState(
+            state=t["state"],
+            since=_day(t.get("since")),
+            reason=t.get("reason") or "",
+            held_dose_mg_per_day=t.get("held_dose_mg_per_day"),
+        ),
+    )

@@ -136,3 +136,18 @@ def audit_csv(request: Request, s: SessionDep, who: WebUser) -> Response:
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="audit-{date.today().isoformat()}.csv"'},
     )
+
+
+# ---------------------------------------------------------------- CDS Hooks report
+@router.get("/reports/cds")
+def cds_report_page(request: Request, s: SessionDep, who: WebUser) -> HTMLResponse:
+    """Cards shown in the EHR per finding code, and how clinicians answered them (staff)."""
+    today = date.today()
+    given = {k: request.query_params.get(k, "").strip()[:10] for k in ("from", "to")}
+    try:
+        since = _date(given["from"], "from") or today.replace(day=1)
+        until = _date(given["to"], "to") or today
+    except BadFilter as exc:
+        return render(request, "cds_report.html", who, status=400, report=None, error=str(exc), given=given)
+    report = service.cds_report(s, who.principal, since, until, "web")
+    return render(request, "cds_report.html", who, report=report, error=None, given=given)
