@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from azaguard.app import create_app
+from azaguard.app import Settings, create_app
 from azaguard.ehr import cds_auth
 from azaguard.fhirbuild import BundleBuilder
 from azaguard.knowledge import Knowledge
@@ -73,7 +73,7 @@ def env(
     cds_auth.add_client(db, ISS, jwks_file=str(jwks), fhir_servers=["http://127.0.0.1:9/fhir"])
     with db.write() as s:
         s.add(m.Patient(identifier="NHS-CDS-1", name="Cds Patient", created_at=m_now()))
-    client = TestClient(create_app(db, kb), base_url=BASE)
+    client = TestClient(create_app(db, kb, settings=Settings(public_url=BASE)), base_url=BASE)
     yield db, client
     db.engine.dispose()
 
@@ -334,7 +334,7 @@ def test_jku_is_honoured_only_when_allow_listed(tmp_path: Path, kb: Knowledge) -
     (tmp_path / "k.json").write_text(json.dumps(pinned.jwks))
     cds_auth.add_client(db, ISS, jwks_file=str(tmp_path / "k.json"), jku_allow=[server.url])
     cds_auth.add_client(db, "https://other.example", jwks_file=str(tmp_path / "k.json"))
-    client = TestClient(create_app(db, kb), base_url=BASE)
+    client = TestClient(create_app(db, kb, settings=Settings(public_url=BASE)), base_url=BASE)
     path = "/cds-services"
     # The allowed jku: its keys are fetched and a token signed by them passes.
     ok = client.get(
@@ -373,7 +373,7 @@ def test_a_removed_client_is_refused(tmp_path: Path, kb: Knowledge) -> None:
     s = Signer()
     (tmp_path / "k.json").write_text(json.dumps(s.jwks))
     cds_auth.add_client(db, ISS, jwks_file=str(tmp_path / "k.json"))
-    client = TestClient(create_app(db, kb), base_url=BASE)
+    client = TestClient(create_app(db, kb, settings=Settings(public_url=BASE)), base_url=BASE)
     assert client.get("/cds-services", headers=auth(s, "/cds-services")).status_code == 200
     assert cds_auth.remove_client(db, ISS)
     assert client.get("/cds-services", headers=auth(s, "/cds-services")).status_code == 401
@@ -761,3 +761,145 @@ def test_order_sign_of_a_live_vaccine_for_a_patient_on_azathioprine(env: Any, si
     }
     cards = call(client, signer, "azaguard-order-sign", hook_body("order-sign", on_azathioprine(), [order]))
     assert not [c for c in cards if c["source"]["topic"]["code"].startswith("vaccine-live")]
+
+
+# ---------------------------------------------------------------- forms real order screens use (review)
+def test_a_draft_written_with_medication_reference_is_checked(env: Any, signer: Signer) -> None:
+    _, client = env
+    order = draft("197388", "Azathioprine 50 MG Oral Tablet", 1)
+    concept = order.pop("medicationCodeableConcept")
+    order["medicationReference"] = {"reference": "Medication/aza50"}
+    medication = {"resourceType": "Medication", "id": "aza50", "code": concept}
+    body = hook_body("order-sign", new_patient(tpmt="*3A/*3A"), [order, medication])
+    cards = call(client, signer, "azaguard-order-sign", body)
+    pgx = [c for c in cards if c["source"]["topic"]["code"] == "pgx-poor"]
+    assert pgx and pgx[0]["indicator"] == "critical", [c["source"]["topic"] for c in cards]
+    # A contained Medication is read the same way.
+    order["medicationReference"] = {"reference": "#m"}
+    order["contained"] = [{**medication, "id": "m"}]
+    cards = call(client, signer, "azaguard-order-sign", hook_body("order-sign", new_patient(tpmt="*3A/*3A"), [order]))
+    assert [c for c in cards if c["source"]["topic"]["code"] == "pgx-poor"]
+
+
+@pytest.mark.parametrize(
+    "quantity",
+    [
+        {"value": 4, "code": "{tab}"},
+        {"value": 4, "system": "http://snomed.info/sct", "code": "732936001", "unit": "tablet"},
+        {"value": 4, "unit": "Tablet(s)"},
+    ],
+    ids=["ucum-tab", "snomed-tablet", "tablet-s"],
+)
+def test_tablet_units_as_order_screens_write_them(env: Any, signer: Signer, quantity: dict[str, Any]) -> None:
+    _, client = env
+    order = draft("359228", "Azathioprine 100 MG Oral Tablet", 4)
+    order["dosageInstruction"][0]["doseAndRate"] = [{"doseQuantity": quantity}]
+    cards = call(client, signer, "azaguard-order-sign", hook_body("order-sign", new_patient(weight=70), [order]))
+    assert [c for c in cards if c["source"]["topic"]["code"].startswith("dosing-above")], [
+        c["source"]["topic"]["code"] for c in cards
+    ]
+
+
+def test_a_dose_that_cannot_be_read_is_said_to_be_unchecked(env: Any, signer: Signer) -> None:
+    _, client = env
+    order = draft("359228", "Azathioprine 100 MG Oral Tablet", 4)
+    order["dosageInstruction"][0]["doseAndRate"] = [{"doseQuantity": {"value": 4, "unit": "mL"}}]
+    cards = call(client, signer, "azaguard-order-sign", hook_body("order-sign", new_patient(weight=70), [order]))
+    unread = [c for c in cards if c["source"]["topic"]["code"] == "data-draft-dose-unreadable"]
+    assert unread and unread[0]["indicator"] == "warning" and "not checked" in unread[0]["summary"]
+    # A readable dose has no such card.
+    cards = call(
+        client,
+        signer,
+        "azaguard-order-sign",
+        hook_body("order-sign", new_patient(weight=70), [draft("359228", "Azathioprine 100 MG Oral Tablet", 1)]),
+    )
+    assert not [c for c in cards if c["source"]["topic"]["code"] == "data-draft-dose-unreadable"]
+
+
+def test_a_prefetch_search_sent_in_part_is_not_assessed(env: Any, signer: Signer) -> None:
+    _, client = env
+    body = hook_body("patient-view", on_azathioprine(neut=3.5))
+    body["prefetch"]["observations"]["link"] = [{"relation": "next", "url": "http://ehr.example/fhir/page2"}]
+    cards = call(client, signer, "azaguard-patient-view", body)
+    assert [c["source"]["topic"]["code"] for c in cards] == ["data-prefetch-missing"]
+    assert "sent in part" in cards[0]["detail"]
+    body = hook_body("patient-view", on_azathioprine(neut=3.5))
+    body["prefetch"]["observations"]["total"] = 500
+    cards = call(client, signer, "azaguard-patient-view", body)
+    assert [c["source"]["topic"]["code"] for c in cards] == ["data-prefetch-missing"]
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda b: b["context"]["draftOrders"]["entry"][0]["resource"]["medicationCodeableConcept"]["coding"][0].update(
+            code=["197388"]
+        ),
+        lambda b: b["context"]["draftOrders"]["entry"][0]["resource"]["dosageInstruction"][0].update(doseAndRate=5),
+        lambda b: b["prefetch"]["observations"].update(entry=5),
+        lambda b: b["prefetch"]["patient"].update(identifier=5),
+        lambda b: b.update(fhirServer=5),
+        lambda b: b["context"].update(draftOrders={"resourceType": "Bundle", "entry": 5}),
+    ],
+    ids=["code-list", "dose-and-rate-number", "entry-number", "identifier-number", "server-number", "drafts-number"],
+)
+def test_hostile_field_types_are_a_400_or_cards_never_a_500(env: Any, signer: Signer, mutate: Any) -> None:
+    _, client = env
+    body = hook_body("order-sign", on_azathioprine(), [draft("197388", "Azathioprine 50 MG Oral Tablet", 1)])
+    mutate(body)
+    path = "/cds-services/azaguard-order-sign"
+    r = client.post(path, json=body, headers=auth(signer, path))
+    assert r.status_code in (200, 400), r.text
+
+
+def test_a_feedback_timestamp_out_of_range_is_a_400(env: Any, signer: Signer) -> None:
+    _, client = env
+    path = "/cds-services/azaguard-order-sign/feedback"
+    fb = {
+        "feedback": [
+            {"card": str(uuid.uuid4()), "outcome": "accepted", "outcomeTimestamp": "0001-01-01T00:00:00+14:00"}
+        ]
+    }
+    r = client.post(path, json=fb, headers=auth(signer, path))
+    assert r.status_code == 400 and "outcomeTimestamp" in r.json()["reason"]
+
+
+def test_long_lived_tokens_are_refused(env: Any, signer: Signer) -> None:
+    _, client = env
+    path = "/cds-services"
+    now = int(time.time())
+    ok = signer.token(BASE + path, iat=now, exp=now + cds_auth.MAX_LIFETIME_SECONDS)
+    assert client.get(path, headers={"Authorization": f"Bearer {ok}"}).status_code == 200
+    long = signer.token(BASE + path, iat=now, exp=now + cds_auth.MAX_LIFETIME_SECONDS + 60)
+    r = client.get(path, headers={"Authorization": f"Bearer {long}"})
+    assert r.status_code == 401 and "longer" in r.json()["reason"]
+
+
+def test_without_a_public_url_the_host_header_decides_nothing(tmp_path: Path, kb: Knowledge) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'host.db'}")
+    s = Signer()
+    (tmp_path / "k.json").write_text(json.dumps(s.jwks))
+    cds_auth.add_client(db, ISS, jwks_file=str(tmp_path / "k.json"))
+    forged = TestClient(create_app(db, kb, settings=Settings(public_url="")), base_url="http://other-vendor.example")
+    token = s.token("http://other-vendor.example/cds-services")  # minted for another vendor's service
+    r = forged.get("/cds-services", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 401 and "AZAGUARD_PUBLIC_URL" in r.json()["reason"]
+    loopback = TestClient(create_app(db, kb, settings=Settings(public_url="")), base_url="http://127.0.0.1:8000")
+    token = s.token("http://127.0.0.1:8000/cds-services")
+    assert loopback.get("/cds-services", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    db.engine.dispose()
+
+
+def test_a_client_removed_by_another_process_is_refused_at_once(tmp_path: Path, kb: Knowledge) -> None:
+    url = f"sqlite:///{tmp_path / 'rm2.db'}"
+    server_db, cli_db = Database(url), Database(url)  # the server's and the CLI's own connections
+    s = Signer()
+    (tmp_path / "k.json").write_text(json.dumps(s.jwks))
+    cds_auth.add_client(cli_db, ISS, jwks_file=str(tmp_path / "k.json"))
+    client = TestClient(create_app(server_db, kb, settings=Settings(public_url=BASE)), base_url=BASE)
+    assert client.get("/cds-services", headers=auth(s, "/cds-services")).status_code == 200
+    cds_auth.remove_client(cli_db, ISS)
+    assert client.get("/cds-services", headers=auth(s, "/cds-services")).status_code == 401
+    server_db.engine.dispose()
+    cli_db.engine.dispose()

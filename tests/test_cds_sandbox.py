@@ -183,3 +183,41 @@ def test_missing_prefetch_is_fetched_from_the_registered_fhir_server(
     r = httpx.post(ours + path, json=body, headers={"Authorization": f"Bearer {signer.token(ours + path)}"})
     cards = r.json()["cards"]
     assert [c["source"]["topic"]["code"] for c in cards] == ["data-prefetch-missing"]
+
+
+def test_a_medication_reference_in_the_ehr_is_fetched_with_its_medication(
+    tmp_path: Path, azaguard_server: tuple[str, Database, str], fhir_server: FhirServer
+) -> None:
+    """The prefetch templates `_include` the Medication a MedicationStatement points at: read from the
+    real FHIR server, the course on azathioprine is recognised and the low count gives its card."""
+    import json
+
+    import httpx
+    from test_cds_hooks import ISS, Signer
+
+    from azaguard.fhirbuild import BundleBuilder
+
+    ours, db, _ = azaguard_server
+
+    def by_reference(b: BundleBuilder) -> None:
+        st = next(r for r in b.entries if r["resourceType"] == "MedicationStatement")
+        b.add({"resourceType": "Medication", "id": "aza-med", "code": st.pop("medicationCodeableConcept")})
+        st["medicationReference"] = {"reference": "Medication/aza-med"}
+
+    pid = fhir_server.add_patient_on_azathioprine("CDS-MEDREF-1", neut=0.7, extra=by_reference)
+    signer = Signer()
+    keys = tmp_path / "jwks.json"
+    keys.write_text(json.dumps(signer.jwks))
+    cds_auth.add_client(db, ISS, jwks_file=str(keys), fhir_servers=[fhir_server.base])
+    path = "/cds-services/azaguard-patient-view"
+    body = {
+        "hook": "patient-view",
+        "hookInstance": "5b4a9b0e-0f3c-4b8e-9f55-3e7b1f0d2a11",
+        "fhirServer": fhir_server.base,
+        "context": {"userId": "Practitioner/1", "patientId": pid},
+        "prefetch": {},  # everything fetched by azaguard with the discovery's templates
+    }
+    r = httpx.post(ours + path, json=body, headers={"Authorization": f"Bearer {signer.token(ours + path)}"})
+    assert r.status_code == 200, r.text
+    codes = [c["source"]["topic"]["code"] for c in r.json()["cards"]]
+    assert "lab-neutrophils-low" in codes, codes

@@ -480,6 +480,9 @@ def test_search_by_patient_or_subject_in_any_form(clinic: Clinic) -> None:
     page2 = clinic.client.get(links["next"], headers=clinic.h("clin")).json()
     assert page2["entry"][0]["resource"]["id"] != bundle["entry"][0]["resource"]["id"]
     assert clinic.ok("clin", "/fhir/Patient", _id=pid)["entry"][0]["resource"]["id"] == str(pid)
+    # _count=0 asks for the total only: no next link that would point at itself.
+    none = clinic.ok("clin", "/fhir/Observation", patient=pid, _count=0)
+    assert none["total"] > 0 and not none.get("entry") and "next" not in {lk["relation"] for lk in none["link"]}
     held = clinic.ids["hold"]
     only = clinic.ok("clin", f"/fhir/Patient/{held}/$everything", _type="Flag,CarePlan")
     assert sorted(e["resource"]["resourceType"] for e in only["entry"]) == ["CarePlan", "Flag"]

@@ -8,6 +8,7 @@ Errors are JSON, with CORS headers, so a browser-based EHR (the CDS Hooks sandbo
 from __future__ import annotations
 
 import json
+import logging
 from datetime import date
 from typing import Any
 
@@ -15,12 +16,13 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
-from azaguard.deps import KbDep, database, public_base
+from azaguard.deps import KbDep, database, public_base, settings
 from azaguard.ehr import cds, cds_auth
 from azaguard.render.cards import CardLinks
 from azaguard.service_models import CdsCardsOut, CdsDiscoveryOut, CdsErrorOut, CdsFeedbackOut
 
 router = APIRouter(prefix="/cds-services", tags=["cds-hooks"])
+log = logging.getLogger("azaguard.cds")
 
 MAX_HOOK_BYTES = 5 * 1024 * 1024  # a prefetch of years of results fits; the app-wide body limit applies too
 CORS = {
@@ -40,7 +42,14 @@ def _refused(request: Request, exc: cds_auth.CdsAuthError) -> JSONResponse:
     return _json({"error": "unauthorized", "reason": exc.reason}, 401, {"WWW-Authenticate": "Bearer"})
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
 async def _caller(request: Request) -> cds_auth.CdsCaller:
+    # The audience a token must name is this server's public URL. Taken from the Host header only on
+    # a loopback address: elsewhere a forged Host would let a token minted for another service in.
+    if not settings(request).public_url and (request.url.hostname or "") not in LOOPBACK:
+        raise cds_auth.CdsAuthError("this server has no AZAGUARD_PUBLIC_URL set: CDS Hooks calls are refused")
     audience = public_base(request) + request.url.path
     return await run_in_threadpool(cds_auth.verify, database(request), request.headers.get("authorization"), audience)
 
@@ -91,13 +100,21 @@ async def call_service(service_id: str, request: Request, kb: KbDep) -> JSONResp
         call = cds.parse_call(service_id, await _body(request))
     except cds.HookRequestError as exc:
         return _json({"error": "bad request", "reason": str(exc)}, 400)
+    except (TypeError, AttributeError, KeyError) as exc:
+        log.warning("CDS hook %s: unreadable request (%s)", service_id, type(exc).__name__)
+        return _json({"error": "bad request", "reason": "request: has a field of an unexpected type"}, 400)
     base = public_base(request)
     links = CardLinks(smart_launch_url=f"{base}/smart/launch", sources_url=f"{base}/sources")
     db = database(request)
 
     def work() -> dict[str, Any]:
         with db.session() as s:
-            result = cds.run_hook(s, kb, call, caller, links, date.today())
+            try:
+                result = cds.run_hook(s, kb, call, caller, links, date.today())
+            except (TypeError, AttributeError, KeyError) as exc:
+                # A field of a type the tolerant reading did not expect: the request, not the server.
+                log.warning("CDS hook %s: unreadable request (%s)", service_id, type(exc).__name__)
+                raise cds.HookRequestError("request", "has a field of an unexpected type") from exc
         cds.record_cards(db, caller, service_id, result, call.user_id)
         return {"cards": result.cards}
 
@@ -105,6 +122,8 @@ async def call_service(service_id: str, request: Request, kb: KbDep) -> JSONResp
         body = await run_in_threadpool(work)
     except cds_auth.CdsAuthError as exc:
         return await run_in_threadpool(_refused, request, exc)
+    except cds.HookRequestError as exc:
+        return _json({"error": "bad request", "reason": str(exc)}, 400)
     return _json(body)
 
 

@@ -50,7 +50,26 @@ FETCH_TIMEOUT_SECONDS = 4.0
 FETCH_MAX_PAGES = 10
 # Categories a thiopurine order is checked against (the order's own safety), whatever their age.
 ORDER_CATEGORIES = ("pgx", "dosing", "contraindication", "reproduction", "interaction", "screening", "vaccine")
-TABLET_UNITS = {"{pill}", "{tbl}", "{tablet}", "tablet", "tablets", "tab", "pill"}
+# How order screens write "tablets": UCUM annotations, plain words, and SNOMED CT's "Tablet" (unit of
+# presentation 732936001, dose form 385055001). Matched on the code and on the unit text.
+TABLET_UNITS = {
+    "{pill}",
+    "{pills}",
+    "{tbl}",
+    "{tab}",
+    "{tabs}",
+    "{tablet}",
+    "{tablets}",
+    "tablet",
+    "tablets",
+    "tablet(s)",
+    "tab",
+    "tabs",
+    "pill",
+    "pills",
+    "732936001",
+    "385055001",
+}
 PER_DAY_UNITS = {"d": 1.0, "h": 24.0, "wk": 1 / 7, "mo": 1 / 30, "a": 1 / 365}
 
 
@@ -82,8 +101,9 @@ def prefetch_templates(kb: Knowledge) -> dict[str, str]:
     return {
         "patient": f"Patient/{p}",
         "observations": f"Observation?patient={p}&code={loinc}",
-        "medicationRequests": f"MedicationRequest?patient={p}",
-        "medicationStatements": f"MedicationStatement?patient={p}",
+        # with the Medication a medicationReference points at (else the reader cannot name the medicine)
+        "medicationRequests": f"MedicationRequest?patient={p}&_include=MedicationRequest:medication",
+        "medicationStatements": f"MedicationStatement?patient={p}&_include=MedicationStatement:medication",
         "conditions": f"Condition?patient={p}",
         "immunizations": f"Immunization?patient={p}",
         "allergies": f"AllergyIntolerance?patient={p}",
@@ -210,12 +230,23 @@ class Gathered:
     missing: list[str]  # prefetch keys neither sent nor fetched, with why
 
 
+def _incomplete(value: Any) -> bool:
+    """A searchset the EHR cut short: a `next` page it did not send, or fewer entries than its total."""
+    if not isinstance(value, dict) or value.get("resourceType") != "Bundle":
+        return False
+    if any(isinstance(lk, dict) and lk.get("relation") == "next" for lk in _list(value.get("link"))):
+        return True
+    total = value.get("total")
+    return isinstance(total, int) and total > len(_list(value.get("entry")))
+
+
 def _resources_of(value: Any) -> list[dict[str, Any]]:
     if not isinstance(value, dict):
         return []
     if value.get("resourceType") == "Bundle":
         out = []
-        for e in value.get("entry") or []:
+        entries = value.get("entry")
+        for e in entries if isinstance(entries, list) else []:
             res = e.get("resource") if isinstance(e, dict) else None
             if isinstance(res, dict) and res.get("resourceType") not in (None, "OperationOutcome"):
                 out.append(res)
@@ -251,13 +282,18 @@ def _fetch(call: HookCall, caller: CdsCaller, query: str) -> tuple[Any, str]:
                     first = page
                 if not isinstance(page, dict) or page.get("resourceType") != "Bundle":
                     return page, ""
-                entries.extend(page.get("entry") or [])
+                page_entries = page.get("entry")
+                entries.extend(page_entries if isinstance(page_entries, list) else [])
                 nxt = [
                     lk.get("url")
                     for lk in page.get("link") or []
                     if isinstance(lk, dict) and lk.get("relation") == "next"
                 ]
-                url = nxt[0] if nxt and isinstance(nxt[0], str) and nxt[0].startswith(server + "/") else None
+                if nxt and not (isinstance(nxt[0], str) and nxt[0].startswith(server + "/")):
+                    return None, "not sent, and the FHIR server's next page is on another server (not followed)"
+                url = nxt[0] if nxt else None
+            if url is not None:
+                return None, f"not sent, and the FHIR server has more than {FETCH_MAX_PAGES} pages of it"
     except (httpx.HTTPError, ValueError) as exc:
         return None, f"not sent, and the FHIR server could not be read ({type(exc).__name__})"
     if isinstance(first, dict) and first.get("resourceType") == "Bundle":
@@ -273,10 +309,12 @@ def gather(call: HookCall, caller: CdsCaller, kb: Knowledge) -> Gathered:
     for key, template in templates.items():
         value = call.prefetch.get(key)
         failed = isinstance(value, dict) and value.get("resourceType") == "OperationOutcome"
-        if key not in call.prefetch or failed:  # not sent, or the EHR's own prefetch failed: fetch it
+        # Not sent, the EHR's own prefetch failed, or it sent only part of a search: fetch it whole.
+        if key not in call.prefetch or failed or _incomplete(value):
             value, problem = _fetch(call, caller, template.replace("{{context.patientId}}", call.patient_fhir_id))
             if problem:
-                missing.append(f"{key}: {problem}")
+                sent = "sent in part" if _incomplete(call.prefetch.get(key)) else ""
+                missing.append(f"{key}: {problem.replace('not sent', sent, 1) if sent else problem}")
                 continue
         if key == "patient":
             patient = value if isinstance(value, dict) and value.get("resourceType") == "Patient" else None
@@ -304,15 +342,50 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _codings(res: dict[str, Any]) -> list[dict[str, Any]]:
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _concept(res: dict[str, Any], medications: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The medicine of an order: its medicationCodeableConcept, or the code of the Medication its
+    medicationReference points at (contained, in the draft bundle, or in the prefetch)."""
     cc = res.get("medicationCodeableConcept")
-    if not isinstance(cc, dict):
-        return []
-    return [c for c in cc.get("coding") or [] if isinstance(c, dict)]
+    if isinstance(cc, dict):
+        return cc
+    ref = _dict(res.get("medicationReference")).get("reference")
+    if not isinstance(ref, str):
+        return {}
+    if ref.startswith("#"):
+        found = next((c for c in _list(res.get("contained")) if isinstance(c, dict) and c.get("id") == ref[1:]), None)
+    else:
+        found = medications.get(ref) or medications.get(ref.rsplit("/", 1)[-1] if "/" in ref else ref)
+    concept = _dict(_dict(found).get("code"))
+    display = _dict(res.get("medicationReference")).get("display")
+    if not concept and isinstance(display, str):
+        concept = {"text": display}
+    return concept
+
+
+def _codings(cc: dict[str, Any]) -> list[dict[str, Any]]:
+    codings = cc.get("coding")
+    return [c for c in codings if isinstance(c, dict)] if isinstance(codings, list) else []
+
+
+def medications_by_reference(resources: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Medication resources by "Medication/{id}" (and full URL, when given), for medicationReference."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in resources:
+        if r.get("resourceType") == "Medication" and isinstance(r.get("id"), str):
+            out[f"Medication/{r['id']}"] = r
+    return out
 
 
 def normalise_draft(
-    kb: Knowledge, res: dict[str, Any], patient_ref: str, today: date
+    kb: Knowledge,
+    res: dict[str, Any],
+    patient_ref: str,
+    today: date,
+    medications: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[dict[str, Any], rc.Draft]:
     """A draft MedicationRequest as the reader expects it, and what the cards need to know of it."""
     out = copy.deepcopy(res)
@@ -323,9 +396,15 @@ def normalise_draft(
         out["authoredOn"] = today.isoformat()
     if isinstance(out.get("category"), dict):
         out["category"] = [out["category"]]
-    codings = _codings(res)
-    product = next((kb.products.codes[c["code"]] for c in codings if c.get("code") in kb.products.codes), None)
-    cc = _dict(res.get("medicationCodeableConcept"))
+    cc = _concept(res, medications or {})
+    if "medicationCodeableConcept" not in out and cc:
+        # The reader is given the medicine itself: the Medication a reference points at may not be sent.
+        out.pop("medicationReference", None)
+        out["medicationCodeableConcept"] = cc
+    codings = _codings(cc)
+    product = next(
+        (kb.products.codes[str(c.get("code"))] for c in codings if str(c.get("code")) in kb.products.codes), None
+    )
     name = (
         (cc.get("text") if isinstance(cc.get("text"), str) else None)
         or next((c.get("display") for c in codings if isinstance(c.get("display"), str)), None)
@@ -347,11 +426,13 @@ def normalise_draft(
         if not isinstance(dosage, dict):
             continue
         per_day = _per_day(dosage) or per_day
-        for dr in dosage.get("doseAndRate") or []:
+        rates = dosage.get("doseAndRate")
+        for dr in rates if isinstance(rates, list) else []:
             q = dr.get("doseQuantity") if isinstance(dr, dict) else None
             if not isinstance(q, dict) or not isinstance(q.get("value"), int | float):
                 continue
-            unit = str(q.get("code") or q.get("unit") or "").strip().lower()
+            units = {str(q.get(k) or "").strip().lower() for k in ("code", "unit")} - {""}
+            unit = "mg" if "mg" in units else next(iter(units & TABLET_UNITS), next(iter(units), ""))
             if unit in TABLET_UNITS:
                 if tablet_mg is None:
                     known = False  # tablets of an unknown strength: the reader sees no dose
@@ -382,7 +463,7 @@ class HookResult:
 def _clinic_patient(s: Session, patient: dict[str, Any] | None) -> int | None:
     values = [
         i["value"].strip()
-        for i in (patient or {}).get("identifier") or []
+        for i in _list(_dict(patient).get("identifier"))
         if isinstance(i, dict) and isinstance(i.get("value"), str) and i["value"].strip()
     ]
     if not values:
@@ -421,17 +502,18 @@ def run_hook(
     patient_ref = f"Patient/{gathered.patient.get('id') or call.patient_fhir_id}"
     drafts: list[rc.Draft] = []
     draft_resources: list[dict[str, Any]] = []
+    medications = medications_by_reference(gathered.resources + call.draft_orders)
     for res in call.draft_orders:
         if res.get("resourceType") == "MedicationRequest":
-            normalised, draft = normalise_draft(kb, res, patient_ref, today)
+            normalised, draft = normalise_draft(kb, res, patient_ref, today, medications)
             drafts.append(draft)
             draft_resources.append(normalised)
-        else:
+        elif res.get("resourceType") != "Medication":
             draft_resources.append(res)  # other draft orders (vaccines as Immunization...): the reader decides
     base = [r for r in gathered.resources if r.get("resourceType") != "Patient"]
     try:
         baseline = read_bundle(_bundle(gathered.patient, base), kb)
-        record = _with_drafts(baseline, gathered.patient, base, draft_resources, kb)
+        record, ordered = _with_drafts(baseline, gathered.patient, base, draft_resources, kb)
     except ReaderError as exc:
         card = rc.notice_card(
             kb,
@@ -443,7 +525,9 @@ def run_hook(
             "data-unreadable",
         )
         return HookResult([card], patient_id, ["data-unreadable"])
-    thiopurine_draft = any(dr.drug in THIOPURINES for dr in drafts)
+    # What the reader made of the draft orders decides, as for every other medicine (a coded
+    # Medication, a brand name in free text...), not only what the card code recognised.
+    thiopurine_draft = any(med.drug in THIOPURINES for med in ordered) or any(dr.drug in THIOPURINES for dr in drafts)
     if not (_on_thiopurine(baseline) or thiopurine_draft):
         return HookResult([], patient_id, [])  # azathioprine is not part of this patient's care
     result = assess(record, kb, today)
@@ -459,11 +543,11 @@ def _with_drafts(
     base: list[dict[str, Any]],
     drafts: list[dict[str, Any]],
     kb: Knowledge,
-) -> d.PatientRecord:
+) -> tuple[d.PatientRecord, tuple[d.MedicationEntry, ...]]:
     """The record with the draft orders added: the drafts read on their own (with the Medication
     resources they may point at) and appended, so the EHR's record is read once, not twice."""
     if not drafts:
-        return baseline
+        return baseline, ()
     meds = [r for r in base if r.get("resourceType") == "Medication"]
     extra = read_bundle(_bundle(patient, meds + drafts), kb)
     merged = {
@@ -471,7 +555,7 @@ def _with_drafts(
         for f in dataclasses.fields(baseline)
         if isinstance(getattr(baseline, f.name), tuple)
     }
-    return dataclasses.replace(baseline, **merged)
+    return dataclasses.replace(baseline, **merged), extra.medications
 
 
 def _bundle(patient: dict[str, Any], resources: list[dict[str, Any]]) -> dict[str, Any]:
@@ -538,10 +622,28 @@ def _order(
     shown = [f for f in a.findings if relevant(f)]
     sign = call.service.hook == "order-sign"
     cards: list[dict[str, Any]] = []
+    codes: list[str] = []
+    for dr in drafts:
+        if dr.drug in THIOPURINES and dr.mg_per_day is None:
+            # Never a silent pass: a dose azaguard could not turn into mg/day was not checked.
+            cards.append(
+                rc.notice_card(
+                    kb,
+                    f"azaguard could not work out the dose of this {dr.name} order: not checked",
+                    "The order's dose could not be turned into mg per day (a unit, tablet strength or frequency "
+                    "azaguard does not know), so it was not checked against the patient's weight, TPMT/NUDT15 "
+                    "status, kidneys or co-medicines. Check the dose yourself, or write it in mg with a daily "
+                    "frequency.",
+                    "warning",
+                    links,
+                    "data-draft-dose-unreadable",
+                )
+            )
+            codes.append("data-draft-dose-unreadable")
     for f in shown:
         suggestions = _suggestions(kb, f, a, drafts, patient_ref, thiopurine_draft)
         cards.append(rc.finding_card(kb, f, links, suggestions, override=sign and f.severity == "critical"))
-    codes = [f.code for f in shown]
+    codes += [f.code for f in shown]
     rest = [f for f in a.findings if f.severity in ("critical", "warning") and f not in shown]
     if rest:
         cards.append(_more_card(kb, rest, links))
@@ -639,10 +741,10 @@ def parse_feedback(body: Any) -> list[FeedbackItem]:
         ts = fb.get("outcomeTimestamp")
         try:
             when = datetime.fromisoformat(ts.replace("Z", "+00:00")) if isinstance(ts, str) else now()
-        except ValueError as exc:
+            if when.tzinfo is not None:
+                when = when.astimezone().replace(tzinfo=None)
+        except (ValueError, OverflowError) as exc:
             raise HookRequestError(f"{where}.outcomeTimestamp", "must be an ISO 8601 instant") from exc
-        if when.tzinfo is not None:
-            when = when.astimezone().replace(tzinfo=None)
         reason = _dict(fb.get("overrideReason"))
         coding = _dict(reason.get("reason"))
         accepted = [

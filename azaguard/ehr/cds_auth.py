@@ -40,6 +40,8 @@ from azaguard.store.records import now
 ALGORITHMS = ["ES384", "RS384", "ES256", "RS256", "ES512", "RS512"]
 LEEWAY_SECONDS = 5  # clocks differ; the sandbox rounds iat to the nearest second
 JWKS_CACHE_SECONDS = 300
+MAX_LIFETIME_SECONDS = 3600  # exp - iat
+MAX_ISS = 400  # the registration's column width
 JWKS_TIMEOUT_SECONDS = 3.0
 JWKS_MAX_BYTES = 256 * 1024
 
@@ -158,31 +160,24 @@ def _client_out(row: m.CdsClient) -> ClientOut:
 
 # ---------------------------------------------------------------- key sets
 class _KeyCache:
-    """Registered clients and fetched JWK Sets, cached briefly: a hook call must not wait on a key
-    server (the specification expects answers in about 500 ms), and a key rotation is picked up
-    within JWKS_CACHE_SECONDS."""
+    """Fetched JWK Sets, cached briefly (a hook call must not wait on a key server; a rotation is
+    picked up within JWKS_CACHE_SECONDS), and parsed pinned sets, by content. The registration itself
+    is read on every call (one indexed row): a client removed or re-keyed with the CLI, in another
+    process, is refused or accepted from the next call on."""
+
+    MAX_ENTRIES = 256  # parsed sets and fetched URLs kept; beyond that the cache starts afresh
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._clients: dict[tuple[str, str], tuple[float, m.CdsClient | None]] = {}  # (database, iss)
         self._sets: dict[str, tuple[float, jwt.PyJWKSet]] = {}
         self._parsed: dict[str, jwt.PyJWKSet] = {}
 
     def forget(self, db: Database, iss: str) -> None:
         with self._lock:
-            self._clients.pop((db.url, iss), None)
             self._sets.clear()
 
     def client(self, db: Database, s: Session, iss: str) -> m.CdsClient | None:
-        hit = self._clients.get((db.url, iss))
-        if hit and time.monotonic() - hit[0] < JWKS_CACHE_SECONDS:
-            return hit[1]
-        row = s.scalar(select(m.CdsClient).where(m.CdsClient.iss == iss, m.CdsClient.active.is_(True)))
-        if row is not None:
-            s.expunge(row)
-        with self._lock:
-            self._clients[(db.url, iss)] = (time.monotonic(), row)
-        return row
+        return s.scalar(select(m.CdsClient).where(m.CdsClient.iss == iss, m.CdsClient.active.is_(True)))
 
     def pinned(self, client: m.CdsClient) -> jwt.PyJWKSet:
         """A registered JWK Set, parsed once per registration (parsing a key costs as much as a check)."""
@@ -192,6 +187,8 @@ class _KeyCache:
         if hit is None:
             hit = jwt.PyJWKSet.from_dict(jwks)
             with self._lock:
+                if len(self._parsed) >= self.MAX_ENTRIES:
+                    self._parsed.clear()
                 self._parsed[key] = hit
         return hit
 
@@ -208,6 +205,8 @@ class _KeyCache:
         except (httpx.HTTPError, ValueError, jwt.PyJWTError) as exc:
             raise CdsAuthError(f"the client's JWKS could not be fetched ({type(exc).__name__})") from exc
         with self._lock:
+            if len(self._sets) >= self.MAX_ENTRIES:
+                self._sets.clear()
             self._sets[url] = (time.monotonic(), keyset)
         return keyset
 
@@ -250,6 +249,8 @@ def verify(db: Database, authorization: str | None, audience: str) -> CdsCaller:
     iss = unverified.get("iss")
     if not isinstance(iss, str) or not iss:
         raise CdsAuthError("the token has no iss")
+    if len(iss) > MAX_ISS:
+        raise CdsAuthError("the token's iss is not a registered CDS client (too long)")
     if header.get("alg") not in ALGORITHMS:
         raise CdsAuthError(f"algorithm {str(header.get('alg'))[:20]!r} is not accepted", iss)
     with db.session() as s:
@@ -271,6 +272,10 @@ def verify(db: Database, authorization: str | None, audience: str) -> CdsCaller:
         raise CdsAuthError(f"the token was refused ({type(exc).__name__}: {exc})", iss) from exc
     if float(claims["iat"]) > time.time() + LEEWAY_SECONDS:
         raise CdsAuthError("the token was issued in the future", iss)
+    if float(claims["exp"]) - float(claims["iat"]) > MAX_LIFETIME_SECONDS:
+        # CDS Hooks asks for short-lived tokens (the sandbox's live 5 minutes); a long one is a
+        # credential someone could keep and replay against another service id.
+        raise CdsAuthError(f"the token lives longer than {MAX_LIFETIME_SECONDS} s (exp - iat)", iss)
     expires = datetime.fromtimestamp(float(claims["exp"])) + timedelta(seconds=LEEWAY_SECONDS)
     return CdsCaller(iss, tuple(client.fhir_servers or ()), str(claims["jti"]), expires.replace(microsecond=0))
 

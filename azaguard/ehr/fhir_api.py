@@ -241,9 +241,9 @@ def _bundle(
         return f"{base}/{path}" + (f"?{query}" if query else "")
 
     links = {"self": url(offset)}
-    if count is not None and offset + count < len(matches):
+    if count and offset + count < len(matches):  # _count=0 asks for the total only: no next page
         links["next"] = url(offset + count)
-    if count is not None and offset > 0:
+    if count and offset > 0:
         links["previous"] = url(max(offset - count, 0))
     return fr.bundle(shown, base, kv, len(matches), links)
 
