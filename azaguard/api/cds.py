@@ -7,11 +7,11 @@ Errors are JSON, with CORS headers, so a browser-based EHR (the CDS Hooks sandbo
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import date
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
@@ -33,8 +33,15 @@ CORS = {
 }
 
 
+class _OrJSON(JSONResponse):
+    """JSON written by orjson: a hook answer carries long markdown details, read on every chart open."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
 def _json(body: Any, status: int = 200, extra: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(body, status_code=status, headers={**CORS, **(extra or {})})
+    return _OrJSON(body, status_code=status, headers={**CORS, **(extra or {})})
 
 
 def _refused(request: Request, exc: cds_auth.CdsAuthError) -> JSONResponse:
@@ -83,7 +90,7 @@ async def _body(request: Request) -> Any:
     if len(raw) > MAX_HOOK_BYTES:
         raise cds.HookRequestError("request", f"is larger than {MAX_HOOK_BYTES // (1024 * 1024)} MB")
     try:
-        return json.loads(raw)
+        return orjson.loads(raw)  # a prefetch is tens of KiB: orjson reads it in a third of json's time
     except (ValueError, RecursionError) as exc:
         raise cds.HookRequestError("request", "is not valid JSON") from exc
 
