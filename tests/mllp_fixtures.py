@@ -4,16 +4,28 @@ an asyncio client that reads acknowledgements the way a laboratory's interface e
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import concurrent.futures
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, timedelta
+from typing import Any, TypeVar
 
 import hl7  # type: ignore[import-untyped]
 
 from azaguard.ehr.mllp import DEFAULT_MAX_FRAME, Background, start_in_thread
 from azaguard.knowledge import Knowledge
 from azaguard.store.db import Database
+
+T = TypeVar("T")
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run on a thread of its own. In the full suite a browser test (Playwright's sync API)
+    may leave an event loop running on the main thread, where asyncio.run refuses to start."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
 
 START, END = b"\x0b", b"\x1c\r"
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import hl7  # type: ignore[import-untyped]
 import pytest
-from mllp_fixtures import END, FBC, START, Client, frame, listening, oru, parse_ack
+from mllp_fixtures import END, FBC, START, Client, frame, listening, oru, parse_ack, run_async
 from sqlalchemy import func, select
 
 from azaguard.ehr.mllp import KEEP_HEAD, MAX_ACK, Fragment, Frame, Framer, Oversize, build_ack
@@ -129,7 +129,7 @@ def test_each_message_is_answered_with_its_control_id_and_its_fate(db: Database,
         return got
 
     with listening(db, kb) as feed:
-        got = asyncio.run(run(feed.port))
+        got = run_async(run(feed.port))
     assert got == [(code, control) for _, code, control in cases]
     with db.session() as s:
         stored = s.scalar(select(func.count()).select_from(m.Observation).where(m.Observation.kind == "lab"))
@@ -154,7 +154,7 @@ def test_partial_frames_and_noise_between_frames(sqlite_db: Database, kb: Knowle
         return [f"{a.code} {a.control}" for a in acks]
 
     with listening(sqlite_db, kb) as feed:
-        assert asyncio.run(run(feed.port)) == ["AA P-1", "AA P-2"]
+        assert run_async(run(feed.port)) == ["AA P-1", "AA P-2"]
     assert count(sqlite_db, m.Observation) == 12
 
 
@@ -173,7 +173,7 @@ def test_a_client_gone_mid_message_stores_nothing_and_the_fragment_is_kept(db: D
         return whole[: len(whole) // 2], f"{ack.code} {ack.control}"
 
     with listening(db, kb) as feed:
-        sent, answer = asyncio.run(run(feed.port))
+        sent, answer = run_async(run(feed.port))
     assert answer == "AA NEXT-1"
     items = quarantine(db)
     assert len(items) == 1 and "connection closed mid-message" in items[0].reason
@@ -195,7 +195,7 @@ def test_an_oversize_frame_is_answered_ar_and_kept_in_quarantine(sqlite_db: Data
         return [f"{a.code} {a.control} {a.text[:45]}" for a in acks]
 
     with listening(sqlite_db, kb, max_frame=4000) as feed:
-        first, second = asyncio.run(run(feed.port))
+        first, second = run_async(run(feed.port))
     assert first.startswith("AR BIG-1 frame of") and "over the 4000-byte limit" in quarantine(sqlite_db)[0].reason
     assert second == "AA SMALL-1 "
     assert count(sqlite_db, m.Observation) == 6  # SMALL-1 only
@@ -218,7 +218,7 @@ def test_many_connections_at_once_store_each_result_once(db: Database, kb: Knowl
         return await asyncio.gather(*(client(port, w) for w in work))
 
     with listening(db, kb) as feed:
-        results = asyncio.run(run(feed.port))
+        results = run_async(run(feed.port))
     assert {code for codes in results for code in codes} == {"AA"}
     assert count(db, m.Observation) == 60 * 6  # every result once, whatever the races
     assert quarantine(db) == []
@@ -247,7 +247,7 @@ def test_a_busy_database_is_waited_for_and_only_then_refused(
     with listening(sqlite_db, kb) as feed:
         holder.start()
         holding.wait()
-        code, _, took = asyncio.run(send(feed.port, oru("BUSY-1", "MRN1", "ORD1")))
+        code, _, took = run_async(send(feed.port, oru("BUSY-1", "MRN1", "ORD1")))
         holder.join()
     assert code == "AA" and took >= 0.8 and count(sqlite_db, m.Observation) == 6
     # refused: the lock is held longer than the store timeout (each try gives up after 0.2 s)
@@ -258,11 +258,11 @@ def test_a_busy_database_is_waited_for_and_only_then_refused(
     with listening(impatient, kb, store_timeout=1.0) as feed:
         holder.start()
         holding.wait()
-        code, text, _ = asyncio.run(send(feed.port, oru("BUSY-2", "MRN1", "ORD2")))
+        code, text, _ = run_async(send(feed.port, oru("BUSY-2", "MRN1", "ORD2")))
         holder.join()
         assert (code, text) == ("AR", "database busy: nothing stored; send the message again")
         assert count(sqlite_db, m.Observation) == 6 and quarantine(sqlite_db) == []  # nothing half-stored
-        code, _, _ = asyncio.run(send(feed.port, oru("BUSY-2", "MRN1", "ORD2")))  # the sender tries again
+        code, _, _ = run_async(send(feed.port, oru("BUSY-2", "MRN1", "ORD2")))  # the sender tries again
     impatient.engine.dispose()
     assert code == "AA" and count(sqlite_db, m.Observation) == 12
 
@@ -281,7 +281,7 @@ def test_no_patient_data_in_any_log_line(sqlite_db: Database, kb: Knowledge, cap
         return codes
 
     with listening(sqlite_db, kb) as feed:
-        assert asyncio.run(run(feed.port)) == ["AE", "AE"]
+        assert run_async(run(feed.port)) == ["AE", "AE"]
         for _ in range(100):  # the close line is written once the fragment is stored
             if "connection closed" in caplog.text:
                 break

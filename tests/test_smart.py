@@ -10,7 +10,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
@@ -70,20 +70,28 @@ def test_a_good_id_token_gives_its_claims_the_single_key_used_without_kid() -> N
 
 
 @pytest.mark.parametrize(
-    ("token", "jwks", "why"),
+    ("make", "jwks", "why"),
     [
-        (id_token(OTHER_KEY, nonce="n1"), JWKS, "signature does not verify"),
-        (id_token(nonce="n1", aud="someone-else"), JWKS, "issued to another client"),
-        (id_token(nonce="n1", iss="https://other.example.org/fhir"), JWKS, "issued by another issuer"),
-        (id_token(nonce="other"), JWKS, "nonce does not belong to this launch"),
-        (id_token(), JWKS, "nonce does not belong to this launch"),
-        (id_token(nonce="n1", exp=int(time.time()) - 3600, iat=int(time.time()) - 7200), JWKS, "has expired"),
-        (id_token(nonce="n1", fhirUser=None), JWKS, "names no fhirUser"),
-        (id_token(nonce="n1", exp=None), JWKS, "has no exp claim"),
-        (id_token(nonce="n1"), {"keys": [jwk(KEY), jwk(OTHER_KEY)]}, "names no key"),
-        (id_token(nonce="n1", headers={"kid": "k9"}), {"keys": [jwk(KEY, "k1")]}, "a key the EHR does not publish"),
-        (jwt.encode({"iss": ISS, "aud": CLIENT, "nonce": "n1"}, "s" * 32, algorithm="HS256"), JWKS, "not accepted"),
-        ("not a token", JWKS, "not a JWT"),
+        (lambda: id_token(OTHER_KEY, nonce="n1"), JWKS, "signature does not verify"),
+        (lambda: id_token(nonce="n1", aud="someone-else"), JWKS, "issued to another client"),
+        (lambda: id_token(nonce="n1", iss="https://other.example.org/fhir"), JWKS, "issued by another issuer"),
+        (lambda: id_token(nonce="other"), JWKS, "nonce does not belong to this launch"),
+        (lambda: id_token(), JWKS, "nonce does not belong to this launch"),
+        (lambda: id_token(nonce="n1", exp=int(time.time()) - 3600, iat=int(time.time()) - 7200), JWKS, "has expired"),
+        (lambda: id_token(nonce="n1", fhirUser=None), JWKS, "names no fhirUser"),
+        (lambda: id_token(nonce="n1", exp=None), JWKS, "has no exp claim"),
+        (lambda: id_token(nonce="n1"), {"keys": [jwk(KEY), jwk(OTHER_KEY)]}, "names no key"),
+        (
+            lambda: id_token(nonce="n1", headers={"kid": "k9"}),
+            {"keys": [jwk(KEY, "k1")]},
+            "a key the EHR does not publish",
+        ),
+        (
+            lambda: jwt.encode({"iss": ISS, "aud": CLIENT, "nonce": "n1"}, "s" * 32, algorithm="HS256"),
+            JWKS,
+            "not accepted",
+        ),
+        (lambda: "not a token", JWKS, "not a JWT"),
     ],
     ids=[
         "bad-signature",
@@ -100,9 +108,11 @@ def test_a_good_id_token_gives_its_claims_the_single_key_used_without_kid() -> N
         "garbage",
     ],
 )
-def test_a_wrong_id_token_is_refused_saying_why(token: str, jwks: dict[str, Any], why: str) -> None:
+def test_a_wrong_id_token_is_refused_saying_why(make: Callable[[], str], jwks: dict[str, Any], why: str) -> None:
+    # Signed when the test runs, not when the module is collected: a long suite would let the
+    # five-minute tokens expire first, and every case would then fail as "expired".
     with pytest.raises(IdTokenError, match=why):
-        verify_id_token(token, jwks, ISS, CLIENT, "n1")
+        verify_id_token(make(), jwks, ISS, CLIENT, "n1")
 
 
 def test_unsigned_tokens_are_refused() -> None:
