@@ -27,7 +27,7 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, Row, bindparam, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -329,20 +329,32 @@ def create_session(s: Session, user: m.User) -> tuple[str, str]:
     return token, csrf
 
 
-def session_user(s: Session, token: str | None) -> tuple[m.User, m.WebSession] | None:
+# Who is asking, read on every request: built once (building a select costs SQLAlchemy more CPU than
+# SQLite spends running it), the columns a Principal needs rather than ORM objects.
+Caller = Row[*tuple[Any, ...]]  # id, username, role, patient_id, display_name, active, ...
+_U, _WS, _TK = m.core(m.User), m.core(m.WebSession), m.core(m.ApiToken)
+_CALLER = (_U.c.id, _U.c.username, _U.c.role, _U.c.patient_id, _U.c.display_name, _U.c.active)
+_SESSION_USER = (
+    select(*_CALLER, _WS.c.csrf_token, _WS.c.expires_at)
+    .join_from(_U, _WS, _WS.c.user_id == _U.c.id)
+    .where(_WS.c.token_hash == bindparam("hash"))
+)
+_TOKEN_USER = (
+    select(*_CALLER, _TK.c.expires_at)
+    .join_from(_U, _TK, _TK.c.user_id == _U.c.id)
+    .where(_TK.c.token_hash == bindparam("hash"))
+)
+
+
+def session_user(s: Session, token: str | None) -> Caller | None:
+    """The user of a browser session (id, username, role, patient_id, display_name) and its
+    csrf_token; None: no such session, it has expired, or the user is no longer active."""
     if not token:
         return None
-    found = s.execute(
-        select(m.User, m.WebSession)
-        .join(m.WebSession, m.WebSession.user_id == m.User.id)
-        .where(m.WebSession.token_hash == _digest(token))
-    ).first()  # one query per page, not two
-    if found is None:
+    found = s.execute(_SESSION_USER, {"hash": _digest(token)}).first()  # one query per page, not two
+    if found is None or found.expires_at < datetime.now() or not found.active:
         return None
-    user, ws = found
-    if ws.expires_at < datetime.now() or not user.active:
-        return None
-    return user, ws
+    return found
 
 
 def end_session(s: Session, token: str | None) -> None:
@@ -395,17 +407,12 @@ def list_api_tokens(s: Session, user_id: int | None = None) -> list[m.ApiToken]:
     return list(s.scalars(q))
 
 
-def token_user(s: Session, token: str | None) -> m.User | None:
+def token_user(s: Session, token: str | None) -> Caller | None:
+    """The user of a bearer token (id, username, role, patient_id, display_name); None: no such
+    token, it has expired, or the user is no longer active."""
     if not token:
         return None
-    found = s.execute(
-        select(m.User, m.ApiToken.expires_at)
-        .join(m.ApiToken, m.ApiToken.user_id == m.User.id)
-        .where(m.ApiToken.token_hash == _digest(token))
-    ).first()  # one query per request, not two: every API call comes through here
-    if found is None:
+    found = s.execute(_TOKEN_USER, {"hash": _digest(token)}).first()  # every API call comes through here
+    if found is None or (found.expires_at is not None and found.expires_at < datetime.now()):
         return None
-    user, expires_at = found
-    if expires_at is not None and expires_at < datetime.now():
-        return None
-    return user if user.active else None
+    return found if found.active else None

@@ -14,12 +14,12 @@ import hashlib
 import logging
 import re
 import secrets
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import date, datetime, time, timedelta
 from typing import IO, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import BindParameter, bindparam, func, select
 from sqlalchemy.orm import Session, SessionTransaction
 
 from azaguard import auth, results_view
@@ -91,7 +91,7 @@ from azaguard.service_models import (
 from azaguard.store import models as m
 from azaguard.store import writes
 from azaguard.store.db import Database, Deferred, database_of
-from azaguard.store.records import load_record, now
+from azaguard.store.records import LAB_FIELDS, load_record_and_labs, now
 from azaguard.store.writes import FormError as FormError  # re-exported: the channels catch it by this name
 from azaguard.store.writes import PanelError as PanelError  # a FormError naming every wrong field of a panel
 from azaguard.store.writes import panel_analytes as panel_analytes  # the tests a panel form offers
@@ -124,7 +124,8 @@ class LoginLocked(Exception):
 
 
 # ---------------------------------------------------------------- who is asking
-def principal_of(user: m.User) -> Principal:
+def principal_of(user: m.User | auth.Caller) -> Principal:
+    """Who is asking, from a user row (or the columns auth reads for a token or session)."""
     return Principal(user.id, user.username, user.role, user.patient_id, user.display_name or user.username)
 
 
@@ -139,8 +140,7 @@ def web_identity(s: Session, cookie: str | None) -> WebIdentity | None:
     found = auth.session_user(s, cookie)
     if found is None:
         return None
-    user, ws = found
-    return WebIdentity(principal_of(user), ws.csrf_token)
+    return WebIdentity(principal_of(found), found.csrf_token)
 
 
 def _audit(
@@ -259,6 +259,9 @@ def _unseen(
     return NotFound(message)
 
 
+_AUTHORISED = "azaguard.authorised-patients"
+
+
 def _authorise_patient(
     s: Session,
     who: Principal,
@@ -276,6 +279,9 @@ def _authorise_patient(
     p = s.get(m.Patient, patient_id)
     if p is None or not can_read_patient(who, patient_id):
         raise _unseen(s, who, action, channel, f"patient {patient_id}", None if p is None else p.id, NO_PATIENT)
+    # Held for the unit of work: the session keeps loaded rows only while something refers to them,
+    # and a page authorises its sections one by one (another SELECT each, without this).
+    s.info.setdefault(_AUTHORISED, {})[p.id] = p
     if write and who.role == "patient" and action != "report-symptom":
         raise _deny(s, who, action, channel, patient_id, f"not allowed to {action} for this patient")
     if record:
@@ -349,6 +355,31 @@ def _patient_out(p: m.Patient) -> PatientOut:
     )
 
 
+def _observation_outs(rows: Iterable[Sequence[Any]]) -> list[ObservationOut]:
+    """Rows of `_OBSERVATION_COLUMNS` (or of store.records.LAB_FIELDS, the same columns) as view
+    models: unpacked by position, which costs a fiftieth of reading a row's columns by name."""
+    out = []
+    for oid, kind, analyte, code, value, unit, original_value, original_unit, effective, status, review in rows:
+        reported = None
+        if original_value:
+            reported = f"{original_value} {original_unit}" if original_unit else original_value
+        out.append(
+            ObservationOut(
+                id=oid,
+                kind=kind,
+                analyte=analyte,
+                code=code,
+                value=value,
+                unit=unit,
+                reported=reported,
+                date=effective,
+                status=status,
+                review_state=review,
+            )
+        )
+    return out
+
+
 def _observation_out(o: Any) -> ObservationOut:
     """An observation row (an ORM object or a row of `_OBSERVATION_COLUMNS`) as its view model."""
     reported = None
@@ -369,14 +400,32 @@ def _observation_out(o: Any) -> ObservationOut:
 
 
 # The columns a list of observations shows: a list reads these, not whole ORM objects (4x faster).
-_OBSERVATION_COLUMNS = (
-    m.Observation.id, m.Observation.kind, m.Observation.analyte, m.Observation.code, m.Observation.value,
-    m.Observation.unit, m.Observation.original_value, m.Observation.original_unit, m.Observation.effective,
-    m.Observation.status, m.Observation.review_state,
-)  # fmt: skip
+# The hot reads below are Core statements built once with bound parameters: building a select and
+# working out its cache key costs SQLAlchemy more CPU than SQLite spends running it.
+_PID: BindParameter[int] = bindparam("pid")
+_O = m.core(m.Observation).c
+_OBSERVATION_COLUMNS = tuple(_O[name] for name in LAB_FIELDS)
+_BY_DATE = (_O.effective, _O.id)
+_LABS = select(*_OBSERVATION_COLUMNS).where(_O.patient_id == _PID, _O.current.is_(True), _O.kind == "lab")
+_LABS_BY_DATE = _LABS.order_by(*_BY_DATE)
+_OBSERVATIONS = {  # (with history, one analyte) -> the statement
+    (history, one): select(*_OBSERVATION_COLUMNS)
+    .where(_O.patient_id == _PID, *(() if history else (_O.current.is_(True),)))
+    .where(*((_O.analyte == bindparam("analyte"),) if one else ()))
+    .order_by(*_BY_DATE)
+    for history in (False, True)
+    for one in (False, True)
+}
+_MD = m.core(m.Medication)
+_MEDICINES = select(_MD).where(_MD.c.patient_id == _PID).order_by(_MD.c.start)
+_Y = m.core(m.Symptom)
+_SYMPTOMS = select(_Y).where(_Y.c.patient_id == _PID).order_by(_Y.c.when)
+_RV = m.core(m.Review)
+_REVIEWS = select(_RV).where(_RV.c.patient_id == _PID).order_by(_RV.c.created_at)
 
 
-def _medicine_out(x: m.Medication) -> MedicineOut:
+def _medicine_out(x: Any) -> MedicineOut:
+    """A medication row (an ORM object or a row of its table) as its view model."""
     return MedicineOut(
         id=x.id,
         drug=x.drug,
@@ -395,7 +444,7 @@ def _vaccine_out(v: m.Immunization) -> VaccineOut:
     return VaccineOut(id=v.id, vaccine=v.vaccine, live=v.live, status=v.status, date=v.when)
 
 
-def _symptom_out(x: m.Symptom) -> SymptomOut:
+def _symptom_out(x: Any) -> SymptomOut:
     return SymptomOut(id=x.id, symptom=x.key or x.text, text=x.text, date=x.when, reported_by=x.reported_by)
 
 
@@ -412,7 +461,7 @@ def _finding_out(f: m.FindingRow) -> FindingOut:
     )
 
 
-def _review_out(r: m.Review) -> ReviewOut:
+def _review_out(r: Any) -> ReviewOut:
     return ReviewOut(id=r.id, finding_id=r.finding_id, outcome=r.outcome, note=r.note, created_at=r.created_at)
 
 
@@ -487,18 +536,13 @@ def list_observations(
     s: Session, who: Principal, patient_id: int, analyte: str | None, include_history: bool, channel: str
 ) -> ObservationList:
     _authorise_patient(s, who, patient_id, "list-observations", channel)
-    q = select(*_OBSERVATION_COLUMNS).where(m.Observation.patient_id == patient_id)
-    if not include_history:
-        q = q.where(m.Observation.current.is_(True))
-    if analyte:
-        q = q.where(m.Observation.analyte == analyte)
-    rows = s.execute(q.order_by(m.Observation.effective, m.Observation.id))
-    return ObservationList(observations=[_observation_out(o) for o in rows])
+    q = _OBSERVATIONS[include_history, bool(analyte)]
+    rows = s.execute(q, {"pid": patient_id, "analyte": analyte} if analyte else {"pid": patient_id})
+    return ObservationList(observations=_observation_outs(rows))
 
 
 def _medicines(s: Session, patient_id: int) -> list[MedicineOut]:
-    q = select(m.Medication).where(m.Medication.patient_id == patient_id).order_by(m.Medication.start)
-    return [_medicine_out(x) for x in s.scalars(q)]
+    return [_medicine_out(x) for x in s.execute(_MEDICINES, {"pid": patient_id})]
 
 
 def list_medicines(s: Session, who: Principal, patient_id: int, channel: str) -> MedicineList:
@@ -513,12 +557,7 @@ def list_findings(s: Session, who: Principal, patient_id: int, channel: str) -> 
 
 
 def _labs(s: Session, patient_id: int, ordered: bool = True) -> list[ObservationOut]:
-    q = select(*_OBSERVATION_COLUMNS).where(
-        m.Observation.patient_id == patient_id, m.Observation.current.is_(True), m.Observation.kind == "lab"
-    )
-    if ordered:
-        q = q.order_by(m.Observation.effective, m.Observation.id)
-    return [_observation_out(o) for o in s.execute(q)]
+    return _observation_outs(s.execute(_LABS_BY_DATE if ordered else _LABS, {"pid": patient_id}))
 
 
 def patient_page(
@@ -534,14 +573,13 @@ def patient_page(
     `grid_dates`: how many result dates (columns) the results grid shows, the latest first (None: all)."""
     p = _authorise_patient(s, who, patient_id, "view-patient", channel)
     row = _fresh_assessment(s, kb, patient_id)
-    conditions = s.scalars(select(m.Condition.key).where(m.Condition.patient_id == patient_id))
-    indication = next((key for key in conditions if key in kb.indications), None)
-    vaccines = s.scalars(select(m.Immunization).where(m.Immunization.patient_id == patient_id))
-    symptoms = s.scalars(select(m.Symptom).where(m.Symptom.patient_id == patient_id).order_by(m.Symptom.when))
-    reviews = s.scalars(select(m.Review).where(m.Review.patient_id == patient_id).order_by(m.Review.created_at))
+    record, lab_rows = load_record_and_labs(s, patient_id)  # the results the page lists and the engine reads
+    indication = next((c.key for c in record.conditions if c.key in kb.indications), None)
+    symptoms = s.execute(_SYMPTOMS, {"pid": patient_id})
+    reviews = s.execute(_REVIEWS, {"pid": patient_id})
     findings = wl.order_findings(wl.open_findings(s, patient_id), row.result)
-    labs = _labs(s, patient_id)
-    summary, grid = results_view.page_results(kb, labs, load_record(s, patient_id), row.as_of, grid_dates)
+    labs = _observation_outs(lab_rows)
+    summary, grid = results_view.page_results(kb, labs, record, row.as_of, grid_dates)
     return PatientPage(
         patient=_patient_out(p),
         assessment=row.result,
@@ -549,7 +587,10 @@ def patient_page(
         findings=[_finding_out(f) for f in findings],
         labs=labs,
         medicines=_medicines(s, patient_id),
-        vaccines=[_vaccine_out(v) for v in vaccines],
+        vaccines=[
+            VaccineOut(id=int(v.source_id), vaccine=v.vaccine, live=v.live, status=v.status, date=v.when)
+            for v in record.vaccinations
+        ],
         symptoms=[_symptom_out(x) for x in symptoms],
         reviews=[_review_out(r) for r in reviews],
         summary=summary,
@@ -833,9 +874,15 @@ def set_owner(s: Session, who: Principal, patient_id: int, username: str | None,
 def team_members(s: Session, who: Principal, channel: str) -> list[TeamMemberOut]:
     """The active clinicians and admins a patient can be assigned to, by name (clinicians and admins)."""
     require_role(s, who, writes.OWNER_ROLES, "team-members", channel)
-    q = select(m.User.username, m.User.display_name).where(m.User.active.is_(True), m.User.role.in_(writes.OWNER_ROLES))
-    rows = s.execute(q.order_by(func.lower(func.coalesce(func.nullif(m.User.display_name, ""), m.User.username))))
-    return [TeamMemberOut(username=r.username, name=r.display_name or r.username) for r in rows]
+    return [TeamMemberOut(username=u, name=shown or u) for u, shown in s.execute(_TEAM)]
+
+
+_U = m.core(m.User).c
+_TEAM = (  # built once: see _OBSERVATION_COLUMNS
+    select(_U.username, _U.display_name)
+    .where(_U.active.is_(True), _U.role.in_(writes.OWNER_ROLES))
+    .order_by(func.lower(func.coalesce(func.nullif(_U.display_name, ""), _U.username)))
+)
 
 
 # ---------------------------------------------------------------- imports and quarantine
@@ -1275,6 +1322,13 @@ _DOCUMENT_COLUMNS = (
 )  # fmt: skip
 
 
+_DOCUMENTS = (  # built once: see _OBSERVATION_COLUMNS
+    select(*_DOCUMENT_COLUMNS)
+    .where(m.Document.patient_id == bindparam("pid"))
+    .order_by(m.Document.created_at.desc(), m.Document.id.desc())
+)
+
+
 def _document_out(d: Any) -> DocumentOut:
     """A documents row (an ORM object, or a row of `_DOCUMENT_COLUMNS`) as its view model."""
     size = d.size if hasattr(d, "size") else len(d.content)
@@ -1425,12 +1479,7 @@ def list_documents(s: Session, who: Principal, patient_id: int, channel: str, re
     """The patient's documents, newest first (a patient: their own). `record` False: the caller's
     page already audits its read of the record (the patient page)."""
     _authorise_patient(s, who, patient_id, "list-documents", channel, record=record)
-    q = (
-        select(*_DOCUMENT_COLUMNS)
-        .where(m.Document.patient_id == patient_id)
-        .order_by(m.Document.created_at.desc(), m.Document.id.desc())
-    )
-    return DocumentList(documents=[_document_out(d) for d in s.execute(q)])
+    return DocumentList(documents=[_document_out(d) for d in s.execute(_DOCUMENTS, {"pid": patient_id})])
 
 
 def _document_file(d: m.Document, identifier: str) -> DocumentFile:
@@ -1540,31 +1589,40 @@ def gp_letters_batch(
 
 
 # ---------------------------------------------------------------- CDS Hooks cards (patient page, reports)
+# The patient page's reads of the EHR cards, built once (see _OBSERVATION_COLUMNS)
+_CDS_CARDS = (
+    select(m.CdsCard)
+    .where(m.CdsCard.patient_id == bindparam("pid"))
+    .order_by(m.CdsCard.issued_at.desc())
+    .limit(bindparam("limit"))
+)
+_CDS_FEEDBACK = (
+    select(m.CdsFeedback)
+    .where(m.CdsFeedback.card_uuid.in_(bindparam("uuids", expanding=True)))
+    .order_by(m.CdsFeedback.outcome_at)
+)
+_CDS_OUTCOMES = (
+    select(m.CdsFeedback.outcome, func.count())
+    .where(m.CdsFeedback.patient_id == bindparam("pid"))
+    .group_by(m.CdsFeedback.outcome)
+)
+_CDS_SHOWN = select(func.count()).select_from(m.CdsCard).where(m.CdsCard.patient_id == bindparam("pid"))
+
+
 def cds_alerts(
     s: Session, who: Principal, patient_id: int, channel: str = "web", record: bool = True, limit: int = 50
 ) -> CdsAlerts:
     """The cards shown in the EHR for this patient (newest first) with their accepted/overridden
     outcome and reason, and the counts. `record` False: the page's own read is already audited."""
     _authorise_patient(s, who, patient_id, "view-cds-alerts", channel, record=record)
-    cards = s.scalars(
-        select(m.CdsCard).where(m.CdsCard.patient_id == patient_id).order_by(m.CdsCard.issued_at.desc()).limit(limit)
-    ).all()
+    cards = s.scalars(_CDS_CARDS, {"pid": patient_id, "limit": limit}).all()
     feedback: dict[str, m.CdsFeedback] = {}
     if cards:
-        for fb in s.scalars(
-            select(m.CdsFeedback)
-            .where(m.CdsFeedback.card_uuid.in_([c.uuid for c in cards]))
-            .order_by(m.CdsFeedback.outcome_at)
-        ):
+        for fb in s.scalars(_CDS_FEEDBACK, {"uuids": [c.uuid for c in cards]}):
             feedback[fb.card_uuid] = fb  # the latest outcome of each card wins
-    counts = dict(
-        s.execute(
-            select(m.CdsFeedback.outcome, func.count())
-            .where(m.CdsFeedback.patient_id == patient_id)
-            .group_by(m.CdsFeedback.outcome)
-        ).all()
-    )
-    shown = s.scalar(select(func.count()).select_from(m.CdsCard).where(m.CdsCard.patient_id == patient_id)) or 0
+    counts = dict(s.execute(_CDS_OUTCOMES, {"pid": patient_id}).all())
+    # Fewer than `limit` cards: that is all of them (the patient page asks on every view)
+    shown = len(cards) if len(cards) < limit else s.scalar(_CDS_SHOWN, {"pid": patient_id}) or 0
     rows = []
     for c in cards:
         latest = feedback.get(c.uuid)

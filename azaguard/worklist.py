@@ -9,6 +9,7 @@ until different evidence - a later low result, a new due date - re-opens it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -17,7 +18,21 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, case, func, insert, or_, select, update
+from sqlalchemy import (
+    BindParameter,
+    CursorResult,
+    Date,
+    Integer,
+    Select,
+    String,
+    bindparam,
+    case,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session, defer
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -93,31 +108,34 @@ def _digest(result: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(result, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
+# The reads of a refresh (after every write), built once: building a select and working out its
+# cache key costs SQLAlchemy more CPU than SQLite spends running it. Rows read again after the lock
+# must not keep stale values (populate_existing).
+_IDS: BindParameter[list[int]] = bindparam("ids", expanding=True)
+_STORED = (
+    select(m.AssessmentRow)
+    .where(m.AssessmentRow.patient_id.in_(_IDS))
+    .options(defer(m.AssessmentRow.result))  # compared by its digest: not parsed here
+    .execution_options(populate_existing=True)
+)
+_PENDING = select(m.Observation.patient_id, m.Observation.id).where(
+    m.Observation.patient_id.in_(_IDS), m.Observation.review_state == "pending", m.Observation.current.is_(True)
+)
+_FINDINGS = select(m.FindingRow).where(m.FindingRow.patient_id.in_(_IDS)).execution_options(populate_existing=True)
+
+
 def _plans(s: Session, kb: Knowledge, ids: list[int], as_of: date) -> dict[int, _Plan]:
     """Read, assess and decide (the slow part), changing nothing. The order of the reads matters
     when they are not one snapshot (SQLite outside a write transaction, PostgreSQL READ COMMITTED):
     the stored assessments (their revisions) first, so that a review or refresh committed after any
     later read moves the revision and is noticed under the lock; then the results waiting for
     review, before the records, so every result marked reviewed below was part of the assessment."""
-    fresh = {"populate_existing": True}  # rows read again after the lock must not keep stale values
-    stored = {
-        row.patient_id: row
-        for row in s.scalars(
-            select(m.AssessmentRow)
-            .where(m.AssessmentRow.patient_id.in_(ids))
-            .options(defer(m.AssessmentRow.result))  # compared by its digest: not parsed here
-            .execution_options(**fresh)
-        )
-    }
+    stored = {row.patient_id: row for row in s.scalars(_STORED, {"ids": ids})}
     pending: dict[int, list[int]] = {pid: [] for pid in ids}
-    for pid, oid in s.execute(
-        select(m.Observation.patient_id, m.Observation.id).where(
-            m.Observation.patient_id.in_(ids), m.Observation.review_state == "pending", m.Observation.current.is_(True)
-        )
-    ):
+    for pid, oid in s.execute(_PENDING, {"ids": ids}):
         pending[pid].append(oid)
     findings: dict[int, dict[str, m.FindingRow]] = {pid: {} for pid in ids}
-    for row in s.scalars(select(m.FindingRow).where(m.FindingRow.patient_id.in_(ids)).execution_options(**fresh)):
+    for row in s.scalars(_FINDINGS, {"ids": ids}):
         findings[row.patient_id][row.fingerprint] = row
     records = load_records(s, ids)
     missing = set(ids) - set(records)
@@ -384,36 +402,109 @@ def worklist_with_counts(
         raise ValueError(f"sort must be one of {', '.join(SORTS)}")
     if flt.needs is not None and flt.needs not in NEEDS:
         raise ValueError(f"needs must be one of {', '.join(NEEDS)}")
-    due_limit = today + timedelta(days=flt.include_due_days)
+    severity = flt.severity if flt.severity in ("critical", "warning") else None
+    tally, page = _worklist_statements(
+        severity,
+        bool(flt.category),
+        bool(flt.indication),
+        bool(flt.team),
+        flt.owner_id is not None,
+        bool(flt.search),
+        flt.needs,
+        flt.sort,
+    )
+    values: dict[str, Any] = {
+        "today": today,
+        "due_limit": today + timedelta(days=flt.include_due_days),
+        "severity": d.SEVERITY_RANK[severity] if severity else None,
+        "category": f"% {flt.category} %",
+        "indication": flt.indication,
+        "team": flt.team,
+        "owner_id": flt.owner_id,
+        "search": f"%{(flt.search or '').strip().lower()}%",
+        "limit": flt.limit,
+        "offset": flt.offset,
+    }
+    everyone, *by_need = s.execute(tally, values).one()
+    counts = WorklistCounts(*(int(n) for n in by_need))
+    total = int(getattr(counts, flt.needs) if flt.needs else everyone)
+    names = {v: k for k, v in d.SEVERITY_RANK.items()}
+    out = []
+    for row in s.execute(page, values):
+        # unpacked by position: reading a row's columns by name costs several times more
+        pid, identifier, name, team, indication, worst, open_count, categories, next_due, phase, awaiting = row[:11]
+        treatment, urgent_code, urgent_message, urgent_value, urgent_date, owner, owner_name = row[11:]
+        overdue = next_due is not None and next_due < today
+        out.append(
+            WorklistEntry(
+                patient_id=pid,
+                identifier=identifier,
+                name=name,
+                team=team,
+                indication=indication,
+                worst=names.get(worst),
+                open_count=open_count,
+                categories=categories.split(),
+                next_due=next_due,
+                overdue=overdue,
+                phase=phase,
+                awaiting=awaiting.split(),
+                treatment=treatment,
+                urgent_code=urgent_code or None,
+                urgent=urgent_message if urgent_code else "",
+                urgent_value=urgent_value if urgent_code else "",
+                urgent_date=urgent_date if urgent_code else None,
+                urgent_age=age_text(today, urgent_date) if urgent_code and urgent_date else "",
+                days_overdue=(today - next_due).days if overdue else None,
+                owner=owner,
+                owner_name=(owner_name or owner) if owner else None,
+            )
+        )
+    return out, total, counts
+
+
+@functools.cache
+def _worklist_statements(
+    severity: str | None,
+    category: bool,
+    indication: bool,
+    team: bool,
+    owner: bool,
+    search: bool,
+    needs: str | None,
+    sort: str,
+) -> tuple[Select[*tuple[Any, ...]], Select[*tuple[Any, ...]]]:
+    """The worklist's two queries (the tally of the counts, and a page of rows) for one combination of
+    filters, built once with bound parameters (today, due_limit, severity, category, indication,
+    team, owner_id, search, limit, offset): building them costs SQLAlchemy several times what
+    SQLite spends running them, and a clinic uses a handful of combinations."""
     a, p, u = m.AssessmentRow, m.Patient, m.User
+    today = bindparam("today", type_=Date)
     need = {
         "critical": (a.worst_open == d.SEVERITY_RANK["critical"]) & (a.open_count > 0),
         "warning": (a.worst_open == d.SEVERITY_RANK["warning"]) & (a.open_count > 0),
         "overdue": a.next_due < today,
         "awaiting": a.awaiting != "",
     }
-    conditions = [or_(a.open_count > 0, a.next_due <= due_limit, a.awaiting != "")]
-    if flt.severity in ("critical", "warning"):
-        conditions += [a.worst_open <= d.SEVERITY_RANK[flt.severity], a.open_count > 0]
-    if flt.category:
-        conditions.append(a.categories.contains(f" {flt.category} "))
-    if flt.indication:
-        conditions.append(a.indication == flt.indication)
-    if flt.team:
-        conditions.append(p.monitoring_team == flt.team)
-    if flt.owner_id is not None:
-        conditions.append(p.owner_id == flt.owner_id)
-    if flt.search:
-        term = f"%{flt.search.strip().lower()}%"
+    conditions = [or_(a.open_count > 0, a.next_due <= bindparam("due_limit", type_=Date), a.awaiting != "")]
+    if severity:
+        conditions += [a.worst_open <= bindparam("severity", type_=Integer), a.open_count > 0]
+    if category:
+        conditions.append(a.categories.like(bindparam("category", type_=String)))
+    if indication:
+        conditions.append(a.indication == bindparam("indication", type_=String))
+    if team:
+        conditions.append(p.monitoring_team == bindparam("team", type_=String))
+    if owner:
+        conditions.append(p.owner_id == bindparam("owner_id", type_=Integer))
+    if search:
+        term = bindparam("search", type_=String)
         conditions.append(or_(func.lower(p.name).like(term), func.lower(p.identifier).like(term)))
     tally = select(
         func.count(a.patient_id), *(func.coalesce(func.sum(case((need[k], 1), else_=0)), 0) for k in NEEDS)
     ).join(p, p.id == a.patient_id)
-    everyone, *by_need = s.execute(tally.where(*conditions)).one()
-    counts = WorklistCounts(*(int(n) for n in by_need))
-    total = int(getattr(counts, flt.needs) if flt.needs else everyone)
-    if flt.needs:
-        conditions.append(need[flt.needs])
+    if needs:
+        conditions.append(need[needs])
     # Only the columns the list shows: the stored assessment JSON (kilobytes per row) stays on disk.
     cols = (
         p.id, p.identifier, p.name, p.monitoring_team, a.indication, a.worst_open, a.open_count,
@@ -428,36 +519,10 @@ def worklist_with_counts(
         "due": (a.next_due.is_(None), a.next_due, a.worst_open, p.name),
         "name": (p.name, p.identifier),
         "owner": (u.id.is_(None), owner_label, *urgency, p.name),
-    }[flt.sort]
-    q = q.order_by(*order, p.id).limit(flt.limit).offset(flt.offset)  # the id last: pages never overlap
-    names = {v: k for k, v in d.SEVERITY_RANK.items()}
-    out = [
-        WorklistEntry(
-            patient_id=r.id,
-            identifier=r.identifier,
-            name=r.name,
-            team=r.monitoring_team,
-            indication=r.indication,
-            worst=names.get(r.worst_open),
-            open_count=r.open_count,
-            categories=r.categories.split(),
-            next_due=r.next_due,
-            overdue=r.next_due is not None and r.next_due < today,
-            phase=r.phase,
-            awaiting=r.awaiting.split(),
-            treatment=r.treatment,
-            urgent_code=r.urgent_code or None,
-            urgent=r.urgent_message if r.urgent_code else "",
-            urgent_value=r.urgent_value if r.urgent_code else "",
-            urgent_date=r.urgent_date if r.urgent_code else None,
-            urgent_age=age_text(today, r.urgent_date) if r.urgent_code and r.urgent_date else "",
-            days_overdue=(today - r.next_due).days if r.next_due is not None and r.next_due < today else None,
-            owner=r.owner,
-            owner_name=(r.owner_name or r.owner) if r.owner else None,
-        )
-        for r in s.execute(q)
-    ]
-    return out, total, counts
+    }[sort]
+    # the id last: pages never overlap
+    page = q.order_by(*order, p.id).limit(bindparam("limit", type_=Integer)).offset(bindparam("offset", type_=Integer))
+    return tally.where(*conditions[: len(conditions) - (1 if needs else 0)]), page
 
 
 class ReviewError(ValueError):
@@ -531,14 +596,16 @@ def _urgent_open(rows: Sequence[m.FindingRow], result: dict[str, Any] | None) ->
     return _urgent(top[0].code, top[0].message, [], None) if top else NO_URGENT
 
 
+# Built once (a patient page and the findings list read it every time): see store/records.py.
+_OPEN_FINDINGS = (
+    select(m.FindingRow)
+    .where(m.FindingRow.patient_id == bindparam("pid"), m.FindingRow.state.in_(("open", "reviewed", "info")))
+    .order_by(m.FindingRow.id)
+)
+
+
 def open_findings(s: Session, patient_id: int) -> list[m.FindingRow]:
-    return list(
-        s.scalars(
-            select(m.FindingRow)
-            .where(m.FindingRow.patient_id == patient_id, m.FindingRow.state.in_(("open", "reviewed", "info")))
-            .order_by(m.FindingRow.id)
-        )
-    )
+    return list(s.scalars(_OPEN_FINDINGS, {"pid": patient_id}))
 
 
 def order_findings(rows: Sequence[m.FindingRow], result: dict[str, Any] | None) -> list[m.FindingRow]:

@@ -17,11 +17,14 @@ reviewed first, or one a new result resolved meanwhile; each level reviews the f
 its start). Targets (issue 7): 0 errors at every level; >= 200 req/s at 50 clients on SQLite
 (2 cores); read p95 <= 300 ms at 50 clients; during the import 0 errors and p99 <= 1 s.
 
-The clients (httpx; each client its own pool of one keep-alive connection) run in this process on
-the same machine as the server, so they take some of its CPU: the figures are a floor.
+The clients (aiohttp by default, httpx with --client httpx; each client its own keep-alive
+connection and cookie jar, as each clinician's browser has) run in this process on the same
+machine as the server, so they take some of its CPU: the figures are a floor. aiohttp costs about
+half the CPU per request that httpx does, which leaves that much more for the server; the server
+and the requests are the same either way. The CPU each side used per request is printed per level.
 
 Run: .venv/bin/python bench/load.py [--seconds 60] [--levels 10,50,100] [--databases sqlite,postgresql]
-     [--import-n 100000] [--no-import] [--postgres URL]
+     [--import-n 100000] [--no-import] [--postgres URL] [--workers N] [--client aiohttp|httpx]
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 from sqlalchemy import create_engine, insert, select, text
 from sqlalchemy.engine import make_url
@@ -273,11 +277,52 @@ class Workload:
         return op, "POST", f"/api/v1/findings/{fid}/reviews", {"headers": api, "json": body}
 
 
+def record(stats: Stats, work: Workload, op: str, status: int, took: float) -> None:
+    stats.latencies.append(took)
+    if work.kinds[op] == "read":
+        stats.reads.append(took)
+    if status >= 500:
+        stats.errors[f"{op}: {status}"] += 1
+    elif 400 <= status < 500:
+        stats.refused[f"{op}: {status}"] += 1
+
+
+CLIENT = "aiohttp"  # or "httpx" (--client)
+
+
 async def drive(base: str, work: Workload, clients: int, until: Callable[[], bool], stats: Stats) -> None:
-    """`clients` clients, each with its own connection (one httpx pool of one connection per client,
-    as each clinician's browser or integration has its own; one shared pool of many connections
-    costs httpx more CPU than the server it measures), each sending its next request when the
-    last one is answered."""
+    """`clients` clients, each with its own keep-alive connection and cookie jar (as each
+    clinician's browser or integration has its own), each sending its next request when the last
+    one is answered (its whole body read)."""
+    if CLIENT == "httpx":
+        await drive_httpx(base, work, clients, until, stats)
+        return
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
+
+    async def client() -> None:
+        connector = aiohttp.TCPConnector(limit=1)
+        jar = aiohttp.CookieJar(unsafe=True)  # unsafe: keeps cookies of an IP address (127.0.0.1)
+        async with aiohttp.ClientSession(base, connector=connector, cookie_jar=jar, timeout=timeout) as http:
+            while not until():
+                op, method, path, kw = work.next()
+                started = time.perf_counter()
+                try:
+                    async with http.request(method, path, allow_redirects=False, **kw) as r:
+                        await r.read()
+                        status = r.status
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    status = 0
+                    stats.errors[f"{op}: {type(exc).__name__}"] += 1
+                record(stats, work, op, status, time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    stats.seconds = time.perf_counter() - started
+
+
+async def drive_httpx(base: str, work: Workload, clients: int, until: Callable[[], bool], stats: Stats) -> None:
+    """As `drive`, with httpx (one pool of one connection per client: one shared pool of many
+    connections costs httpx more CPU than the server it measures)."""
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     timeout = httpx.Timeout(REQUEST_TIMEOUT)
 
@@ -292,14 +337,7 @@ async def drive(base: str, work: Workload, clients: int, until: Callable[[], boo
                 except (httpx.TransportError, httpx.TimeoutException) as exc:
                     status = 0
                     stats.errors[f"{op}: {type(exc).__name__}"] += 1
-                took = time.perf_counter() - started
-                stats.latencies.append(took)
-                if work.kinds[op] == "read":
-                    stats.reads.append(took)
-                if status >= 500:
-                    stats.errors[f"{op}: {status}"] += 1
-                elif 400 <= status < 500:
-                    stats.refused[f"{op}: {status}"] += 1
+                record(stats, work, op, status, time.perf_counter() - started)
 
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
@@ -497,14 +535,17 @@ def main() -> None:
     ap.add_argument("--import-clients", type=int, default=50)
     ap.add_argument("--no-import", action="store_true", help="skip the import phase")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="server processes (default: one per CPU)")
+    ap.add_argument("--client", choices=("aiohttp", "httpx"), default="aiohttp", help="the clients' HTTP library")
     args = ap.parse_args()
+    global CLIENT
+    CLIENT = args.client
     args.levels = [int(x) for x in args.levels.split(",") if x.strip()]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server and cluster we started
 
     mix = ", ".join(f"{n} {w}%" for n, _, w in MIX)
     print(
         f"mix: {mix}\n{args.seconds:.0f} s per level; {os.cpu_count()} CPUs; `azaguard serve --workers "
-        f"{args.workers}`; clients in this process\n",
+        f"{args.workers}`; {args.client} clients in this process\n",
         flush=True,
     )
     results: list[str] = []

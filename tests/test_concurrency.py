@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import uvicorn
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 
 from azaguard import auth
 from azaguard import worklist as wl
@@ -501,6 +501,119 @@ def test_a_read_and_a_write_during_an_import_succeed_quickly(
             select(func.count()).select_from(m.AuditEvent).where(m.AuditEvent.resource == "list-observations")
         )
         assert reads == rounds
+
+
+def test_reads_ending_at_once_share_group_commits_and_find_their_audit_rows_on_disk(
+    sqlite_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forty reads end while a writer holds the write lock: each read's audit row is committed
+    before its unit of work returns; the rows waiting when the writer commits go with its
+    transaction, the others in fewer transactions than there are reads (the lead passes from one
+    waiting read to the next); and nobody is left holding the lead."""
+    db = sqlite_db
+    group = db._group
+    assert group is not None
+    batches: list[int] = []
+    real = group._insert
+
+    def counted(batch: list[Any]) -> None:
+        batches.append(len(batch))
+        real(batch)
+
+    monkeypatch.setattr(group, "_insert", counted)
+    holding = threading.Event()
+
+    def writer() -> None:
+        with db.session() as s:
+            add_patient(s, "GROUP-1", "Gail Group")  # the write lock, held while the reads end
+            holding.set()
+            time.sleep(0.3)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert holding.wait(10)
+    path = db.engine.url.database
+    assert path
+
+    def read(i: int) -> int:
+        with db.session() as s:
+            s.scalar(select(func.count()).select_from(m.Patient))
+            audit(s, None, "read", f"group-read-{i}", channel="api")
+        with sqlite3.connect(path) as raw:  # another connection: committed, not only queued
+            found: int = raw.execute(
+                "SELECT count(*) FROM audit_log WHERE resource = ?", (f"group-read-{i}",)
+            ).fetchone()[0]
+        return found
+
+    outcomes = together(40, read)
+    thread.join(10)
+    assert outcomes == [1] * 40, [repr(o) for o in outcomes if isinstance(o, BaseException)][:3]
+    assert sum(batches) < 40 and len(batches) < 40, batches  # some went with the writer's commit
+    assert not group.leading and not group.queue
+
+
+def test_rows_waiting_on_a_write_that_fails_to_commit_are_written_all_the_same(
+    sqlite_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reads queue their audit rows while a writer holds the write lock; the writer takes them
+    along and then fails to commit: its write is gone, the reads' rows go back to the group commit
+    and are on disk when each read returns."""
+    db = sqlite_db
+    group = db._group
+    assert group is not None
+    path = db.engine.url.database
+    assert path
+    holding, queued = threading.Event(), threading.Event()
+    aboard: list[int] = []
+    real = group.board
+
+    def board(conn: Any) -> list[Any]:
+        riders = real(conn)
+        aboard.append(len(riders))
+        return riders
+
+    monkeypatch.setattr(group, "board", board)
+
+    class Refused(Exception):
+        pass
+
+    def refuse(session: Any) -> None:
+        raise Refused()
+
+    def writer() -> BaseException | None:
+        try:
+            with db.session() as s:
+                add_patient(s, "FAIL-1", "Fay Failed")
+                holding.set()
+                assert queued.wait(10)
+                event.listen(s, "before_commit", refuse)  # the commit fails after the rows went aboard
+        except Refused as exc:
+            return exc
+        return None
+
+    def read(i: int) -> int:
+        with db.session() as s:
+            audit(s, None, "read", f"aboard-{i}", channel="api")
+        with sqlite3.connect(path) as raw:
+            found: int = raw.execute("SELECT count(*) FROM audit_log WHERE resource = ?", (f"aboard-{i}",)).fetchone()[
+                0
+            ]
+        return found
+
+    with ThreadPoolExecutor(11) as pool:
+        failed = pool.submit(writer)
+        assert holding.wait(10)
+        reads = [pool.submit(read, i) for i in range(10)]
+        deadline = time.monotonic() + 10
+        while sum(not item.lead for item in group.queue) < 9 and time.monotonic() < deadline:  # one leads
+            time.sleep(0.005)
+        queued.set()
+        assert isinstance(failed.result(20), Refused)
+        assert [r.result(20) for r in reads] == [1] * 10
+    assert aboard == [9]  # the waiting rows went aboard the failed commit, then back to the group commit
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(m.Patient).where(m.Patient.identifier == "FAIL-1")) == 0
+    assert not group.leading and not group.queue
 
 
 # ---------------------------------------------------------------- the CLI

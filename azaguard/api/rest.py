@@ -17,7 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from azaguard import service
-from azaguard.deps import ApiUser, KbDep, SessionDep, SettingsDep, bearer
+from azaguard.deps import ApiUser, KbDep, OneHopRoute, SessionDep, SettingsDep, bearer
 from azaguard.service_models import (
     AssessmentOut,
     AuditList,
@@ -56,7 +56,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorOut, "description": "Invalid request body or parameters (every problem listed)"},
     429: {"model": ErrorOut, "description": "Too many failed logins (token endpoint)"},
 }
-router = APIRouter(prefix="/api/v1", responses=ERRORS)
+router = APIRouter(prefix="/api/v1", responses=ERRORS, route_class=OneHopRoute)
 
 # Row ids are 32-bit INTEGER columns: a larger id is a 422, not an overflow in the database driver (a 500).
 MAX_ID = 2**31 - 1

@@ -617,7 +617,7 @@ def apply_in_chunks(
     gap = CHUNK_GAP if db.engine.dialect.name == "sqlite" else 0.0
     while position < len(work):
         started = time.perf_counter()
-        with db.write() as s:
+        with db.write(yielding=True) as s:  # the clinic's writers queued for the lock go first
             _plan_each_lookup(s)
             b = m.ImportBatch
             done, counts = s.execute(

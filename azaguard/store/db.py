@@ -83,38 +83,67 @@ class _WriteGate:
     """One writer at a time per database file: a thread lock inside this process, then an
     exclusive `flock` on `<database>-writelock` across processes (the server's workers, a CLI
     import). Waiters are woken at once in-process and within 2 ms across processes, where
-    SQLite's own busy handler would sleep up to 100 ms between tries."""
+    SQLite's own busy handler would sleep up to 100 ms between tries.
+
+    While a thread of this process writes, the process's other threads wait before their next
+    statement (`give_way`) for the first GIVE_WAY seconds of its transaction: the writer then has
+    Python's GIL to itself instead of waiting for it after each row SQLite hands back, and
+    releases the write lock - which every other writer and every read's audit row waits for -
+    several times sooner. A long transaction (an import chunk) is waited for only that long."""
+
+    GIVE_WAY = 0.025
+    YIELDING = 1.0
 
     def __init__(self, path: str) -> None:
         self.lock = threading.Lock()
+        self.free = threading.Event()  # no thread of this process holds the gate
+        self.free.set()
+        self.holder: int | None = None  # the thread that holds it
+        self.since = 0.0  # when it took it (time.monotonic)
         self.fd: int | None = None
         try:
             self.fd = os.open(path + "-writelock", os.O_RDWR | os.O_CREAT, 0o600)
         except OSError:  # a read-only folder: SQLite's busy timeout alone orders the processes
             self.fd = None
 
-    def acquire(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
+    def acquire(self, timeout: float, yielding: bool = False) -> bool:
+        """`yielding` (an import chunk): for its first YIELDING seconds of waiting, poll the lock
+        across processes every 5 ms rather than every 2 ms at most, so the server's writers and
+        group commits - polling faster - take it first while they queue for it."""
+        started = time.monotonic()
+        deadline = started + timeout
         if not self.lock.acquire(timeout=timeout):
             return False
-        if self.fd is None:
-            return True
         pause = 0.0002
-        while True:
+        while self.fd is not None:
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
+                break
             except BlockingIOError:
-                if time.monotonic() >= deadline:
+                now = time.monotonic()
+                if now >= deadline:
                     self.lock.release()
                     return False
-                time.sleep(pause)
+                time.sleep(0.005 if yielding and now - started < self.YIELDING else pause)
                 pause = min(pause * 2, 0.002)
+        self.holder, self.since = threading.get_ident(), time.monotonic()
+        self.free.clear()
+        return True
 
     def release(self) -> None:
+        self.holder = None
+        self.free.set()
         if self.fd is not None:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
         self.lock.release()
+
+    def give_way(self) -> None:
+        """Wait (briefly: see the class) while another thread of this process writes."""
+        if self.free.is_set() or self.holder == threading.get_ident():
+            return
+        left = self.since + self.GIVE_WAY - time.monotonic()
+        if left > 0:
+            self.free.wait(left)
 
 
 _gates: dict[str, _WriteGate] = {}
@@ -137,12 +166,12 @@ class SQLiteConnection(sqlite3.Connection):
     wait: float = 15.0
     holds_gate: bool = False
 
-    def begin_immediate(self) -> None:
+    def begin_immediate(self, yielding: bool = False) -> None:
         if self.in_transaction:
             return
         gate = self.gate
         if gate is not None and not self.holds_gate:
-            if not gate.acquire(self.wait):
+            if not gate.acquire(self.wait, yielding):
                 raise DatabaseBusy(f"the database stayed busy for {self.wait:.0f} s (another writer held it)")
             self.holds_gate = True
         try:
@@ -228,8 +257,12 @@ def _sqlite_engine(url: str) -> Engine:
         conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
     ) -> None:
         raw = cursor.connection
-        if isinstance(raw, SQLiteConnection) and not raw.in_transaction and _is_write(statement):
+        if not isinstance(raw, SQLiteConnection):
+            return
+        if not raw.in_transaction and _is_write(statement):
             raw.begin_immediate()
+        elif raw.gate is not None and not raw.holds_gate:
+            raw.gate.give_way()  # a read while another thread of this process writes
 
     return engine
 
@@ -251,15 +284,16 @@ def make_engine(url: str | None = None) -> Engine:
     )
 
 
-def begin_write(target: Session | Connection) -> None:
+def begin_write(target: Session | Connection, yielding: bool = False) -> None:
     """Take the write lock now, before the reads a write depends on (SQLite: BEGIN IMMEDIATE,
-    unless the unit of work already writes; PostgreSQL: nothing - lock rows with FOR UPDATE)."""
+    unless the unit of work already writes; PostgreSQL: nothing - lock rows with FOR UPDATE).
+    `yielding`: let other processes' waiting writers go first for a while (_WriteGate.acquire)."""
     conn = target.connection() if isinstance(target, Session) else target
     if conn.dialect.name != "sqlite":
         return
     raw = conn.connection.driver_connection
     if isinstance(raw, SQLiteConnection):
-        raw.begin_immediate()
+        raw.begin_immediate(yielding)
 
 
 def is_writing(target: Session | Connection) -> bool:
@@ -380,68 +414,117 @@ def _committing(s: Session) -> None:
             row.keep = True
 
 
+def _insert_rows(conn: Connection, rows: list[Deferred]) -> None:
+    """Insert deferred rows, one executemany per table and set of columns, in the order they came."""
+    groups: dict[tuple[type[Any], tuple[str, ...]], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row.model, tuple(row.values)), []).append(row.values)
+    for (model, _columns), values in groups.items():
+        conn.execute(insert(model.__table__), values)
+
+
 class _Handover:
     """Rows of one unit of work waiting for the group commit."""
 
     def __init__(self, rows: list[Deferred]) -> None:
         self.rows = rows
-        self.done = threading.Event()
+        self.done = threading.Event()  # written (or failed), or: this unit of work leads now
+        self.lead = False  # handed the lead: write the queue (its own rows included)
         self.error: BaseException | None = None
 
 
 class _GroupCommit:
-    """SQLite: the rows of units of work that only read (their audit rows) are inserted by one
-    thread, many units of work in one short write transaction, so a read never waits for the write
-    lock itself and fifty reads take it once, not fifty times. The reading thread waits until its
-    rows are committed (milliseconds), so they are on disk before its response is sent."""
+    """SQLite: the rows of units of work that only read (their audit rows) are inserted many units
+    of work to one short write transaction, so fifty reads take the write lock once, not fifty
+    times. Each reading thread waits until its rows are committed (milliseconds), so they are on
+    disk before its response is sent.
 
-    IDLE = 5.0  # seconds without work before the thread ends (it starts again when needed)
+    The first thread to arrive leads: it writes everything queued by then (its own rows included)
+    in one transaction, then hands the lead to the first thread that queued meanwhile, whose rows
+    go in the next transaction with those of every thread that queued after it. A read on a quiet
+    server thus writes its own row with no hand-over to another thread; under load the batches
+    grow by themselves; and no thread writes more than one batch beyond its own. A write
+    transaction of the process that commits meanwhile takes the queued rows along (`board`)."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self.cond = threading.Condition()
+        self.lock = threading.Lock()
         self.queue: list[_Handover] = []
-        self.running = False
+        self.leading = False
 
     def write(self, rows: list[Deferred]) -> None:
         item = _Handover(rows)
-        with self.cond:
+        with self.lock:
             self.queue.append(item)
-            if not self.running:
-                self.running = True
-                threading.Thread(target=self._run, name="azaguard-group-commit", daemon=True).start()
-            self.cond.notify()
-        if not item.done.wait(busy_timeout() * 2):
-            raise DatabaseBusy("rows of a unit of work could not be committed in time")
+            item.lead = not self.leading
+            self.leading = True
+        if not item.lead and not item.done.wait(busy_timeout() * 2):
+            with self.lock:
+                if not item.lead and item in self.queue:  # still waiting: leave the queue, unwritten
+                    self.queue.remove(item)
+                    raise DatabaseBusy("rows of a unit of work could not be committed in time")
+            item.done.wait()  # written or handed the lead meanwhile: that takes no longer than a batch
+        if item.lead:
+            self._lead()
         if item.error is not None:
             raise item.error
 
-    def _run(self) -> None:
-        while True:
-            with self.cond:
-                if not self.queue:
-                    self.cond.wait(self.IDLE)
-                if not self.queue:
-                    self.running = False
-                    return
-                batch, self.queue = self.queue, []
-            try:
-                retry_busy(functools.partial(self._insert, batch), attempts=3)
-            except BaseException as error:  # every waiting unit of work fails with it
-                for item in batch:
-                    item.error = error
+    def _lead(self) -> None:
+        with self.lock:
+            batch, self.queue = self.queue, []
+        try:
+            retry_busy(functools.partial(self._insert, batch), attempts=3)
+        except BaseException as error:  # every unit of work of the batch fails with it
             for item in batch:
-                item.done.set()
+                item.error = error
+        with self.lock:
+            following = self.queue[0] if self.queue else None
+            if following is not None:
+                following.lead = True
+            else:
+                self.leading = False
+        for item in batch:
+            item.done.set()
+        if following is not None:
+            following.done.set()
 
     def _insert(self, batch: list[_Handover]) -> None:
-        by_model: dict[type[Any], list[dict[str, Any]]] = {}
-        for item in batch:
-            for row in item.rows:
-                by_model.setdefault(row.model, []).append(row.values)
-        with self.db.sessions() as s:
-            for model, values in by_model.items():
-                s.execute(insert(model), values)
-            s.commit()
+        with self.db.engine.begin() as conn:  # Core: no ORM bookkeeping for rows written as they are
+            _insert_rows(conn, [row for item in batch for row in item.rows])
+
+    def board(self, conn: Connection) -> list[_Handover]:
+        """A write transaction of this process about to commit takes the rows waiting in the queue
+        along (inserted here, on its connection): they are committed with it, without a group commit
+        of their own - the write lock is taken once for both, and those reads need not wait for it
+        after the writer. Not the rows of a unit of work handed the lead (it writes the queue
+        itself). Rows that cannot be inserted here stay queued: a read's row never fails a write."""
+        with self.lock:
+            riders = [item for item in self.queue if not item.lead]
+            if not riders:
+                return []
+            self.queue = [item for item in self.queue if item.lead]
+        try:
+            _insert_rows(conn, [row for item in riders for row in item.rows])
+        except Exception:
+            self.alight(riders, committed=False)
+            return []
+        return riders
+
+    def alight(self, riders: list[_Handover], committed: bool) -> None:
+        """The write transaction that took `riders` along has ended: their units of work go on
+        (committed), or their rows go back to the front of the queue for the group commit (the
+        transaction rolled back), one of them taking the lead if nobody has it."""
+        if committed:
+            for item in riders:
+                item.done.set()
+            return
+        with self.lock:
+            self.queue[:0] = riders
+            first = None if self.leading else riders[0]
+            if first is not None:
+                first.lead = self.leading = True
+        if first is not None:
+            first.done.set()
 
 
 class Database:
@@ -478,14 +561,23 @@ class Database:
                 yield s
                 rows = s.info[_DEFERRED]
                 s.info[_DEFERRED] = []
-                if rows and self._group is not None and not (s.in_transaction() and is_writing(s)):
+                writing = s.in_transaction() and is_writing(s)
+                if rows and self._group is not None and not writing:
                     s.commit()  # it only read: end it, then hand the rows over
                     handed, rows = rows, []
                     self._group.write(handed)
                     return
-                for row in rows:  # with the unit of work's writes
-                    s.execute(insert(row.model), [row.values])
-                s.commit()
+                if rows:  # with the unit of work's writes
+                    _insert_rows(s.connection(), rows)
+                riders = self._group.board(s.connection()) if writing and self._group is not None else []
+                committed = False
+                try:
+                    s.commit()
+                    committed = True
+                finally:
+                    if riders:
+                        assert self._group is not None
+                        self._group.alight(riders, committed)
             except BaseException:
                 s.rollback()
                 rows += s.info.get(_DEFERRED) or []
@@ -495,11 +587,13 @@ class Database:
                 raise
 
     @contextmanager
-    def write(self) -> Iterator[Session]:
+    def write(self, yielding: bool = False) -> Iterator[Session]:
         """A unit of work that takes the write lock first (SQLite BEGIN IMMEDIATE), for work whose
-        reads decide its writes (import chunks, counters). Keep it short: other writers wait."""
+        reads decide its writes (import chunks, counters). Keep it short: other writers wait.
+        `yielding` (bulk work such as an import chunk): other processes' writers go first while
+        they queue for the lock (see _WriteGate.acquire)."""
         with self.session() as s:
-            begin_write(s)
+            begin_write(s, yielding)
             yield s
 
     def _write_kept(self, deferred: list[Deferred]) -> None:
@@ -511,10 +605,8 @@ class Database:
             return
 
         def write() -> None:
-            with self.sessions() as s:
-                for row in rows:
-                    s.execute(insert(row.model), [row.values])
-                s.commit()
+            with self.engine.begin() as conn:
+                _insert_rows(conn, rows)
 
         try:
             if self._group is not None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import BindParameter, bindparam, select
 from sqlalchemy.orm import Session
 
 from azaguard import domain as d
@@ -41,9 +41,35 @@ def load_records(s: Session, patient_ids: list[int]) -> dict[int, d.PatientRecor
     return out
 
 
-def _load_chunk(s: Session, ids: list[int]) -> dict[int, d.PatientRecord]:
-    """One query per table for these patients, then one PatientRecord each."""
-    observed = _observations(s, ids)
+# What a page lists of a lab result, in this order (load_record_and_labs)
+LAB_FIELDS = (
+    "id", "kind", "analyte", "code", "value", "unit", "original_value", "original_unit", "effective", "status",
+    "review_state",
+)  # fmt: skip
+
+
+def load_record_and_labs(s: Session, patient_id: int) -> tuple[d.PatientRecord, list[tuple[Any, ...]]]:
+    """One patient's record and their current lab results as rows of `LAB_FIELDS` (oldest first,
+    for a page that lists them), from one read of the observations."""
+    labs: list[tuple[Any, ...]] = []
+    records = _load_chunk(s, [patient_id], labs)
+    if patient_id not in records:
+        raise KeyError(patient_id)
+    labs.sort(key=lambda r: (r[8], r[0]))  # effective, id
+    return records[patient_id], labs
+
+
+# Every statement here is built once, with bound parameters: building a select and working out its
+# cache key costs SQLAlchemy more CPU than SQLite spends running it (a patient page reads ten tables).
+_IDS: BindParameter[list[int]] = bindparam("ids", expanding=True)
+_P = m.core(m.Patient).c
+_PEOPLE = select(_P.id, _P.identifier, _P.birth_date, _P.sex, _P.name).where(_P.id.in_(_IDS))
+
+
+def _load_chunk(s: Session, ids: list[int], labs: list[tuple[Any, ...]] | None = None) -> dict[int, d.PatientRecord]:
+    """One query per table for these patients, then one PatientRecord each (`labs`: a list to
+    collect the current lab rows in, as `load_record_and_labs` returns them)."""
+    observed = _observations(s, ids, labs)
     medications = _medications(s, ids)
     genotypes = _genotypes(s, ids)
     conditions = _conditions(s, ids)
@@ -51,7 +77,6 @@ def _load_chunk(s: Session, ids: list[int]) -> dict[int, d.PatientRecord]:
     vaccinations = _vaccinations(s, ids)
     symptoms = _symptoms(s, ids)
     dismissed = _dismissed_follow_ups(s, ids)
-    people = select(m.Patient.id, m.Patient.identifier, m.Patient.birth_date, m.Patient.sex, m.Patient.name)
     return {
         p.id: d.PatientRecord(
             patient_id=p.identifier,
@@ -71,7 +96,7 @@ def _load_chunk(s: Session, ids: list[int]) -> dict[int, d.PatientRecord]:
             screening_results=tuple(observed.screening_results[p.id]),
             dismissed_follow_ups=dismissed.get(p.id, ()),
         )
-        for p in s.execute(people.where(m.Patient.id.in_(ids)))
+        for p in s.execute(_PEOPLE, {"ids": ids})
     }
 
 
@@ -98,16 +123,19 @@ class _Observed:
 _STATUS_KINDS = ("pregnancy", "breastfeeding", "pregnancy-intention")
 
 
-def _observations(s: Session, ids: list[int]) -> _Observed:
-    o = m.Observation
-    rows = s.execute(
-        select(
-            o.patient_id, o.id, o.kind, o.analyte, o.code, o.value, o.unit, o.value_text, o.original_value,
-            o.original_unit, o.ref_low, o.ref_high, o.below_detection, o.effective,
-        ).where(o.patient_id.in_(ids), o.current.is_(True))
-    )  # fmt: skip
+_O = m.core(m.Observation).c
+_OBSERVATIONS = select(
+    _O.patient_id, _O.id, _O.kind, _O.analyte, _O.code, _O.value, _O.unit, _O.value_text, _O.original_value,
+    _O.original_unit, _O.ref_low, _O.ref_high, _O.below_detection, _O.effective, _O.status, _O.review_state,
+).where(_O.patient_id.in_(_IDS), _O.current.is_(True))  # fmt: skip
+
+
+def _observations(s: Session, ids: list[int], labs: list[tuple[Any, ...]] | None = None) -> _Observed:
     out = _Observed()
-    for pid, oid, kind, analyte, code, value, unit, vtext, ovalue, ounit, low, high, below, when in rows:
+    for row in s.execute(_OBSERVATIONS, {"ids": ids}):
+        pid, oid, kind, analyte, code, value, unit, vtext, ovalue, ounit, low, high, below, when, status, review = row
+        if kind == "lab" and labs is not None:
+            labs.append((oid, kind, analyte, code, value, unit, ovalue, ounit, when, status, review))  # LAB_FIELDS
         if kind == "lab" and value is not None and analyte:
             out.lab_rows[pid].append(
                 d.LabResult(
@@ -136,12 +164,14 @@ def _observations(s: Session, ids: list[int]) -> _Observed:
     return out
 
 
+_MD = m.core(m.Medication).c
+_MEDICATIONS = select(
+    _MD.patient_id, _MD.id, _MD.drug, _MD.name, _MD.status, _MD.start, _MD.end, _MD.daily_dose_mg, _MD.kind, _MD.rxnorm,
+    _MD.reason, _MD.status_date,
+).where(_MD.patient_id.in_(_IDS))  # fmt: skip
+
+
 def _medications(s: Session, ids: list[int]) -> dict[int, tuple[d.MedicationEntry, ...]]:
-    md = m.Medication
-    q = select(
-        md.patient_id, md.id, md.drug, md.name, md.status, md.start, md.end, md.daily_dose_mg, md.kind, md.rxnorm,
-        md.reason, md.status_date,
-    ).where(md.patient_id.in_(ids))  # fmt: skip
     return {
         pid: tuple(
             d.MedicationEntry(
@@ -159,62 +189,82 @@ def _medications(s: Session, ids: list[int]) -> dict[int, tuple[d.MedicationEntr
             )
             for x in rows
         )
-        for pid, rows in _group(s.execute(q)).items()
+        for pid, rows in _group(s.execute(_MEDICATIONS, {"ids": ids})).items()
     }
+
+
+_G = m.core(m.Genotype).c
+_GENOTYPES = select(_G.patient_id, _G.id, _G.gene, _G.diplotype, _G.phenotype, _G.effective).where(
+    _G.patient_id.in_(_IDS)
+)
 
 
 def _genotypes(s: Session, ids: list[int]) -> dict[int, tuple[d.GenotypeResult, ...]]:
-    g = m.Genotype
-    q = select(g.patient_id, g.id, g.gene, g.diplotype, g.phenotype, g.effective).where(g.patient_id.in_(ids))
     return {
         pid: tuple(d.GenotypeResult(x.gene, x.diplotype, x.phenotype, x.effective, str(x.id)) for x in rows)
-        for pid, rows in _group(s.execute(q)).items()
+        for pid, rows in _group(s.execute(_GENOTYPES, {"ids": ids})).items()
     }
+
+
+_C = m.core(m.Condition).c
+_CONDITIONS = select(_C.patient_id, _C.id, _C.key, _C.text, _C.active, _C.onset, _C.code).where(_C.patient_id.in_(_IDS))
 
 
 def _conditions(s: Session, ids: list[int]) -> dict[int, tuple[d.Condition, ...]]:
-    c = m.Condition
-    q = select(c.patient_id, c.id, c.key, c.text, c.active, c.onset, c.code).where(c.patient_id.in_(ids))
     return {
         pid: tuple(d.Condition(x.key, x.text, x.active, x.onset, x.code, str(x.id)) for x in rows)
-        for pid, rows in _group(s.execute(q)).items()
+        for pid, rows in _group(s.execute(_CONDITIONS, {"ids": ids})).items()
     }
+
+
+_A = m.core(m.Allergy).c
+_ALLERGIES = select(_A.patient_id, _A.id, _A.drug, _A.text).where(_A.patient_id.in_(_IDS))
 
 
 def _allergies(s: Session, ids: list[int]) -> dict[int, tuple[d.Allergy, ...]]:
-    a = m.Allergy
-    q = select(a.patient_id, a.id, a.drug, a.text).where(a.patient_id.in_(ids))
     return {
-        pid: tuple(d.Allergy(x.drug, x.text, str(x.id)) for x in rows) for pid, rows in _group(s.execute(q)).items()
+        pid: tuple(d.Allergy(x.drug, x.text, str(x.id)) for x in rows)
+        for pid, rows in _group(s.execute(_ALLERGIES, {"ids": ids})).items()
     }
 
 
+_I = m.core(m.Immunization).c
+_VACCINATIONS = select(_I.patient_id, _I.id, _I.vaccine, _I.live, _I.name, _I.when, _I.status, _I.live_unknown).where(
+    _I.patient_id.in_(_IDS)
+)
+
+
 def _vaccinations(s: Session, ids: list[int]) -> dict[int, tuple[d.Vaccination, ...]]:
-    i = m.Immunization
-    q = select(i.patient_id, i.id, i.vaccine, i.live, i.name, i.when, i.status, i.live_unknown)
     return {
         pid: tuple(
             d.Vaccination(x.vaccine, x.live, x.name, x.when, cast(Any, x.status), str(x.id), bool(x.live_unknown))
             for x in rows
         )
-        for pid, rows in _group(s.execute(q.where(i.patient_id.in_(ids)))).items()
+        for pid, rows in _group(s.execute(_VACCINATIONS, {"ids": ids})).items()
     }
+
+
+_Y = m.core(m.Symptom).c
+_SYMPTOMS = select(_Y.patient_id, _Y.id, _Y.key, _Y.text, _Y.when).where(_Y.patient_id.in_(_IDS))
 
 
 def _symptoms(s: Session, ids: list[int]) -> dict[int, tuple[d.Symptom, ...]]:
-    y = m.Symptom
-    q = select(y.patient_id, y.id, y.key, y.text, y.when).where(y.patient_id.in_(ids))
     return {
         pid: tuple(sorted((d.Symptom(x.key, x.text, x.when, str(x.id)) for x in rows), key=lambda r: r.when))
-        for pid, rows in _group(s.execute(q)).items()
+        for pid, rows in _group(s.execute(_SYMPTOMS, {"ids": ids})).items()
     }
 
 
+_FD = m.core(m.FollowUpDismissal).c
+_DISMISSED = (
+    select(_FD.patient_id, _FD.key, _FD.reason, _FD.created_at).where(_FD.patient_id.in_(_IDS)).order_by(_FD.id)
+)
+
+
 def _dismissed_follow_ups(s: Session, ids: list[int]) -> dict[int, tuple[tuple[str, str, date], ...]]:
-    fd = m.FollowUpDismissal
-    q = select(fd.patient_id, fd.key, fd.reason, fd.created_at).where(fd.patient_id.in_(ids)).order_by(fd.id)
     return {
-        pid: tuple((x.key, x.reason, x.created_at.date()) for x in rows) for pid, rows in _group(s.execute(q)).items()
+        pid: tuple((x.key, x.reason, x.created_at.date()) for x in rows)
+        for pid, rows in _group(s.execute(_DISMISSED, {"ids": ids})).items()
     }
 
 

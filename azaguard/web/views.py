@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
 from azaguard import service
-from azaguard.deps import COOKIE, SessionDep, WebUser, database, knowledge, web_identity
+from azaguard.deps import COOKIE, OneHopRoute, SessionDep, WebUser, database, knowledge, web_identity
 from azaguard.knowledge import Knowledge
 from azaguard.plain import day_month_year, long_date
 from azaguard.service_models import (
@@ -47,8 +47,11 @@ from azaguard.web import patient_view
 
 TEMPLATES = Jinja2Templates(directory=str(FilePath(__file__).resolve().parent / "templates"))
 TEMPLATES.env.filters["long_date"] = long_date  # "Tuesday 22 December": dates patients read
+# The templates are part of the installed package: checking each one's file for changes on every
+# render (a stat per template and include, fifteen on a patient page) buys nothing in service.
+TEMPLATES.env.auto_reload = False
 LOGIN_CSRF = "azaguard_login_csrf"
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, route_class=OneHopRoute)
 __all__ = ["COOKIE", "FORMS", "LOGIN_CSRF", "TEMPLATES", "error_page", "router"]
 
 # Row ids are 32-bit INTEGER columns: a larger id is a 422, never a database overflow (a 500).
