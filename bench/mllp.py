@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import re
 import signal
@@ -28,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,8 +36,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
-from sqlalchemy import create_engine, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import select
 
 from azaguard.store import models as m
 from azaguard.store.db import Database
@@ -45,20 +44,15 @@ from azaguard.synth import build_demo
 
 ROOT = Path(__file__).resolve().parent.parent
 EXE = Path(sys.executable).with_name("azaguard")
-START, END = b"\x0b", b"\x1c\r"
-FBC = [
-    ("6690-2", "Leukocytes", "6.2", "10*9/L", "4.0-11.0"),
-    ("751-8", "Neutrophils", "3.9", "10*9/L", "2.0-7.5"),
-    ("731-0", "Lymphocytes", "1.6", "x10\\S\\9/L", "1.0-4.0"),
-    ("777-3", "Platelets", "245", "x10^9/L", "150-400"),
-    ("718-7", "Hemoglobin", "13.8", "g/dL", "12.0-16.0"),
-    ("787-2", "MCV", "94", "fL", "80-100"),
-]
-LFT = [
-    ("1742-6", "ALT", "24", "U/L", "0-40"),
-    ("6768-6", "ALP", "81", "IU/L", "30-130"),
-    ("1975-2", "Bilirubin", "9", "umol/L", "0-21"),
-]
+# The test suite's lab panels and framing bytes, and bench/load.py's scratch PostgreSQL database:
+# bench scripts are not a package, so both are imported by path.
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "bench")]
+_fixtures = importlib.import_module("mllp_fixtures")
+START: bytes = _fixtures.START
+END: bytes = _fixtures.END
+FBC: list[tuple[str, str, str, str, str]] = _fixtures.FBC
+LFT: list[tuple[str, str, str, str, str]] = _fixtures.LFT
+postgres_url = importlib.import_module("load").postgres_url
 
 
 def message(n: int, patient: str, day: date) -> bytes:
@@ -129,32 +123,6 @@ def listener(url: str, log: Path) -> Iterator[int]:
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
-
-
-@contextmanager
-def postgres_url(given: str | None) -> Iterator[str]:
-    """A scratch database on the given server, or on a throwaway cluster (the test suite's starter)."""
-    gen = None
-    if given:
-        admin = given
-    else:
-        sys.path.insert(0, str(ROOT / "tests"))
-        from dbfixtures import _start_cluster  # type: ignore[import-not-found]
-
-        gen = _start_cluster()
-        admin = next(gen)
-    name = f"azaguard_mllp_{uuid.uuid4().hex[:8]}"
-    engine = create_engine(make_url(admin).set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(admin).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with engine.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        engine.dispose()
-        if gen is not None:
-            gen.close()
 
 
 def row(label: str, phase: str, n: int, results: int, connections: int, run: Run) -> str:
